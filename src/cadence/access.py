@@ -1,0 +1,289 @@
+"""Declared state access: READ/WRITE, path parsing and overlap, and the protected learner view.
+
+A callback declares what it touches as ``{"batch.loss": READ, "cbstate.history": WRITE}`` (or the
+equivalent nested ``{"batch": {"loss": READ}}``). ``WRITE`` implies read; anything undeclared is
+off limits. Each handler sees the learner through a ``LearnerView`` built once per callback that
+enforces the declaration. Enforcement is shallow: ``model``, ``optimizer``, ``loss_fn`` and
+``data`` are handed out as the objects themselves, and a declared ``cbstate`` entry is handed
+out as is, so a ``READ`` of a mutable object cannot stop a handler from mutating it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cadence.errors import DeclarationError, ProtectedAccessError
+from cadence.phases import known_batch_fields
+
+__all__ = ["READ", "WRITE", "Access", "AccessSet", "LearnerView", "Path", "overlaps", "parse_state_access"]
+
+Path = tuple[str, ...]
+
+OBJECT_ROOTS = ("model", "optimizer", "loss_fn", "data")
+ROOTS = (*OBJECT_ROOTS, "batch", "cbstate")
+
+
+class Access(enum.IntEnum):
+    """The access a callback declares on a path. ``WRITE`` implies read."""
+
+    READ = 1
+    WRITE = 2
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+READ = Access.READ
+WRITE = Access.WRITE
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """Whether two paths touch common state: one is a prefix of the other.
+
+    Example:
+        >>> overlaps(("batch",), ("batch", "loss")), overlaps(("batch", "x"), ("batch", "y"))
+        (True, False)
+    """
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+def dotted(path: Path) -> str:
+    return ".".join(path)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSet:
+    """A parsed declaration: the paths a callback writes and those it only reads."""
+
+    writes: tuple[Path, ...] = ()
+    reads: tuple[Path, ...] = ()
+
+    def all(self) -> tuple[Path, ...]:
+        return self.writes + self.reads
+
+    def writes_overlapping(self, path: Path) -> tuple[Path, ...]:
+        return tuple(p for p in self.writes if overlaps(p, path))
+
+    def reads_overlapping(self, path: Path) -> tuple[Path, ...]:
+        return tuple(p for p in self.all() if overlaps(p, path))
+
+
+def parse_state_access(owner: str, declaration: object) -> AccessSet:
+    """Parse and validate a ``state_access`` declaration of the callback named ``owner``.
+
+    Raises:
+        DeclarationError: naming ``owner`` and the offending path, with the fix.
+
+    Example:
+        >>> parse_state_access("Printer", {"batch": {"loss": READ}, "cbstate.history": READ})
+        AccessSet(writes=(), reads=(('batch', 'loss'), ('cbstate', 'history')))
+    """
+    if not isinstance(declaration, Mapping):
+        raise DeclarationError(
+            f"{owner}.state_access must be a dict of paths to READ or WRITE, e.g. "
+            f'{{"batch.loss": READ}}; got {type(declaration).__name__}.'
+        )
+    found: dict[Path, Access] = {}
+    if declaration:
+        _collect(owner, (), declaration, found)
+    writes = tuple(p for p, a in found.items() if a is WRITE)
+    reads = tuple(p for p, a in found.items() if a is READ)
+    return AccessSet(writes=writes, reads=reads)
+
+
+def _collect(owner: str, prefix: Path, declaration: Mapping[Any, Any], found: dict[Path, Access]) -> None:
+    if not declaration:
+        where = f" under {dotted(prefix)!r}" if prefix else ""
+        raise DeclarationError(
+            f"{owner}.state_access has an empty dict{where}. Declare at least one path, "
+            f'e.g. {{"batch.loss": READ}}, or leave the entry out.'
+        )
+    for key, value in declaration.items():
+        if not isinstance(key, str) or not key:
+            raise DeclarationError(
+                f"{owner}.state_access has the key {key!r}; keys are dotted paths such as "
+                f'"batch.loss" or "cbstate.history".'
+            )
+        segments = tuple(key.split("."))
+        if not all(s.isidentifier() for s in segments):
+            raise DeclarationError(
+                f"{owner}.state_access has the malformed path {key!r}; a path is dot-separated "
+                f'names such as "batch.loss".'
+            )
+        path = prefix + segments
+        if isinstance(value, Mapping):
+            _collect(owner, path, value, found)
+            continue
+        if not isinstance(value, Access):
+            raise DeclarationError(
+                f"{owner}.state_access declares {value!r} for {dotted(path)!r}; use READ or WRITE "
+                f'(from cadence import READ, WRITE), e.g. {{"{dotted(path)}": READ}}.'
+            )
+        _check_path(owner, path)
+        found[path] = max(found.get(path, value), value)
+
+
+def _check_path(owner: str, path: Path) -> None:
+    root = path[0]
+    if root in OBJECT_ROOTS and len(path) > 1:
+        raise DeclarationError(
+            f"{owner}.state_access declares {dotted(path)!r}, but {root} is handed out whole; "
+            f'declare {{"{root}": READ}} or {{"{root}": WRITE}}.'
+        )
+    if root == "batch" and len(path) > 1:
+        fields = known_batch_fields()
+        if len(path) > 2 or path[1] not in fields:
+            raise DeclarationError(
+                f"{owner}.state_access declares {dotted(path)!r}, which is not a batch field. "
+                f"Batch fields are {', '.join(sorted(fields))} (a custom phase adds more through "
+                f"its batch_type)."
+            )
+    if root not in ROOTS:
+        raise DeclarationError(
+            f"{owner}.state_access declares {dotted(path)!r}, which is not learner state. Valid "
+            f"paths start with {', '.join(ROOTS)}; shared state goes under cbstate, e.g. "
+            f'"cbstate.{root}".'
+        )
+
+
+def _fix(owner: str, path: str, access: Access) -> str:
+    return f'Declare it in {owner}.state_access, e.g. {{"{path}": {access.name}}}.'
+
+
+def _read_error(owner: str, path: str) -> ProtectedAccessError:
+    return ProtectedAccessError(f"Read access to Learner.{path} disallowed.\n{_fix(owner, path, READ)}")
+
+
+def _write_error(owner: str, path: str, readable: bool) -> ProtectedAccessError:
+    hint = f"{owner} declares it READ; declare WRITE instead. " if readable else ""
+    return ProtectedAccessError(
+        f"Write access to Learner.{path} disallowed.\n{hint}{_fix(owner, path, WRITE)}"
+    )
+
+
+class _Grants:
+    """Which names below one root (batch or cbstate) a callback may read and write."""
+
+    __slots__ = ("read_all", "write_all", "readable", "writable")
+
+    def __init__(self, root: str, access: AccessSet) -> None:
+        self.read_all = self.write_all = False
+        self.readable: set[str] = set()
+        self.writable: set[str] = set()
+        for path, write in [(p, True) for p in access.writes] + [(p, False) for p in access.reads]:
+            if path[0] != root:
+                continue
+            if len(path) == 1:
+                self.read_all = True
+                self.write_all = self.write_all or write
+            else:
+                # Enforcement stops at the first name below the root; deeper segments only
+                # refine overlap in the graph.
+                self.readable.add(path[1])
+                if write:
+                    self.writable.add(path[1])
+
+    def can_read(self, name: str) -> bool:
+        return self.read_all or name in self.readable
+
+    def can_write(self, name: str) -> bool:
+        return self.write_all or name in self.writable
+
+
+class _SubView:
+    """The protected view of ``learner.batch`` or ``learner.cbstate``."""
+
+    __slots__ = ("_holder", "_root", "_owner", "_grants")
+
+    def __init__(self, holder: object, root: str, owner: str, grants: _Grants) -> None:
+        object.__setattr__(self, "_holder", holder)
+        object.__setattr__(self, "_root", root)
+        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "_grants", grants)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._grants.can_read(name):
+            return getattr(getattr(self._holder, self._root), name)
+        raise _read_error(self._owner, f"{self._root}.{name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not self._grants.can_write(name):
+            raise _write_error(self._owner, f"{self._root}.{name}", self._grants.can_read(name))
+        setattr(getattr(self._holder, self._root), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if not self._grants.can_write(name):
+            raise _write_error(self._owner, f"{self._root}.{name}", self._grants.can_read(name))
+        delattr(getattr(self._holder, self._root), name)
+
+    def __contains__(self, name: str) -> bool:
+        if not self._grants.can_read(name):
+            raise _read_error(self._owner, f"{self._root}.{name}")
+        return name in getattr(self._holder, self._root).__dict__ if self._root == "cbstate" else True
+
+    def __repr__(self) -> str:
+        return f"<{self._owner}'s view of Learner.{self._root}>"
+
+
+class LearnerView:
+    """The learner as one callback's handlers see it: every read and write is checked against
+    the callback's ``state_access``. Built once per callback, when it joins a learner.
+
+    ``batch`` and ``cbstate`` are always views, so an error names the full path; ``model``,
+    ``optimizer``, ``loss_fn`` and ``data`` are the objects themselves. The learner's methods
+    are not exposed.
+    """
+
+    __slots__ = ("batch", "cbstate", "_learner", "_owner", "_readable", "_writable")
+
+    batch: Any
+    cbstate: Any
+
+    def __init__(self, learner: object, owner: str, access: AccessSet) -> None:
+        set_ = object.__setattr__
+        set_(self, "_learner", learner)
+        set_(self, "_owner", owner)
+        set_(self, "batch", _SubView(learner, "batch", owner, _Grants("batch", access)))
+        set_(self, "cbstate", _SubView(learner, "cbstate", owner, _Grants("cbstate", access)))
+        set_(self, "_readable", frozenset(p[0] for p in access.all() if p[0] in OBJECT_ROOTS))
+        set_(self, "_writable", frozenset(p[0] for p in access.writes if p[0] in OBJECT_ROOTS))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in self._readable:
+            return getattr(self._learner, name)
+        if name in OBJECT_ROOTS:
+            raise _read_error(self._owner, name)
+        raise ProtectedAccessError(
+            f"Learner.{name} is not state a callback can access.\nHandlers see "
+            f"{', '.join(ROOTS)}; share your own state through cbstate, e.g. "
+            f'{{"cbstate.{name}": WRITE}}, and change the course of training by raising '
+            f"CancelBatch, CancelEpoch or CancelFit."
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("batch", "cbstate"):
+            raise ProtectedAccessError(
+                f"Learner.{name} cannot be replaced; assign its entries instead, e.g. "
+                f'learner.{name}.<name> = value with {{"{name}.<name>": WRITE}} declared in '
+                f"{self._owner}.state_access."
+            )
+        if name in self._writable:
+            setattr(self._learner, name, value)
+            return
+        if name in OBJECT_ROOTS:
+            raise _write_error(self._owner, name, name in self._readable)
+        raise ProtectedAccessError(
+            f"Write access to Learner.{name} disallowed.\nLearner.{name} is not learner state; "
+            f'share state through cbstate, e.g. {{"cbstate.{name}": WRITE}}.'
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self._owner}'s view of the Learner>"

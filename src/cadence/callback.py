@@ -1,0 +1,218 @@
+"""Callbacks: handlers chosen by (event, phase), declared state access, and ordering hints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from cadence.access import parse_state_access
+from cadence.errors import DeclarationError
+from cadence.events import Event
+from cadence.phases import Phase
+
+__all__ = ["Callback", "Handler", "NoConflict", "Resolution", "RunFirst", "Unresolvable", "on"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MARK = "__cadence_on__"
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """One ``@on`` registration: the method ``name`` handles ``event`` in ``phase``."""
+
+    event: type[Event]
+    phase: type[Phase]
+    name: str
+
+    def covers(self, other: Handler) -> bool:
+        """Whether every (event, phase) that ``other`` handles is also handled by ``self``."""
+        return issubclass(other.event, self.event) and issubclass(other.phase, self.phase)
+
+    def matches(self, event: type[Event], phase: type[Phase]) -> bool:
+        return issubclass(event, self.event) and issubclass(phase, self.phase)
+
+
+def on(event: type[Event], phase: type[Phase] = Phase) -> Callable[[F], F]:
+    """Register a ``Callback`` method as the handler of ``event`` in ``phase`` (and subclasses).
+
+    The method is called as ``method(event, phase, learner)``, where ``learner`` is a view that
+    enforces the callback's ``state_access``. A method may carry several ``@on``.
+
+    Example:
+        >>> from cadence import Callback, on, READ
+        >>> from cadence.events import BatchEnd
+        >>> from cadence.phases import TrainingPhase
+        >>> class LossLogger(Callback):
+        ...     state_access = {"batch.loss": READ}
+        ...     @on(BatchEnd, phase=TrainingPhase)
+        ...     def log(self, event, phase, learner):
+        ...         print(float(learner.batch.loss))
+        >>> LossLogger.handlers
+        (Handler(event=<class 'cadence.events.BatchEnd'>, phase=<class 'cadence.phases.TrainingPhase'>, name='log'),)
+    """
+    if not (isinstance(event, type) and issubclass(event, Event)):
+        raise TypeError(f"@on expects an Event class such as BatchEnd; got {event!r}.")
+    if not (isinstance(phase, type) and issubclass(phase, Phase)):
+        raise TypeError(f"@on(..., phase=...) expects a Phase class such as TrainingPhase; got {phase!r}.")
+
+    def mark(method: F) -> F:
+        marks: list[tuple[type[Event], type[Phase]]] = getattr(method, _MARK, [])
+        setattr(method, _MARK, [*marks, (event, phase)])
+        return method
+
+    return mark
+
+
+@dataclass(frozen=True, slots=True)
+class NoConflict:
+    """Answer to ``resolve_conflict``: the two callbacks may run in either order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unresolvable:
+    """Answer to ``resolve_conflict``: the two callbacks cannot be used together."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RunFirst:
+    """Answer to ``resolve_conflict``: ``callback`` (one of the pair) runs first."""
+
+    callback: Callback
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunFirst) and other.callback is self.callback
+
+    def __hash__(self) -> int:
+        return id(self.callback)
+
+
+Resolution = NoConflict | Unresolvable | RunFirst
+
+
+class Callback:
+    """Base class of callbacks.
+
+    Extending:
+        1. Subclass ``Callback``.
+        2. Write handlers: methods ``(self, event, phase, learner)`` decorated with
+           ``@on(Event, phase=Phase)``. When several of a callback's handlers match one
+           (event, phase), the most specific runs; two equally specific ones are an error.
+        3. Declare the state the handlers (and ``init``) touch in ``state_access``, e.g.
+           ``{"batch.loss": READ, "cbstate.history": READ}``. Undeclared access raises
+           ``ProtectedAccessError``.
+        4. Optionally: ``run_after`` (callback types this one runs after), ``resolve_conflict``
+           (how to order against another writer of the same state), and ``init`` (create the
+           ``cbstate`` entries this callback writes).
+    """
+
+    state_access: Mapping[str, Any] = {}
+    run_after: tuple[type[Any], ...] = ()
+    handlers: ClassVar[tuple[Handler, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.handlers = _collect_handlers(cls)
+        if cls.__module__.startswith("cadence."):
+            _register_producer(cls)
+
+    def init(self, learner: Any) -> None:
+        """Called once when the callback joins a learner, with the same protected view as the
+        handlers. Create the ``cbstate`` entries this callback writes here."""
+
+    def resolve_conflict(self, other: Callback) -> Resolution | Any:
+        """Say how to order this callback against ``other`` when both write overlapping state at
+        an event and phase where nothing else orders them. Return ``NoConflict()``,
+        ``RunFirst(callback)``, ``Unresolvable()``, or ``NotImplemented`` (the default) to leave
+        the answer to ``other``."""
+        return NotImplemented
+
+    def state_dict(self) -> dict[str, Any]:
+        """The callback's own state, for checkpoints: a dict of tensors, numbers, strings,
+        lists and dicts only (it is saved without pickling arbitrary objects). Stateless
+        callbacks return ``{}`` (the default)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned. The default accepts only ``{}``."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} keeps no state but was given {sorted(state)}; implement "
+                f"load_state_dict to restore it."
+            )
+
+    def handler_for(self, event: type[Event], phase: type[Phase]) -> str | None:
+        """Return the name of the method handling (event, phase), or None.
+
+        Raises:
+            DeclarationError: when two handlers match and neither is more specific.
+        """
+        return _pick(type(self), event, phase)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# cbstate entry -> the built-in callback that writes it, for MissingStateError's suggestion.
+PRODUCERS: dict[str, str] = {}
+
+
+def _register_producer(cls: type[Callback]) -> None:
+    access = parse_state_access(cls.__name__, cls.state_access) if cls.state_access else None
+    for path in access.writes if access else ():
+        if path[0] == "cbstate" and len(path) > 1:
+            PRODUCERS.setdefault(path[1], f"{cls.__name__}()")
+
+
+def _collect_handlers(cls: type[Callback]) -> tuple[Handler, ...]:
+    # A subclass that overrides a handler without repeating @on keeps the base's registration.
+    marks: dict[str, list[tuple[type[Event], type[Phase]]]] = {}
+    for klass in reversed(cls.__mro__):
+        for name, attr in vars(klass).items():
+            own = getattr(attr, _MARK, None)
+            if own is not None:
+                marks[name] = list(own)
+    found: list[Handler] = []
+    for name, pairs in marks.items():
+        for event, phase in pairs:
+            found.append(Handler(event, phase, name))
+    for i, a in enumerate(found):
+        for b in found[i + 1 :]:
+            _check_pair(cls, a, b)
+    return tuple(found)
+
+
+def _check_pair(cls: type[Callback], a: Handler, b: Handler) -> None:
+    if a.covers(b) or b.covers(a):
+        if (a.event, a.phase) == (b.event, b.phase) and a.name != b.name:
+            raise DeclarationError(
+                f"{cls.__name__} handles {a.event.__name__} in {a.phase.__name__} twice, with "
+                f"{a.name} and {b.name}; keep one handler per (event, phase)."
+            )
+        return
+    events_meet = issubclass(a.event, b.event) or issubclass(b.event, a.event)
+    phases_meet = issubclass(a.phase, b.phase) or issubclass(b.phase, a.phase)
+    if events_meet and phases_meet:
+        event = a.event if issubclass(a.event, b.event) else b.event
+        phase = a.phase if issubclass(a.phase, b.phase) else b.phase
+        raise DeclarationError(_ambiguity(cls.__name__, event, phase, a, b))
+
+
+def _ambiguity(owner: str, event: type[Event], phase: type[Phase], a: Handler, b: Handler) -> str:
+    return (
+        f"{owner} has two handlers for {event.__name__} in {phase.__name__} and neither is more "
+        f"specific: {a.name} (@on({a.event.__name__}, phase={a.phase.__name__})) and {b.name} "
+        f"(@on({b.event.__name__}, phase={b.phase.__name__})). Add a handler with "
+        f"@on({event.__name__}, phase={phase.__name__}) that decides."
+    )
+
+
+def _pick(cls: type[Callback], event: type[Event], phase: type[Phase]) -> str | None:
+    matching = [h for h in cls.handlers if h.matches(event, phase)]
+    if not matching:
+        return None
+    best = [h for h in matching if all(other.covers(h) for other in matching)]
+    if len({h.name for h in best}) == 1:
+        return best[0].name
+    a, b = (best or matching)[:2]
+    raise DeclarationError(_ambiguity(cls.__name__, event, phase, a, b))

@@ -1,0 +1,102 @@
+"""cadence's exceptions and control-flow signals.
+
+Two separate families. Errors say something is wrong and how to fix it; signals are how a
+callback changes the course of training and are never errors::
+
+    Exception
+    ├── CadenceError                       anything cadence rejects
+    │   ├── ProtectedAccessError           a handler touched state it did not declare
+    │   ├── DeclarationError (ValueError)  a malformed state_access, run_after or path
+    │   ├── ConflictError                  two writers of the same state with no order
+    │   ├── CycleError                     the ordering constraints form a cycle
+    │   ├── MissingStateError              a cbstate entry is read but nothing writes it
+    │   └── SignalScopeError               a Cancel* signal raised where it cancels nothing
+    └── CancelSignal                       control flow, not an error
+        ├── CancelBatch                    skip the rest of this batch
+        ├── CancelEpoch                    skip the rest of this epoch
+        └── CancelFit                      end training; ``fit`` returns the signal
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CadenceError",
+    "CancelBatch",
+    "CancelEpoch",
+    "CancelFit",
+    "CancelSignal",
+    "ConflictError",
+    "CycleError",
+    "DeclarationError",
+    "MissingStateError",
+    "ProtectedAccessError",
+    "SignalScopeError",
+]
+
+
+class CadenceError(Exception):
+    """Base class of every error cadence raises for a problem the user can fix."""
+
+
+class ProtectedAccessError(CadenceError):
+    """A handler read or wrote learner state outside its callback's ``state_access``.
+
+    Deliberately not an ``AttributeError``: ``hasattr`` and ``getattr(..., default)`` must not
+    swallow a missing declaration.
+    """
+
+
+class DeclarationError(CadenceError, ValueError):
+    """A callback's declarations (``state_access``, ``run_after``, handlers) are malformed."""
+
+
+class ConflictError(CadenceError):
+    """Two callbacks write overlapping state at the same event and phase with no order."""
+
+
+class CycleError(CadenceError):
+    """The ordering constraints between callbacks form a cycle."""
+
+
+class MissingStateError(CadenceError):
+    """A callback reads a ``cbstate`` entry that no callback writes."""
+
+
+class SignalScopeError(CadenceError):
+    """A cancel signal was raised at an event where it has nothing to cancel."""
+
+
+class CancelSignal(Exception):
+    """Base class of the control-flow signals a handler raises to change the course of training.
+
+    Args:
+        reason: Why training is being cancelled; kept as ``.reason``.
+
+    Attributes:
+        origin: ``"Callback.handler"`` that raised the signal, filled in by the executor.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.origin: str | None = None
+
+
+class CancelBatch(CancelSignal):
+    """Skip the rest of the current batch: no optimizer step if it had not happened yet,
+    no ``BatchEnd``, and the batch is not counted."""
+
+
+class CancelEpoch(CancelSignal):
+    """Skip the rest of the current epoch. ``EpochEnd`` still fires, and a cancelled training
+    epoch is still followed by validation."""
+
+
+class CancelFit(CancelSignal):
+    """End training at once. ``FitEnd`` fires and ``fit`` returns this signal.
+
+    Example:
+        >>> signal = CancelFit("valid/loss did not improve for 3 epochs")
+        >>> signal.reason
+        'valid/loss did not improve for 3 epochs'
+    """

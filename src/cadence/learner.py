@@ -1,0 +1,365 @@
+"""The Learner: model, loss, optimizer, data and callbacks, and the loop that runs them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from cadence.access import LearnerView
+from cadence.callback import Callback
+from cadence.errors import CadenceError, CancelBatch, CancelEpoch, CancelFit, CancelSignal, SignalScopeError
+from cadence.events import Event, FitBegin, FitEnd
+from cadence.executors import Executor, SerialExecutor
+from cadence.graph import CallbackGraph, Plan
+from cadence.phases import Phase, TrainingPhase, ValidationPhase
+from cadence.state import Batch, CallbackState
+
+__all__ = ["Learner"]
+
+log = logging.getLogger(__name__)
+
+FIT_PHASE = Phase()
+TRAINING = TrainingPhase()
+VALIDATION = ValidationPhase()
+_FIT_END = FitEnd()
+
+Data = tuple[Iterable[Any], Iterable[Any] | None]
+
+
+class Learner:
+    """Trains ``model`` with ``loss_fn`` and ``optimizer``, running ``callbacks`` at each event.
+
+    Args:
+        model: The ``torch.nn.Module`` to train.
+        loss_fn: ``loss_fn(y_pred, y)`` returning a scalar tensor.
+        optimizer: A ``torch.optim.Optimizer``; ``None`` means ``Adam(model.parameters())``.
+        data: ``(train, valid)``, each an iterable of ``(x, y)`` batches; ``valid`` may be None.
+        callbacks: Callback instances. Their order is kept wherever their declarations do not
+            order them.
+        executor: Runs each event's handlers; ``SerialExecutor()`` by default.
+        default_callbacks: Add ``Recorder()`` and ``Metrics()`` (after the user's callbacks)
+            unless a callback of that type is already there.
+
+    The callbacks are validated and ordered here: a ``ConflictError``, ``CycleError``,
+    ``MissingStateError`` or ``DeclarationError`` comes from the constructor (or
+    ``add_callback``), never from the middle of training.
+
+    Example:
+        >>> import torch
+        >>> from cadence import Learner
+        >>> model = torch.nn.Linear(4, 1)
+        >>> batches = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(4)]
+        >>> learner = Learner(model, torch.nn.functional.mse_loss, data=(batches, batches))
+        >>> learner.fit(2) is None
+        True
+        >>> len(learner.cbstate.metrics.epochs["valid/loss"])
+        2
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[..., Any],
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        data: Data | None = None,
+        callbacks: Iterable[Callback] = (),
+        executor: Executor | None = None,
+        default_callbacks: bool = True,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"Learner(model=...) expects a torch.nn.Module; got {type(model).__name__}.")
+        if not callable(loss_fn):
+            raise TypeError(
+                f"Learner(loss_fn=...) expects a callable loss_fn(y_pred, y), e.g. "
+                f"torch.nn.functional.cross_entropy; got {type(loss_fn).__name__}."
+            )
+        if optimizer is None:
+            optimizer = torch.optim.Adam(model.parameters())
+        elif not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"Learner(optimizer=...) expects a torch.optim.Optimizer, e.g. "
+                f"torch.optim.SGD(model.parameters(), lr=0.1), or None for Adam; got "
+                f"{type(optimizer).__name__}."
+            )
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.data = None if data is None else _check_data(data, "Learner(data=...)")
+        self.executor = SerialExecutor() if executor is None else executor
+        self._batch = Batch()
+        self._cbstate = CallbackState()
+        self._callbacks: tuple[Callback, ...] = ()
+        self._plans: dict[type[Phase], dict[type[Event], Plan | None]] = {}
+        self._phases: list[type[Phase]] = [Phase, TrainingPhase, ValidationPhase]
+        chosen = _check_callbacks(callbacks)
+        if default_callbacks:
+            chosen += [cb for cb in _default_callbacks() if not any(type(c) is type(cb) for c in chosen)]
+        self._install(chosen, joining=chosen)
+
+    # ---- state ------------------------------------------------------------------------------
+
+    @property
+    def batch(self) -> Batch:
+        """The batch being processed (``x``, ``y``, ``y_pred``, ``loss``)."""
+        return self._batch
+
+    @property
+    def cbstate(self) -> CallbackState:
+        """State shared between callbacks (``history``, ``metrics``, ...)."""
+        return self._cbstate
+
+    @property
+    def callbacks(self) -> tuple[Callback, ...]:
+        """The callbacks, in the order given (defaults last); run order comes from ``explain()``."""
+        return self._callbacks
+
+    @property
+    def executor(self) -> Executor:
+        """Runs each event's handlers; replaceable at any time between events."""
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: Executor) -> None:
+        if not callable(getattr(executor, "run", None)):
+            raise TypeError(
+                f"Learner(executor=...) expects an object with run(plan, event, phase), such as "
+                f"SerialExecutor(); got {type(executor).__name__}."
+            )
+        self._executor = executor
+        self._run = executor.run
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def fit(self, n_epochs: int, data: Data | None = None) -> CancelFit | None:
+        """Train for ``n_epochs``, validating after each training epoch when there is
+        validation data.
+
+        Returns:
+            None when every epoch ran, or the ``CancelFit`` that stopped training (its
+            ``reason`` says why).
+        """
+        if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
+            raise ValueError(f"fit(n_epochs) expects a non-negative int; got {n_epochs!r}.")
+        train, valid = self._data(data, "fit")
+        result: CancelFit | None = None
+        try:
+            self.fire(FitBegin(n_epochs), FIT_PHASE)
+            for _ in range(n_epochs):
+                self.epoch(TRAINING, train)
+                if valid is not None:
+                    self.epoch(VALIDATION, valid)
+        except CancelFit as signal:
+            result = signal
+            log.info("fit cancelled by %s: %s", signal.origin, signal.reason)
+        except (CancelBatch, CancelEpoch) as signal:
+            error = _scope_error(signal, "at FitBegin")
+            self._end_fit(error)
+            raise error from signal
+        except BaseException as exc:
+            self._end_fit(exc)
+            raise
+        self._end_fit(None)
+        return result
+
+    def _end_fit(self, pending: BaseException | None) -> None:
+        try:
+            try:
+                self.fire(_FIT_END, FIT_PHASE)
+            except CancelSignal as signal:
+                raise _scope_error(signal, "at FitEnd") from signal
+        except Exception as cleanup:
+            if pending is None:
+                raise
+            pending.add_note(f"FitEnd cleanup failed too: {type(cleanup).__name__}: {cleanup}")
+
+    def epoch(self, phase: Phase, data: Iterable[Any]) -> None:
+        """Run one epoch of ``phase`` over ``data``, firing its events.
+
+        ``CancelFit`` raised inside propagates to the caller (``fit`` handles it).
+        """
+        self._ensure_plans(phase)
+        if not isinstance(data, Iterable):
+            raise TypeError(f"epoch(phase, data) expects an iterable of (x, y) batches; got {type(data).__name__}.")
+        try:
+            phase.run_epoch(self, data)
+        except CancelBatch as signal:
+            raise _scope_error(signal, f"at EpochBegin or EpochEnd of {type(phase).__name__}") from signal
+
+    def step(self, phase: Phase, batch: object) -> None:
+        """Process one ``(x, y)`` batch in ``phase``, firing its batch events."""
+        self._ensure_plans(phase)
+        phase.run_step(self, batch)
+
+    def fire(self, event: Event, phase: Phase) -> None:
+        """Run the handlers of (event, phase). Phases call this; so may custom phases."""
+        try:
+            plan = self._plans[phase.__class__][event.__class__]
+        except KeyError:
+            raise self._not_fired(event, phase) from None
+        if plan is not None:
+            self._run(plan, event, phase)
+
+    # ---- callbacks --------------------------------------------------------------------------
+
+    def add_callback(self, callback: Callback) -> None:
+        """Add a callback and rebuild the plans; on error the learner is left unchanged."""
+        (callback,) = _check_callbacks([callback])
+        if any(cb is callback for cb in self._callbacks):
+            raise ValueError(f"{callback!r} is already in this learner; add a new instance instead.")
+        self._install([*self._callbacks, callback], joining=[callback])
+
+    def remove_callback(self, target: Callback | type[Callback]) -> Callback:
+        """Remove ``target`` (an instance, or the first callback of a type) and return it."""
+        found = self._find(target)
+        if found is None:
+            raise ValueError(
+                f"No callback {_describe(target)} to remove; the learner has "
+                f"{', '.join(type(cb).__name__ for cb in self._callbacks) or 'no callbacks'}."
+            )
+        self._install([cb for cb in self._callbacks if cb is not found], joining=[])
+        return found
+
+    def replace_callback(self, callback: Callback) -> Callback | None:
+        """Put ``callback`` in place of the first callback of its type and return the old one,
+        or add it and return None when there is none. Runs the new callback's ``init``."""
+        (callback,) = _check_callbacks([callback])
+        old = self.get_callback(type(callback))
+        if old is None:
+            self.add_callback(callback)
+            return None
+        self._install([callback if cb is old else cb for cb in self._callbacks], joining=[callback])
+        return old
+
+    def get_callback(self, cls: type[Callback]) -> Callback | None:
+        """Return the first callback that is an instance of ``cls``, or None."""
+        return next((cb for cb in self._callbacks if isinstance(cb, cls)), None)
+
+    def explain(self, event: type[Event] | None = None, phase: type[Phase] | Phase | None = None) -> str:
+        """Each non-empty plan in firing order, handlers numbered, with the reason for every
+        edge into a handler. ``event`` and ``phase`` (classes) narrow the output."""
+        phase_type = type(phase) if isinstance(phase, Phase) else phase
+        parts = []
+        for kind in self._phases:
+            if phase_type is not None and kind is not phase_type:
+                continue
+            for evt, plan in self._plans.get(kind, {}).items():
+                if plan is not None and (event is None or evt is event):
+                    parts.append(plan.describe())
+        return "\n\n".join(parts) if parts else "No callback handles these events."
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _install(self, callbacks: Sequence[Callback], joining: Sequence[Callback]) -> None:
+        """Validate and plan ``callbacks``; commit only if everything succeeds, then run the
+        joining callbacks' ``init`` (producers first)."""
+        graph = CallbackGraph(callbacks)
+        views = [LearnerView(self, label, access) for label, access in zip(graph.labels, graph.accesses)]
+        plans = {kind: _plans_for(graph, kind, views) for kind in self._phases}
+        previous = (self._callbacks, self._graph_state())
+        self._callbacks, self._graph, self._views, self._plans = tuple(callbacks), graph, views, plans
+        try:
+            for i in graph.init_order():
+                if any(callbacks[i] is cb for cb in joining):
+                    callbacks[i].init(views[i])
+        except BaseException as exc:
+            self._callbacks = previous[0]
+            self._graph, self._views, self._plans = previous[1]
+            exc.add_note(f"Raised by {graph.labels[i]}.init; the learner's callbacks are unchanged.")
+            raise
+
+    def _graph_state(self) -> tuple[Any, Any, Any]:
+        return getattr(self, "_graph", None), getattr(self, "_views", []), self._plans
+
+    def _ensure_plans(self, phase: Phase) -> None:
+        if not isinstance(phase, Phase):
+            raise TypeError(f"Expected a phase such as TrainingPhase(); got {type(phase).__name__}.")
+        kind = type(phase)
+        if kind not in self._plans:
+            self._plans[kind] = _plans_for(self._graph, kind, self._views)
+            self._phases.append(kind)
+
+    def _find(self, target: Callback | type[Callback]) -> Callback | None:
+        if isinstance(target, type):
+            return self.get_callback(target)
+        return next((cb for cb in self._callbacks if cb is target), None)
+
+    def _data(self, data: Data | None, caller: str) -> Data:
+        if data is not None:
+            return _check_data(data, f"{caller}(data=...)")
+        if self.data is None:
+            raise ValueError(
+                f"{caller}() has no data: pass data=(train, valid) to Learner(...) or to {caller}(...), "
+                f"each an iterable of (x, y) batches (valid may be None)."
+            )
+        return self.data
+
+    def _not_fired(self, event: Event, phase: Phase) -> CadenceError:
+        return CadenceError(
+            f"{type(phase).__name__} fired {type(event).__name__}, which is not in "
+            f"{type(phase).__name__}.events; add it there so that its plan is built."
+        )
+
+    def __repr__(self) -> str:
+        names = ", ".join(type(cb).__name__ for cb in self._callbacks)
+        return f"Learner({type(self.model).__name__}, callbacks=[{names}])"
+
+
+def _plans_for(graph: CallbackGraph, kind: type[Phase], views: Sequence[LearnerView]) -> dict[type[Event], Plan | None]:
+    plans: dict[type[Event], Plan | None] = {}
+    for event in kind.events:
+        plan = graph.plan(event, kind, views)
+        plans[event] = plan if plan.calls else None
+    return plans
+
+
+def _check_callbacks(callbacks: Iterable[Callback]) -> list[Callback]:
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks must be a list of Callback instances, e.g. [Recorder()]; got {callbacks!r}.")
+    checked = list(callbacks)
+    for i, cb in enumerate(checked):
+        if isinstance(cb, type) and issubclass(cb, Callback):
+            raise TypeError(f"callbacks[{i}] is the class {cb.__name__}; pass an instance: {cb.__name__}().")
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}, not a Callback; subclass cadence.Callback.")
+    for i, cb in enumerate(checked):
+        if any(cb is other for other in checked[:i]):
+            raise ValueError(f"callbacks[{i}] ({cb!r}) is listed twice; pass each instance once.")
+    return checked
+
+
+def _check_data(data: object, where: str) -> Data:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(
+            f"{where} expects (train, valid), each an iterable of (x, y) batches, valid may be None; "
+            f"got {type(data).__name__}. For training data alone write data=(train, None)."
+        )
+    train, valid = data
+    for name, part in (("train", train), ("valid", valid)):
+        if part is None and name == "valid":
+            continue
+        if not isinstance(part, Iterable):
+            raise TypeError(f"{where}: {name} must be an iterable of (x, y) batches; got {type(part).__name__}.")
+    return train, valid
+
+
+def _scope_error(signal: CancelSignal, where: str) -> SignalScopeError:
+    return SignalScopeError(
+        f"{type(signal).__name__} raised by {signal.origin or 'a handler'} {where}, where it has nothing "
+        f"to cancel. CancelBatch works from BatchBegin to BatchEnd, CancelEpoch from EpochBegin to "
+        f"EpochEnd, and CancelFit anywhere but FitEnd."
+    )
+
+
+def _describe(target: object) -> str:
+    return target.__name__ if isinstance(target, type) else repr(target)
+
+
+def _default_callbacks() -> list[Callback]:
+    from cadence.callbacks.metrics import Metrics
+    from cadence.callbacks.recorder import Recorder
+
+    return [Recorder(), Metrics()]

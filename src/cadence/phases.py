@@ -1,0 +1,220 @@
+"""Phases: what the learner is doing, and the step and epoch logic that does it.
+
+A phase is a frozen dataclass: equal instances hash the same, so ``history[TrainingPhase()]``
+finds the entry a handler saw. Handlers written for a phase class also run for its subclasses.
+Each phase declares the events it fires (``events``); the learner builds one plan per
+(event, phase) pair from exactly those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from cadence.events import (
+    BackwardBegin,
+    BackwardEnd,
+    BatchBegin,
+    BatchEnd,
+    EpochBegin,
+    EpochEnd,
+    Event,
+    FitBegin,
+    FitEnd,
+    LossBegin,
+)
+from cadence.errors import CancelBatch, CancelEpoch
+from cadence.state import Batch
+
+__all__ = ["Loop", "Phase", "TrainingPhase", "ValidationPhase", "known_batch_fields", "unpack"]
+
+# Batch-level events carry no data, so one shared instance of each is fired: no allocation.
+BATCH_BEGIN = BatchBegin()
+LOSS_BEGIN = LossBegin()
+BACKWARD_BEGIN = BackwardBegin()
+BACKWARD_END = BackwardEnd()
+BATCH_END = BatchEnd()
+EPOCH_END = EpochEnd()
+
+_batch_fields: set[str] = {f.name for f in fields(Batch)}
+
+
+def known_batch_fields() -> frozenset[str]:
+    """Return every ``batch.<field>`` name declared by a phase defined so far."""
+    return frozenset(_batch_fields)
+
+
+class Loop(Protocol):
+    """What a phase needs from the learner that runs it (``Learner`` implements it)."""
+
+    model: torch.nn.Module
+    loss_fn: Callable[..., Any]
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def batch(self) -> Batch: ...
+
+    def fire(self, event: Event, phase: Phase) -> None: ...
+
+
+def unpack(batch: object) -> tuple[Any, Any]:
+    """Split one item of the data into ``(x, y)``, or say what the data should look like."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    shown = f"a {type(batch).__name__}"
+    if isinstance(batch, (tuple, list)):
+        shown += f" of length {len(batch)}"
+    raise TypeError(
+        f"Each batch must be an (x, y) pair; got {shown}. Make the data yield (inputs, targets), "
+        f"e.g. DataLoader(TensorDataset(x, y), batch_size=32)."
+    )
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Base class of phases. The plain ``Phase()`` is the phase of ``FitBegin``/``FitEnd``.
+
+    Extending:
+        1. Subclass a phase as a frozen dataclass and give it a short ``name`` (metric keys are
+           ``"<name>/<metric>"``).
+        2. List the events it fires in ``events``; if its batches carry more than ``x``, ``y``,
+           ``y_pred`` and ``loss``, subclass ``Batch`` and set ``batch_type``.
+        3. Implement ``step(loop, batch)``: set the batch fields, call the model, and fire each
+           event with ``loop.fire(event, self)``. Override ``epoch_context`` for per-epoch setup
+           such as ``torch.no_grad()``.
+    """
+
+    name: ClassVar[str] = "fit"
+    events: ClassVar[tuple[type[Event], ...]] = (FitBegin, FitEnd)
+    batch_type: ClassVar[type[Batch]] = Batch
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _batch_fields.update(f.name for f in fields(cls.batch_type))
+
+    def epoch_context(self, loop: Loop) -> contextlib.AbstractContextManager[None]:
+        """Return the context an epoch of this phase runs in (none by default)."""
+        return contextlib.nullcontext()
+
+    def step(self, loop: Loop, batch: object) -> None:
+        """Process one batch, firing this phase's batch events."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not process batches; run epochs with TrainingPhase(), "
+            f"ValidationPhase() or a phase that implements step()."
+        )
+
+    def run_step(self, loop: Loop, batch: object) -> None:
+        """Run ``step``; ``CancelBatch`` ends the batch here."""
+        try:
+            self.step(loop, batch)
+        except CancelBatch:
+            pass
+
+    def run_epoch(self, loop: Loop, data: Iterable[Any]) -> None:
+        """Run one epoch over ``data``: ``EpochBegin``, every batch, ``EpochEnd``.
+
+        ``CancelEpoch`` skips the rest of the epoch; ``EpochEnd`` still fires.
+        """
+        with self.epoch_context(loop):
+            try:
+                loop.fire(EpochBegin(data), self)
+                for batch in data:
+                    self.run_step(loop, batch)
+            except CancelEpoch:
+                pass
+            try:
+                loop.fire(EPOCH_END, self)
+            except CancelEpoch:
+                pass
+
+
+@dataclass(frozen=True)
+class TrainingPhase(Phase):
+    """One optimisation pass over the training data.
+
+    Events, in order, and the state that exists from each on:
+
+    - ``EpochBegin``: ``EpochBegin.data`` is the data about to be iterated.
+    - ``BatchBegin``: ``batch.x``, ``batch.y``.
+    - ``LossBegin``: ``batch.y_pred`` (may be rewritten; the rewrite is what the loss sees).
+    - ``BackwardBegin``: ``batch.loss`` (may be rewritten; the rewrite is what is backpropagated).
+    - ``BackwardEnd``: gradients in the parameters; ``batch.loss`` is now detached.
+    - ``BatchEnd``: after ``optimizer.step()``.
+    - ``EpochEnd``.
+
+    Gradients are cleared with ``optimizer.zero_grad(set_to_none=True)`` before the forward.
+    """
+
+    name: ClassVar[str] = "train"
+    events: ClassVar[tuple[type[Event], ...]] = (
+        EpochBegin,
+        BatchBegin,
+        LossBegin,
+        BackwardBegin,
+        BackwardEnd,
+        BatchEnd,
+        EpochEnd,
+    )
+
+    def step(self, loop: Loop, batch: object) -> None:
+        state = loop.batch
+        state.x, state.y = unpack(batch)
+        state.y_pred = state.loss = None
+        loop.fire(BATCH_BEGIN, self)
+        loop.optimizer.zero_grad(set_to_none=True)
+        state.y_pred = loop.model(state.x)
+        loop.fire(LOSS_BEGIN, self)
+        state.loss = loop.loss_fn(state.y_pred, state.y)
+        loop.fire(BACKWARD_BEGIN, self)
+        state.loss.backward()
+        state.loss = state.loss.detach()
+        loop.fire(BACKWARD_END, self)
+        loop.optimizer.step()
+        loop.fire(BATCH_END, self)
+
+
+@dataclass(frozen=True)
+class ValidationPhase(Phase):
+    """One evaluation pass: the model in eval mode under ``torch.no_grad()``.
+
+    Events, in order: ``EpochBegin``, then per batch ``BatchBegin`` (``batch.x``, ``batch.y``),
+    ``LossBegin`` (``batch.y_pred``, may be rewritten), ``BatchEnd`` (``batch.loss``), then
+    ``EpochEnd``. The model's previous train/eval mode is restored after the epoch.
+    """
+
+    name: ClassVar[str] = "valid"
+    events: ClassVar[tuple[type[Event], ...]] = (
+        EpochBegin,
+        BatchBegin,
+        LossBegin,
+        BatchEnd,
+        EpochEnd,
+    )
+
+    def epoch_context(self, loop: Loop) -> contextlib.AbstractContextManager[None]:
+        return _evaluating(loop.model)
+
+    def step(self, loop: Loop, batch: object) -> None:
+        state = loop.batch
+        state.x, state.y = unpack(batch)
+        state.y_pred = state.loss = None
+        loop.fire(BATCH_BEGIN, self)
+        state.y_pred = loop.model(state.x)
+        loop.fire(LOSS_BEGIN, self)
+        state.loss = loop.loss_fn(state.y_pred, state.y)
+        loop.fire(BATCH_END, self)
+
+
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
