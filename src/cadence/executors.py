@@ -6,6 +6,8 @@ The protocol is one method, ``run(plan, event, phase)``. An executor must:
   starting a handler before its ``plan.predecessors`` have finished;
 - on a ``CancelSignal``, set ``signal.origin`` to the handler's label, start no further
   handler of the event and re-raise the signal;
+- accept empty plans: ``FitBegin`` and ``FitEnd`` always reach the executor, even when no
+  callback handles them, so that it can set up and tear down (a thread pool, a report);
 - on any other exception, add a note naming the handler, event and phase (``add_handler_note``)
   and re-raise it.
 """

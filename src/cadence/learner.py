@@ -309,10 +309,13 @@ class Learner:
 
 
 def _plans_for(graph: CallbackGraph, kind: type[Phase], views: Sequence[LearnerView]) -> dict[type[Event], Plan | None]:
+    # Empty batch- and epoch-level plans are stored as None so that firing them costs one
+    # lookup. Fit-level plans always reach the executor, so that executors see fit boundaries
+    # (a thread pool can shut down at FitEnd, a timer can print its table).
     plans: dict[type[Event], Plan | None] = {}
     for event in kind.events:
         plan = graph.plan(event, kind, views)
-        plans[event] = plan if plan.calls else None
+        plans[event] = plan if plan.calls or kind is Phase else None
     return plans
 
 
