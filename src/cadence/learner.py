@@ -247,7 +247,7 @@ class Learner:
             if phase_type is not None and kind is not phase_type:
                 continue
             for evt, plan in self._plans.get(kind, {}).items():
-                if plan is not None and (event is None or evt is event):
+                if plan is not None and plan.calls and (event is None or evt is event):
                     parts.append(plan.describe())
         return "\n\n".join(parts) if parts else "No callback handles these events."
 
