@@ -165,67 +165,52 @@ def _write_error(owner: str, path: str, readable: bool) -> ProtectedAccessError:
     )
 
 
-class _Grants:
-    """Which names below one root (batch or cbstate) a callback may read and write."""
-
-    __slots__ = ("read_all", "write_all", "readable", "writable")
-
-    def __init__(self, root: str, access: AccessSet) -> None:
-        self.read_all = self.write_all = False
-        self.readable: set[str] = set()
-        self.writable: set[str] = set()
-        for path, write in [(p, True) for p in access.writes] + [(p, False) for p in access.reads]:
-            if path[0] != root:
-                continue
-            if len(path) == 1:
-                self.read_all = True
-                self.write_all = self.write_all or write
-            else:
-                # Enforcement stops at the first name below the root; deeper segments only
-                # refine overlap in the graph.
-                self.readable.add(path[1])
-                if write:
-                    self.writable.add(path[1])
-
-    def can_read(self, name: str) -> bool:
-        return self.read_all or name in self.readable
-
-    def can_write(self, name: str) -> bool:
-        return self.write_all or name in self.writable
-
-
 class _SubView:
-    """The protected view of ``learner.batch`` or ``learner.cbstate``."""
+    """The protected view of ``learner.batch`` or ``learner.cbstate`` for one callback.
 
-    __slots__ = ("_holder", "_root", "_owner", "_grants")
+    Enforcement stops at the first name below the root; deeper path segments only refine
+    overlap in the graph. The permission sets are fixed when the view is built, so a check is
+    one set lookup.
+    """
 
-    def __init__(self, holder: object, root: str, owner: str, grants: _Grants) -> None:
-        object.__setattr__(self, "_holder", holder)
-        object.__setattr__(self, "_root", root)
-        object.__setattr__(self, "_owner", owner)
-        object.__setattr__(self, "_grants", grants)
+    __slots__ = ("_target", "_root", "_owner", "_read_all", "_write_all", "_readable", "_writable")
+
+    def __init__(self, target: object, root: str, owner: str, access: AccessSet) -> None:
+        set_ = object.__setattr__
+        writes = [p for p in access.writes if p[0] == root]
+        reads = [p for p in access.reads if p[0] == root]
+        set_(self, "_target", target)
+        set_(self, "_root", root)
+        set_(self, "_owner", owner)
+        set_(self, "_write_all", any(len(p) == 1 for p in writes))
+        set_(self, "_read_all", self._write_all or any(len(p) == 1 for p in reads))
+        set_(self, "_writable", frozenset(p[1] for p in writes if len(p) > 1))
+        set_(self, "_readable", self._writable | frozenset(p[1] for p in reads if len(p) > 1))
 
     def __getattr__(self, name: str) -> Any:
+        if self._read_all or name in self._readable:
+            return getattr(self._target, name)
         if name.startswith("__"):
             raise AttributeError(name)
-        if self._grants.can_read(name):
-            return getattr(getattr(self._holder, self._root), name)
         raise _read_error(self._owner, f"{self._root}.{name}")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if not self._grants.can_write(name):
-            raise _write_error(self._owner, f"{self._root}.{name}", self._grants.can_read(name))
-        setattr(getattr(self._holder, self._root), name, value)
+        if not (self._write_all or name in self._writable):
+            raise _write_error(self._owner, f"{self._root}.{name}", self._can_read(name))
+        setattr(self._target, name, value)
 
     def __delattr__(self, name: str) -> None:
-        if not self._grants.can_write(name):
-            raise _write_error(self._owner, f"{self._root}.{name}", self._grants.can_read(name))
-        delattr(getattr(self._holder, self._root), name)
+        if not (self._write_all or name in self._writable):
+            raise _write_error(self._owner, f"{self._root}.{name}", self._can_read(name))
+        delattr(self._target, name)
 
     def __contains__(self, name: str) -> bool:
-        if not self._grants.can_read(name):
+        if not self._can_read(name):
             raise _read_error(self._owner, f"{self._root}.{name}")
-        return name in getattr(self._holder, self._root).__dict__ if self._root == "cbstate" else True
+        return hasattr(self._target, name)
+
+    def _can_read(self, name: str) -> bool:
+        return self._read_all or name in self._readable
 
     def __repr__(self) -> str:
         return f"<{self._owner}'s view of Learner.{self._root}>"
@@ -249,8 +234,8 @@ class LearnerView:
         set_ = object.__setattr__
         set_(self, "_learner", learner)
         set_(self, "_owner", owner)
-        set_(self, "batch", _SubView(learner, "batch", owner, _Grants("batch", access)))
-        set_(self, "cbstate", _SubView(learner, "cbstate", owner, _Grants("cbstate", access)))
+        set_(self, "batch", _SubView(getattr(learner, "batch"), "batch", owner, access))
+        set_(self, "cbstate", _SubView(getattr(learner, "cbstate"), "cbstate", owner, access))
         set_(self, "_readable", frozenset(p[0] for p in access.all() if p[0] in OBJECT_ROOTS))
         set_(self, "_writable", frozenset(p[0] for p in access.writes if p[0] in OBJECT_ROOTS))
 

@@ -240,15 +240,19 @@ class CallbackGraph:
                 )
                 successors[before].add(after)
 
-        order = _topological(len(members), [sorted(s) for s in successors])
+        order = _topological(len(members), successors)
         if len(order) < len(members):
             self._raise_cycle(event, phase, members, edges, successors, order)
         rank = {p: r for r, p in enumerate(order)}
-        predecessors: list[list[int]] = [[] for _ in order]
-        reasons: list[list[str]] = [[] for _ in order]
-        for (p, q), why in sorted(edges.items()):
-            predecessors[rank[q]].append(rank[p])
-            reasons[rank[q]].extend(f"after {self.labels[members[p][0]]}: {w}" for w in why)
+        incoming: list[list[tuple[int, list[str]]]] = [[] for _ in order]
+        for (p, q), why in edges.items():
+            incoming[rank[q]].append((rank[p], why))
+        predecessors: list[list[int]] = []
+        reasons: list[list[str]] = []
+        for edges_in in incoming:
+            edges_in.sort(key=lambda edge: edge[0])
+            predecessors.append([r for r, _ in edges_in])
+            reasons.append([f"after {self.labels[members[order[r]][0]]}: {w}" for r, why in edges_in for w in why])
         chosen = [members[p] for p in order]
         return Plan(
             event=event,
@@ -257,7 +261,7 @@ class CallbackGraph:
             calls=tuple((getattr(self.callbacks[i], m), views[i]) for i, m in chosen),
             labels=tuple(f"{self.labels[i]}.{m}" for i, m in chosen),
             accesses=tuple(self.accesses[i] for i, _ in chosen),
-            predecessors=tuple(tuple(sorted(ps)) for ps in predecessors),
+            predecessors=tuple(tuple(ps) for ps in predecessors),
             reasons=tuple(tuple(rs) for rs in reasons),
         )
 
