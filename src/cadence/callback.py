@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -178,11 +178,11 @@ def _collect_handlers(cls: type[Callback]) -> tuple[Handler, ...]:
             found.append(Handler(event, phase, name))
     for i, a in enumerate(found):
         for b in found[i + 1 :]:
-            _check_pair(cls, a, b)
+            _check_pair(cls, a, b, found)
     return tuple(found)
 
 
-def _check_pair(cls: type[Callback], a: Handler, b: Handler) -> None:
+def _check_pair(cls: type[Callback], a: Handler, b: Handler, found: list[Handler]) -> None:
     if a.covers(b) or b.covers(a):
         if (a.event, a.phase) == (b.event, b.phase) and a.name != b.name:
             raise DeclarationError(
@@ -193,9 +193,10 @@ def _check_pair(cls: type[Callback], a: Handler, b: Handler) -> None:
     events_meet = issubclass(a.event, b.event) or issubclass(b.event, a.event)
     phases_meet = issubclass(a.phase, b.phase) or issubclass(b.phase, a.phase)
     if events_meet and phases_meet:
+        # Where both apply, another handler (or the same method) may settle it; _pick says.
         event = a.event if issubclass(a.event, b.event) else b.event
         phase = a.phase if issubclass(a.phase, b.phase) else b.phase
-        raise DeclarationError(_ambiguity(cls.__name__, event, phase, a, b))
+        _pick_from(cls.__name__, found, event, phase)
 
 
 def _ambiguity(owner: str, event: type[Event], phase: type[Phase], a: Handler, b: Handler) -> str:
@@ -208,11 +209,18 @@ def _ambiguity(owner: str, event: type[Event], phase: type[Phase], a: Handler, b
 
 
 def _pick(cls: type[Callback], event: type[Event], phase: type[Phase]) -> str | None:
-    matching = [h for h in cls.handlers if h.matches(event, phase)]
+    return _pick_from(cls.__name__, cls.handlers, event, phase)
+
+
+def _pick_from(
+    owner: str, handlers: Sequence[Handler], event: type[Event], phase: type[Phase]
+) -> str | None:
+    matching = [h for h in handlers if h.matches(event, phase)]
     if not matching:
         return None
-    best = [h for h in matching if all(other.covers(h) for other in matching)]
+    # The most specific handlers: those no other matching handler is strictly narrower than.
+    best = [h for h in matching if not any(h.covers(g) and not g.covers(h) for g in matching)]
     if len({h.name for h in best}) == 1:
         return best[0].name
-    a, b = (best or matching)[:2]
-    raise DeclarationError(_ambiguity(cls.__name__, event, phase, a, b))
+    a, b = best[:2]
+    raise DeclarationError(_ambiguity(owner, event, phase, a, b))

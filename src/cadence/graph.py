@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -380,7 +380,7 @@ class CallbackGraph:
         )
 
 
-def _topological(n: int, successors: Sequence[Sequence[int]], break_cycles: bool = False) -> list[int]:
+def _topological(n: int, successors: Sequence[Iterable[int]], break_cycles: bool = False) -> list[int]:
     """Kahn's algorithm, always taking the lowest ready index (the user's order breaks ties).
 
     Returns fewer than ``n`` nodes when there is a cycle, unless ``break_cycles``, which then

@@ -97,7 +97,7 @@ class Learner:
         self._phases: list[type[Phase]] = [Phase, TrainingPhase, ValidationPhase]
         chosen = _check_callbacks(callbacks)
         if default_callbacks:
-            chosen += [cb for cb in _default_callbacks() if not any(type(c) is type(cb) for c in chosen)]
+            chosen += [cb for cb in _default_callbacks() if not any(isinstance(c, type(cb)) for c in chosen)]
         self._install(chosen, joining=chosen)
 
     # ---- state ------------------------------------------------------------------------------
@@ -227,6 +227,8 @@ class Learner:
         """Put ``callback`` in place of the first callback of its type and return the old one,
         or add it and return None when there is none. Runs the new callback's ``init``."""
         (callback,) = _check_callbacks([callback])
+        if any(cb is callback for cb in self._callbacks):
+            raise ValueError(f"{callback!r} is already in this learner; replace with a new instance instead.")
         old = self.get_callback(type(callback))
         if old is None:
             self.add_callback(callback)
@@ -242,13 +244,16 @@ class Learner:
         """Each non-empty plan in firing order, handlers numbered, with the reason for every
         edge into a handler. ``event`` and ``phase`` (classes) narrow the output."""
         phase_type = type(phase) if isinstance(phase, Phase) else phase
-        parts = []
+        parts: list[str] = []
+        last: list[str] = []
         for kind in self._phases:
             if phase_type is not None and kind is not phase_type:
                 continue
             for evt, plan in self._plans.get(kind, {}).items():
                 if plan is not None and plan.calls and (event is None or evt is event):
-                    parts.append(plan.describe())
+                    # FitEnd fires after every epoch of every phase.
+                    (last if evt is FitEnd else parts).append(plan.describe())
+        parts += last
         return "\n\n".join(parts) if parts else "No callback handles these events."
 
     # ---- internals --------------------------------------------------------------------------
@@ -277,6 +282,13 @@ class Learner:
     def _ensure_plans(self, phase: Phase) -> None:
         if not isinstance(phase, Phase):
             raise TypeError(f"Expected a phase such as TrainingPhase(); got {type(phase).__name__}.")
+        if not isinstance(self._batch, phase.batch_type):
+            # A custom phase's batch has more fields. Views hold the batch: rebuild them, and the
+            # plans that carry them, from the same graph.
+            self._batch = phase.batch_type()
+            graph = self._graph
+            self._views = [LearnerView(self, label, access) for label, access in zip(graph.labels, graph.accesses)]
+            self._plans = {kind: _plans_for(graph, kind, self._views) for kind in self._phases}
         kind = type(phase)
         if kind not in self._plans:
             self._plans[kind] = _plans_for(self._graph, kind, self._views)

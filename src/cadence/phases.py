@@ -147,6 +147,8 @@ class TrainingPhase(Phase):
     - ``EpochEnd``.
 
     Gradients are cleared with ``optimizer.zero_grad(set_to_none=True)`` before the forward.
+    The model is put in train mode when the epoch starts (a handler may change that at
+    ``EpochBegin``, e.g. to keep batch-norm statistics frozen).
     """
 
     name: ClassVar[str] = "train"
@@ -159,6 +161,10 @@ class TrainingPhase(Phase):
         BatchEnd,
         EpochEnd,
     )
+
+    def epoch_context(self, loop: Loop) -> contextlib.AbstractContextManager[None]:
+        loop.model.train()
+        return contextlib.nullcontext()
 
     def step(self, loop: Loop, batch: object) -> None:
         state = loop.batch

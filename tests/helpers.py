@@ -1,0 +1,69 @@
+"""Small doubles shared by the tests."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from cadence import Callback, Learner, on
+from cadence.events import Event
+from cadence.phases import Phase
+
+Entry = tuple[type[Event], type[Phase], str]
+
+
+class RecordingCallback(Callback):
+    """Logs ``(event class, phase class, name)`` into a shared list for every event it sees."""
+
+    def __init__(self, log: list[Entry], name: str = "rec") -> None:
+        self.log = log
+        self.name = name
+
+    @on(Event)
+    def record(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.log.append((type(event), type(phase), self.name))
+
+
+class Probe(Callback):
+    """Keeps the view its ``init`` received, so a test can poke at it outside a handler.
+
+    Give the instance its declaration: ``Probe({"batch.loss": READ})``.
+    """
+
+    def __init__(self, state_access: dict[str, Any] | None = None) -> None:
+        self.state_access = state_access or {}
+        self.view: Any = None
+
+    def init(self, learner: Any) -> None:
+        self.view = learner
+
+
+class RecordingExecutor:
+    """Runs handlers in order, as SerialExecutor does, and logs every plan it is given."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[type[Event], type[Phase], int]] = []
+
+    def run(self, plan: Any, event: Event, phase: Phase) -> None:
+        self.runs.append((type(event), type(phase), len(plan.calls)))
+        for handler, view in plan.calls:
+            handler(event, phase, view)
+
+
+def run_order(learner: Learner, event: type[Event], phase: type[Phase]) -> list[str]:
+    """The handlers of (event, phase) in run order, as ``explain`` numbers them."""
+    text = learner.explain(event, phase)
+    return re.findall(r"^  \d+\. (\S+)$", text, flags=re.MULTILINE)
+
+
+def linear_batches(
+    sizes: tuple[int, ...] = (8, 8), n_features: int = 1, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random ``(x, y)`` batches of the given sizes, from a fixed seed."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(n, n_features, generator=generator), torch.randn(n, 1, generator=generator))
+        for n in sizes
+    ]

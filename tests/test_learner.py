@@ -1,0 +1,354 @@
+"""The Learner: the training loop's events and state, its arguments, and executors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from helpers import Entry, RecordingCallback, RecordingExecutor, linear_batches
+
+from cadence import READ, WRITE, Callback, Learner, Recorder, SerialExecutor, on
+from cadence.errors import CadenceError
+from cadence.events import (
+    BackwardBegin,
+    BackwardEnd,
+    BatchBegin,
+    BatchEnd,
+    EpochBegin,
+    EpochEnd,
+    Event,
+    FitBegin,
+    FitEnd,
+    LossBegin,
+)
+from cadence.phases import Phase, TrainingPhase, ValidationPhase
+from cadence.testing import make_test_learner
+
+TRAIN_BATCH = [BatchBegin, LossBegin, BackwardBegin, BackwardEnd, BatchEnd]
+VALID_BATCH = [BatchBegin, LossBegin, BatchEnd]
+
+
+def events_of(log: list[Entry], phase: type[Phase]) -> list[type[Event]]:
+    return [event for event, kind, _ in log if kind is phase]
+
+
+# ---- the loop's events ---------------------------------------------------------------------
+
+
+def test_training_and_validation_events_in_order(log: list[Entry]) -> None:
+    learner = make_test_learner(RecordingCallback(log), n_batches=2)
+    assert learner.fit(2) is None
+    train_epoch = [(e, TrainingPhase) for e in [EpochBegin, *TRAIN_BATCH, *TRAIN_BATCH, EpochEnd]]
+    valid_epoch = [(e, ValidationPhase) for e in [EpochBegin, *VALID_BATCH, *VALID_BATCH, EpochEnd]]
+    expected = [(FitBegin, Phase), *train_epoch, *valid_epoch, *train_epoch, *valid_epoch, (FitEnd, Phase)]
+    assert [(event, phase) for event, phase, _ in log] == expected
+
+
+def test_fit_events_fire_with_the_plain_phase() -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    class Fit(Callback):
+        @on(FitBegin)
+        @on(FitEnd)
+        def record(self, event: Event, phase: Phase, learner: Any) -> None:
+            seen.append((event, phase))
+
+    make_test_learner(Fit()).fit(3)
+    assert [type(event) for event, _ in seen] == [FitBegin, FitEnd]
+    assert all(type(phase) is Phase for _, phase in seen)
+    assert seen[0][0].n_epochs == 3
+
+
+def test_fit_uses_one_phase_instance_throughout() -> None:
+    phases: set[int] = set()
+
+    class Watch(Callback):
+        @on(Event, phase=TrainingPhase)
+        def watch(self, event: Event, phase: Phase, learner: Any) -> None:
+            phases.add(id(phase))
+
+    make_test_learner(Watch(), n_batches=2).fit(2)
+    assert len(phases) == 1
+
+
+def test_no_validation_without_validation_data(log: list[Entry]) -> None:
+    learner = make_test_learner(RecordingCallback(log), n_batches=2)
+    learner.fit(2, data=(learner.data[0], None))  # type: ignore[index]
+    assert events_of(log, ValidationPhase) == []
+    assert events_of(log, TrainingPhase).count(EpochBegin) == 2
+
+
+def test_fit_data_overrides_the_learner_data(log: list[Entry]) -> None:
+    learner = make_test_learner(RecordingCallback(log), n_batches=4)
+    learner.fit(1, data=(linear_batches((3, 3, 3)), linear_batches((5,))))
+    assert events_of(log, TrainingPhase).count(BatchBegin) == 3
+    assert events_of(log, ValidationPhase).count(BatchBegin) == 1
+    log.clear()
+    learner.fit(1)
+    assert events_of(log, TrainingPhase).count(BatchBegin) == 4
+
+
+def test_epoch_begin_carries_the_data() -> None:
+    seen: list[Any] = []
+
+    class Watch(Callback):
+        @on(EpochBegin)
+        def watch(self, event: Any, phase: Phase, learner: Any) -> None:
+            seen.append(event.data)
+
+    learner = make_test_learner(Watch())
+    learner.fit(1)
+    assert seen[0] is learner.data[0]  # type: ignore[index]
+    assert seen[1] is learner.data[1]  # type: ignore[index]
+
+
+def test_fit_zero_epochs_fires_only_fit_events(log: list[Entry]) -> None:
+    make_test_learner(RecordingCallback(log)).fit(0)
+    assert log == [(FitBegin, Phase, "rec"), (FitEnd, Phase, "rec")]
+
+
+class StateSpy(Callback):
+    """Records what exists at each training event."""
+
+    state_access = {"batch": READ, "model": READ, "optimizer": READ}
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[type[Event], dict[str, Any]]] = []
+
+    @on(Event, phase=TrainingPhase)
+    def spy(self, event: Event, phase: Phase, learner: Any) -> None:
+        batch = learner.batch
+        self.seen.append(
+            (
+                type(event),
+                {
+                    "x": batch.x,
+                    "y_pred": batch.y_pred,
+                    "loss": batch.loss,
+                    "grads": [p.grad for p in learner.model.parameters()],
+                    "weight": learner.model.weight.detach().clone(),
+                },
+            )
+        )
+
+
+def test_state_available_at_each_training_event() -> None:
+    spy = StateSpy()
+    learner = make_test_learner(spy, n_batches=2)
+    learner.fit(1, data=(learner.data[0], None))  # type: ignore[index]
+    per_batch = [s for s in spy.seen if s[0] not in (EpochBegin, EpochEnd)]
+    assert [event for event, _ in per_batch] == TRAIN_BATCH * 2
+    for start in (0, 5):
+        begin, loss_begin, backward_begin, backward_end, end = (s for _, s in per_batch[start : start + 5])
+        assert begin["x"] is not None and begin["y_pred"] is None and begin["loss"] is None
+        assert loss_begin["y_pred"] is not None and loss_begin["loss"] is None
+        # zero_grad(set_to_none=True) ran before the forward.
+        assert loss_begin["grads"] == [None]
+        assert backward_begin["loss"].requires_grad
+        # From BackwardEnd on, the loss is detached and the gradients are in.
+        assert not backward_end["loss"].requires_grad and backward_end["loss"].grad_fn is None
+        assert not end["loss"].requires_grad
+        assert backward_end["grads"][0] is not None
+        # The optimizer steps between BackwardEnd and BatchEnd.
+        assert torch.equal(backward_end["weight"], begin["weight"])
+        assert not torch.equal(end["weight"], backward_end["weight"])
+
+
+def test_loss_begin_rewrite_of_y_pred_is_what_the_loss_sees() -> None:
+    losses: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Rewrite(Callback):
+        state_access = {"batch": WRITE}
+
+        @on(LossBegin)
+        def double(self, event: Event, phase: Phase, learner: Any) -> None:
+            learner.batch.y_pred = learner.batch.y_pred * 2
+
+        @on(BatchEnd)
+        def check(self, event: Event, phase: Phase, learner: Any) -> None:
+            batch = learner.batch
+            losses.append((batch.loss, torch.nn.functional.mse_loss(batch.y_pred, batch.y)))
+
+    learner = make_test_learner(Rewrite(), n_batches=2)
+    learner.fit(1, data=(learner.data[0], learner.data[0]))  # type: ignore[index]
+    assert len(losses) == 4
+    for loss, expected in losses[2:]:  # validation: the model does not change after the loss
+        assert torch.equal(loss, expected)
+
+
+def gradient_after_one_batch(*callbacks: Callback) -> torch.Tensor:
+    grads: list[torch.Tensor] = []
+
+    class Grab(Callback):
+        state_access = {"model": READ}
+
+        @on(BackwardEnd)
+        def grab(self, event: Event, phase: Phase, learner: Any) -> None:
+            grads.append(learner.model.weight.grad.clone())
+
+    learner = make_test_learner(*callbacks, Grab(), n_batches=1)
+    learner.fit(1, data=(learner.data[0], None))  # type: ignore[index]
+    return grads[0]
+
+
+def test_backward_begin_rewrite_of_the_loss_is_what_is_backpropagated() -> None:
+    class Doubler(Callback):
+        state_access = {"batch.loss": WRITE}
+
+        @on(BackwardBegin)
+        def double(self, event: Event, phase: Phase, learner: Any) -> None:
+            learner.batch.loss = learner.batch.loss * 2
+
+    plain = gradient_after_one_batch()
+    doubled = gradient_after_one_batch(Doubler())
+    assert torch.equal(doubled, plain * 2)
+
+
+def test_validation_does_not_touch_the_weights() -> None:
+    learner = make_test_learner(n_batches=2)
+    before = learner.model.weight.detach().clone()
+    learner.epoch(ValidationPhase(), learner.data[1])  # type: ignore[index]
+    assert torch.equal(learner.model.weight, before)
+    assert learner.model.weight.grad is None
+
+
+def test_step_processes_one_batch(log: list[Entry]) -> None:
+    learner = make_test_learner(RecordingCallback(log))
+    learner.step(TrainingPhase(), learner.data[0][0])  # type: ignore[index]
+    assert [event for event, _, _ in log] == TRAIN_BATCH
+
+
+def test_make_test_learner_converges() -> None:
+    learner = make_test_learner()
+    learner.fit(5)
+    assert abs(learner.model.weight.item() - 3.0) < 0.05
+
+
+# ---- arguments -----------------------------------------------------------------------------
+
+
+def model() -> torch.nn.Module:
+    return torch.nn.Linear(1, 1)
+
+
+MSE = torch.nn.functional.mse_loss
+
+
+def test_optimizer_defaults_to_adam_over_the_model() -> None:
+    net = model()
+    learner = Learner(net, MSE)
+    assert isinstance(learner.optimizer, torch.optim.Adam)
+    assert learner.optimizer.param_groups[0]["params"] == list(net.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"model": "net"}, TypeError, r"Learner\(model=\.\.\.\) expects a torch\.nn\.Module; got str\."),
+        ({"loss_fn": "mse"}, TypeError, r"Learner\(loss_fn=\.\.\.\) expects a callable loss_fn\(y_pred, y\), e\.g\. torch\.nn\.functional\.cross_entropy; got str\."),
+        ({"optimizer": "adam"}, TypeError, r"Learner\(optimizer=\.\.\.\) expects a torch\.optim\.Optimizer, e\.g\. torch\.optim\.SGD\(model\.parameters\(\), lr=0\.1\), or None for Adam; got str\."),
+        ({"callbacks": Recorder()}, TypeError, r"callbacks must be a list of Callback instances, e\.g\. \[Recorder\(\)\]; got Recorder\(\)\."),
+        ({"callbacks": 3}, TypeError, r"callbacks must be a list of Callback instances"),
+        ({"callbacks": [Recorder]}, TypeError, r"callbacks\[0\] is the class Recorder; pass an instance: Recorder\(\)\."),
+        ({"callbacks": [Recorder(), print]}, TypeError, r"callbacks\[1\] is a builtin_function_or_method, not a Callback; subclass cadence\.Callback\."),
+        ({"data": [1]}, TypeError, r"Learner\(data=\.\.\.\) expects \(train, valid\), each an iterable of \(x, y\) batches, valid may be None; got list\. For training data alone write data=\(train, None\)\."),
+        ({"data": (None, None)}, TypeError, r"Learner\(data=\.\.\.\): train must be an iterable of \(x, y\) batches; got NoneType\."),
+        ({"data": ([], 5)}, TypeError, r"Learner\(data=\.\.\.\): valid must be an iterable of \(x, y\) batches; got int\."),
+        ({"executor": object()}, TypeError, r"Learner\(executor=\.\.\.\) expects an object with run\(plan, event, phase\), such as SerialExecutor\(\); got object\."),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+    arguments: dict[str, Any] = {"model": model(), "loss_fn": MSE, **kwargs}
+    with pytest.raises(error, match=message):
+        Learner(**arguments)
+
+
+@pytest.mark.parametrize("n_epochs", [-1, 1.5, True, "2"])
+def test_fit_rejects_a_bad_number_of_epochs(n_epochs: Any) -> None:
+    with pytest.raises(ValueError, match=r"fit\(n_epochs\) expects a non-negative int; got "):
+        make_test_learner().fit(n_epochs)
+
+
+def test_fit_without_data_says_where_to_pass_it() -> None:
+    learner = Learner(model(), MSE)
+    with pytest.raises(ValueError, match=r"fit\(\) has no data: pass data=\(train, valid\) to Learner\(\.\.\.\) or to fit\(\.\.\.\), each an iterable of \(x, y\) batches \(valid may be None\)\."):
+        learner.fit(1)
+
+
+def test_fit_checks_its_data_argument() -> None:
+    with pytest.raises(TypeError, match=r"fit\(data=\.\.\.\) expects \(train, valid\)"):
+        make_test_learner().fit(1, data=[[]])  # type: ignore[arg-type]
+
+
+def test_epoch_checks_its_arguments() -> None:
+    learner = make_test_learner()
+    with pytest.raises(TypeError, match=r"Expected a phase such as TrainingPhase\(\); got type\."):
+        learner.epoch(TrainingPhase, [])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"epoch\(phase, data\) expects an iterable of \(x, y\) batches; got int\."):
+        learner.epoch(TrainingPhase(), 3)  # type: ignore[arg-type]
+
+
+def test_firing_an_undeclared_event_says_where_to_declare_it() -> None:
+    class Custom(Event):
+        __slots__ = ()
+
+    learner = make_test_learner()
+    with pytest.raises(CadenceError, match=r"TrainingPhase fired Custom, which is not in TrainingPhase\.events; add it there so that its plan is built\."):
+        learner.fire(Custom(), TrainingPhase())
+
+
+def test_learner_state_and_repr() -> None:
+    learner = make_test_learner(Recorder())
+    assert repr(learner) == "Learner(Linear, callbacks=[Recorder])"
+    assert "history" in learner.cbstate
+    assert isinstance(learner.executor, SerialExecutor)
+
+
+# ---- executors -----------------------------------------------------------------------------
+
+
+def test_custom_executor_runs_every_plan_including_empty_fit_plans() -> None:
+    executor = RecordingExecutor()
+    learner = make_test_learner(Recorder(), n_batches=2, executor=executor)
+    learner.fit(1)
+    assert learner.executor is executor
+    assert executor.runs[0] == (FitBegin, Phase, 0)
+    assert executor.runs[-1] == (FitEnd, Phase, 0)
+    assert (BatchEnd, TrainingPhase, 1) in executor.runs
+    # Plans nobody handles do not reach it.
+    assert all(event is not LossBegin for event, _, _ in executor.runs)
+    assert learner.cbstate.history[TrainingPhase()].steps == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda learner: learner.add_callback(Callback()),
+        lambda learner: learner.remove_callback(Recorder),
+        lambda learner: learner.replace_callback(Recorder()),
+    ],
+)
+def test_custom_executor_survives_callback_changes(change: Any) -> None:
+    executor = RecordingExecutor()
+    learner = make_test_learner(Recorder(), executor=executor)
+    change(learner)
+    assert learner.executor is executor
+    executor.runs.clear()
+    learner.fit(1)
+    assert executor.runs and executor.runs[0][0] is FitBegin
+
+
+def test_executor_can_be_swapped_and_is_checked() -> None:
+    learner = make_test_learner()
+    executor = RecordingExecutor()
+    learner.executor = executor
+    learner.fit(1)
+    assert executor.runs
+    with pytest.raises(TypeError, match=r"expects an object with run\(plan, event, phase\), such as SerialExecutor\(\); got str\."):
+        learner.executor = "serial"  # type: ignore[assignment]
+    assert learner.executor is executor
+
+
+def test_serial_executor_repr() -> None:
+    assert repr(SerialExecutor()) == "SerialExecutor()"
