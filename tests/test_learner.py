@@ -250,8 +250,8 @@ def test_optimizer_defaults_to_adam_over_the_model() -> None:
         ({"optimizer": "adam"}, TypeError, r"Learner\(optimizer=\.\.\.\) expects a torch\.optim\.Optimizer, e\.g\. torch\.optim\.SGD\(model\.parameters\(\), lr=0\.1\), or None for Adam; got str\."),
         ({"callbacks": Recorder()}, TypeError, r"callbacks must be a list of Callback instances, e\.g\. \[Recorder\(\)\]; got Recorder\(\)\."),
         ({"callbacks": 3}, TypeError, r"callbacks must be a list of Callback instances"),
-        ({"callbacks": [Recorder]}, TypeError, r"callbacks\[0\] is the class Recorder; pass an instance: Recorder\(\)\."),
-        ({"callbacks": [Recorder(), print]}, TypeError, r"callbacks\[1\] is a builtin_function_or_method, not a Callback; subclass cadence\.Callback\."),
+        ({"callbacks": [Recorder]}, TypeError, r"callbacks\[0\] got the class Recorder; pass an instance: Recorder\(\)\."),
+        ({"callbacks": [Recorder(), print]}, TypeError, r"callbacks\[1\] got a builtin_function_or_method, not a Callback; subclass cadence\.Callback\."),
         ({"data": [1]}, TypeError, r"Learner\(data=\.\.\.\) expects \(train, valid\), each an iterable of \(x, y\) batches, valid may be None; got list\. For training data alone write data=\(train, None\)\."),
         ({"data": (None, None)}, TypeError, r"Learner\(data=\.\.\.\): train must be an iterable of \(x, y\) batches; got NoneType\."),
         ({"data": ([], 5)}, TypeError, r"Learner\(data=\.\.\.\): valid must be an iterable of \(x, y\) batches; got int\."),
@@ -352,3 +352,29 @@ def test_executor_can_be_swapped_and_is_checked() -> None:
 
 def test_serial_executor_repr() -> None:
     assert repr(SerialExecutor()) == "SerialExecutor()"
+
+
+def test_add_callback_names_itself_when_given_a_class() -> None:
+    learner = make_test_learner()
+    with pytest.raises(TypeError, match=r"add_callback\(callback\) got the class Recorder; pass an instance: Recorder\(\)\."):
+        learner.add_callback(Recorder)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"replace_callback\(callback\) got a int, not a Callback"):
+        learner.replace_callback(3)  # type: ignore[arg-type]
+
+
+def test_fit_begin_carries_the_data_fit_runs_on() -> None:
+    from cadence.events import FitBegin
+
+    seen: list[object] = []
+
+    class Watch(Callback):
+        @on(FitBegin)
+        def fit_begin(self, event: FitBegin, phase: object, learner: object) -> None:
+            seen.append(event.data)
+
+    learner = make_test_learner(Watch())
+    default_data = learner.data
+    learner.fit(0)
+    other = ([(torch.ones(2, 1), torch.ones(2, 1))], None)
+    learner.fit(0, data=other)
+    assert seen == [default_data, other]

@@ -49,12 +49,15 @@ class FitBegin(Event):
 
     Attributes:
         n_epochs: The number of epochs ``fit`` was asked to run.
+        data: The ``(train, valid)`` pair this fit runs on (``valid`` may be None): the data
+            passed to ``fit`` if any, else the learner's.
     """
 
-    __slots__ = ("n_epochs",)
+    __slots__ = ("n_epochs", "data")
 
-    def __init__(self, n_epochs: int = 0) -> None:
+    def __init__(self, n_epochs: int = 0, data: tuple[Iterable[Any], Iterable[Any] | None] | None = None) -> None:
         self.n_epochs = n_epochs
+        self.data = data
 
 
 class FitEnd(Event):

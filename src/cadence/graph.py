@@ -304,7 +304,7 @@ class CallbackGraph:
         where = f"at {event.__name__} in {phase.__name__}"
         if answer_a is NotImplemented and answer_b is NotImplemented:
             na, nb = self.labels[i], self.labels[j]
-            same = type(a) is type(b)
+            same = a.__class__ is b.__class__  # a throttled Writer is still a Writer
             raise ConflictError(
                 f"Write conflict between {na} and {nb} {where}:\n"
                 f"  - {na} writes {dotted(path_i)}\n  - {nb} writes {dotted(path_j)}\n"

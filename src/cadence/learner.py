@@ -147,7 +147,7 @@ class Learner:
         train, valid = self._data(data, "fit")
         result: CancelFit | None = None
         try:
-            self.fire(FitBegin(n_epochs), FIT_PHASE)
+            self.fire(FitBegin(n_epochs, (train, valid)), FIT_PHASE)
             for _ in range(n_epochs):
                 self.epoch(TRAINING, train)
                 if valid is not None:
@@ -207,7 +207,7 @@ class Learner:
 
     def add_callback(self, callback: Callback) -> None:
         """Add a callback and rebuild the plans; on error the learner is left unchanged."""
-        (callback,) = _check_callbacks([callback])
+        (callback,) = _check_callbacks([callback], "add_callback(callback)")
         if any(cb is callback for cb in self._callbacks):
             raise ValueError(f"{callback!r} is already in this learner; add a new instance instead.")
         self._install([*self._callbacks, callback], joining=[callback])
@@ -226,10 +226,10 @@ class Learner:
     def replace_callback(self, callback: Callback) -> Callback | None:
         """Put ``callback`` in place of the first callback of its type and return the old one,
         or add it and return None when there is none. Runs the new callback's ``init``."""
-        (callback,) = _check_callbacks([callback])
+        (callback,) = _check_callbacks([callback], "replace_callback(callback)")
         if any(cb is callback for cb in self._callbacks):
             raise ValueError(f"{callback!r} is already in this learner; replace with a new instance instead.")
-        old = self.get_callback(type(callback))
+        old = self.get_callback(callback.__class__)  # a throttled Recorder replaces a Recorder
         if old is None:
             self.add_callback(callback)
             return None
@@ -331,15 +331,16 @@ def _plans_for(graph: CallbackGraph, kind: type[Phase], views: Sequence[LearnerV
     return plans
 
 
-def _check_callbacks(callbacks: Iterable[Callback]) -> list[Callback]:
+def _check_callbacks(callbacks: Iterable[Callback], where: str | None = None) -> list[Callback]:
     if isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable):
         raise TypeError(f"callbacks must be a list of Callback instances, e.g. [Recorder()]; got {callbacks!r}.")
     checked = list(callbacks)
     for i, cb in enumerate(checked):
+        name = where or f"callbacks[{i}]"
         if isinstance(cb, type) and issubclass(cb, Callback):
-            raise TypeError(f"callbacks[{i}] is the class {cb.__name__}; pass an instance: {cb.__name__}().")
+            raise TypeError(f"{name} got the class {cb.__name__}; pass an instance: {cb.__name__}().")
         if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}, not a Callback; subclass cadence.Callback.")
+            raise TypeError(f"{name} got a {type(cb).__name__}, not a Callback; subclass cadence.Callback.")
     for i, cb in enumerate(checked):
         if any(cb is other for other in checked[:i]):
             raise ValueError(f"callbacks[{i}] ({cb!r}) is listed twice; pass each instance once.")

@@ -209,12 +209,21 @@ def test_a_one_shot_iterator_for_one_epoch_is_skipped_not_consumed(caplog: pytes
     assert "SanityCheck skipped the train data: it is a one-shot iterator (generator)" in caplog.text
 
 
-def test_no_data_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_data_passed_to_fit_is_checked() -> None:
+    learner = make_test_learner(SanityCheck())
+    with pytest.raises(SanityCheckError, match=r"1\. train: Each batch must be an \(x, y\) pair; got a Tensor"):
+        learner.fit(1, data=([torch.ones(2, 1)], None))
+
+
+def test_no_data_at_all_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from cadence.events import FitBegin
+    from cadence.phases import Phase
+
     learner = make_test_learner(SanityCheck())
     learner.data = None
     with caplog.at_level(logging.WARNING, logger="cadence.callbacks.sanity"):
-        learner.fit(1, data=(BATCHES, None))
-    assert "SanityCheck had nothing to check" in caplog.text
+        learner.fire(FitBegin(1), Phase())
+    assert "SanityCheck had nothing to check: FitBegin carried no data and learner.data is None." in caplog.text
 
 
 def test_every_problem_in_one_message_and_nothing_trained() -> None:

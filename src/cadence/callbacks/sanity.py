@@ -39,8 +39,8 @@ class SanityCheck(Callback):
     device first, as a device-moving callback such as ``ToDevice`` would. Other callbacks' handlers do not
     run, so rewrites they would make at ``BatchBegin`` or ``LossBegin`` are not applied.
 
-    It runs at ``FitBegin`` of every ``fit`` with at least one epoch, on ``learner.data`` (data
-    passed to ``fit(n, data=...)`` instead is not checked: ``FitBegin`` does not carry it). Data
+    It runs at ``FitBegin`` of every ``fit`` with at least one epoch, on the data that fit runs
+    on (``FitBegin.data``: the data passed to ``fit`` if any, else ``learner.data``). Data
     that is a one-shot iterator (a generator) is not consumed: with more than one epoch that is a
     problem (later epochs would get no batches), otherwise the check is skipped with a logged
     warning.
@@ -63,14 +63,12 @@ class SanityCheck(Callback):
 
     @on(FitBegin)
     def check(self, event: FitBegin, phase: Phase, learner: Any) -> None:
-        n_epochs, data = event.n_epochs, learner.data
+        n_epochs = event.n_epochs
+        data = event.data if event.data is not None else learner.data
         if n_epochs == 0:
             return
         if data is None:
-            log.warning(
-                "SanityCheck had nothing to check: learner.data is None, and data passed to "
-                "fit(n, data=...) is not visible at FitBegin. Give the data to the Learner."
-            )
+            log.warning("SanityCheck had nothing to check: FitBegin carried no data and learner.data is None.")
             return
         model, loss_fn = learner.model, learner.loss_fn
         problems: list[str] = []
