@@ -1,0 +1,90 @@
+"""ToDevice: puts the model, its optimizer state and every batch on one device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cadence import WRITE, Callback, RunFirst, Unresolvable, on
+from cadence.events import BatchBegin, Event, FitBegin
+from cadence.phases import Phase
+
+__all__ = ["ToDevice"]
+
+
+class ToDevice(Callback):
+    """Moves the model to ``device`` once, at ``FitBegin``, and each batch's ``x`` and ``y``
+    at ``BatchBegin`` (tensors, and lists, tuples and dicts of them).
+
+    ``Module.to`` moves parameters in place, so the optimizer keeps its parameters; any
+    optimizer state that exists already (a resumed Adam, say) is moved next to its parameter.
+    The optimizer is never rebuilt, so its state survives epochs (FluxTraining's ``ToDevice``
+    rebuilt it every epoch and leaked GPU memory).
+
+    Ordering: ``ToDevice`` runs before any other callback that writes the same state at the
+    same event (``resolve_conflict`` answers ``RunFirst(self)``): every other handler sees the
+    model and the batch on the device, e.g. ``Scheduler`` and ``MixedPrecision``.
+
+    Args:
+        device: A ``torch.device`` or its name, e.g. ``"cuda"``, ``"cuda:1"``, ``"cpu"``.
+
+    Example:
+        >>> from cadence.testing import make_test_learner
+        >>> learner = make_test_learner(ToDevice("cpu"))
+        >>> _ = learner.fit(1)
+        >>> learner.model.weight.device
+        device(type='cpu')
+    """
+
+    state_access = {"model": WRITE, "optimizer": WRITE, "batch.x": WRITE, "batch.y": WRITE}
+
+    def __init__(self, device: torch.device | str | int) -> None:
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"ToDevice(device=...) expects a torch.device or a name such as 'cuda', 'cuda:1' "
+                f"or 'cpu'; got {device!r}."
+            ) from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"ToDevice({str(self.device)!r}): CUDA is not available here. Pick the device at "
+                f"run time, e.g. ToDevice('cuda' if torch.cuda.is_available() else 'cpu')."
+            )
+        # Copies to the CPU must finish before the host reads them, so only those block.
+        self._non_blocking = self.device.type != "cpu"
+
+    @on(FitBegin)
+    def fit_begin(self, event: Event, phase: Phase, learner: Any) -> None:
+        learner.model.to(self.device)
+        for param, state in learner.optimizer.state.items():
+            for key, value in state.items():
+                # A non-capturable optimizer keeps its "step" counter on the CPU; leave it there.
+                if isinstance(value, torch.Tensor) and (key != "step" or value.device.type != "cpu"):
+                    state[key] = value.to(param.device)
+
+    @on(BatchBegin)
+    def batch_begin(self, event: Event, phase: Phase, learner: Any) -> None:
+        batch = learner.batch
+        batch.x = self._move(batch.x)
+        batch.y = self._move(batch.y)
+
+    def _move(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(self.device, non_blocking=self._non_blocking)
+        if isinstance(value, tuple) and hasattr(value, "_fields"):
+            return type(value)(*(self._move(v) for v in value))
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._move(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self._move(v) for k, v in value.items()}
+        return value
+
+    def resolve_conflict(self, other: Callback) -> Any:
+        if isinstance(other, ToDevice):
+            return Unresolvable()
+        return RunFirst(self)
+
+    def __repr__(self) -> str:
+        return f"ToDevice({str(self.device)!r})"
