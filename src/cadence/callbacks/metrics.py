@@ -1,7 +1,10 @@
-"""Metrics: the loss (and later other metrics) per step and per epoch, in ``cbstate.metrics``."""
+"""Metrics: the loss and any other metric, per step and per epoch, in ``cbstate.metrics``."""
 
 from __future__ import annotations
 
+import copy
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +14,7 @@ from cadence import READ, WRITE, Callback, on
 from cadence.events import BatchEnd, EpochBegin, EpochEnd, Event
 from cadence.phases import Phase
 
-__all__ = ["Metrics", "MetricValues"]
+__all__ = ["MetricSpec", "MetricValues", "Metrics"]
 
 
 @dataclass(slots=True)
@@ -22,10 +25,13 @@ class MetricValues:
         step: The latest step's values, as tensors left on their device (no sync per batch);
             call ``float()`` on one when you need the number.
         epochs: Every epoch's value, per key, as floats.
+        keys: Every key ``Metrics`` will produce, known when it joins the learner, so that a
+            reader can check the key it wants at build time.
     """
 
     step: dict[str, torch.Tensor] = field(default_factory=dict)
     epochs: dict[str, list[float]] = field(default_factory=dict)
+    keys: set[str] = field(default_factory=set)
 
     def last(self, key: str) -> float:
         """The latest epoch value of ``key``.
@@ -39,56 +45,238 @@ class MetricValues:
         return values[-1]
 
 
-class Metrics(Callback):
-    """Tracks the loss: the latest step's value and each epoch's value, weighted by batch size
-    (exact for mean-reduced losses), under ``"<phase name>/loss"`` in ``cbstate.metrics``.
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric with its own name or phases, e.g. ``MetricSpec(f1, phases="valid")``.
 
-    The epoch sum is accumulated on the loss's device and read once, at ``EpochEnd``.
+    Args:
+        metric: A stateful metric (``update``/``compute``/``reset``, e.g. a torchmetrics
+            ``Metric``) or a function ``(y_pred, y) -> scalar tensor``.
+        name: The key's metric part; by default the function's ``__name__`` or the snake-cased
+            class name without a ``Binary``/``Multiclass``/``Multilabel`` prefix.
+        phases: Phase names (``"train"``, ``"valid"``) or classes; by default every phase.
+    """
+
+    metric: Any
+    name: str | None = None
+    phases: str | type[Phase] | Iterable[str | type[Phase]] | None = None
+
+    def resolve(self) -> tuple[str, frozenset[str] | None]:
+        """Check the spec and return its name and phase names (None: every phase)."""
+        metric = self.metric
+        if not (callable(metric) or _stateful(metric)):
+            raise TypeError(
+                f"Metrics expects torchmetrics metrics or functions (y_pred, y) -> tensor; got "
+                f"{type(metric).__name__}."
+            )
+        name = self.name if self.name is not None else _default_name(metric)
+        if not name:
+            raise ValueError(
+                f"Metrics cannot name {getattr(metric, '__qualname__', type(metric).__name__)}: it has "
+                f'no usable __name__ (a lambda or a partial). Name it: MetricSpec(metric, name="my_metric").'
+            )
+        if "/" in name or name == "loss":
+            raise ValueError(
+                f'Metrics cannot use the name {name!r}: "loss" is always the loss, and names have no '
+                f'"/". Name it differently: MetricSpec(metric, name="my_metric").'
+            )
+        if self.phases is None:
+            return name, None
+        given = [self.phases] if isinstance(self.phases, (str, type)) else list(self.phases)
+        names = frozenset(p if isinstance(p, str) else p.name for p in given)
+        unknown = names - _phase_names()
+        if unknown or not names:
+            raise ValueError(
+                f"MetricSpec({name!r}, phases=...) names unknown phases {sorted(unknown) or '(none)'}; "
+                f"phases are {sorted(_phase_names())}, e.g. phases=\"valid\"."
+            )
+        return name, names
+
+
+def _phase_names() -> set[str]:
+    """The names of every phase class defined so far (``"train"``, ``"valid"``, ...)."""
+    names, stack = set(), list(Phase.__subclasses__())
+    while stack:
+        kind = stack.pop()
+        names.add(kind.name)
+        stack.extend(kind.__subclasses__())
+    return names
+
+
+def _stateful(metric: object) -> bool:
+    return all(callable(getattr(metric, m, None)) for m in ("update", "compute", "reset"))
+
+
+def _default_name(metric: object) -> str:
+    if _stateful(metric):
+        cls = re.sub(r"^(Binary|Multiclass|Multilabel)(?=[A-Z0-9])", "", type(metric).__name__)
+        return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", cls).lower()
+    name = getattr(metric, "__name__", "")
+    return name if name.isidentifier() else ""
+
+
+class _Tracker:
+    """One phase's accumulators. On CPU the sums are Python floats (reading a CPU tensor costs
+    no sync); elsewhere they are tensors on the loss's device, read once at ``EpochEnd``."""
+
+    __slots__ = ("loss_key", "functions", "stateful", "on_cpu", "sums", "count")
+
+    def __init__(self, kind: type[Phase], specs: list[tuple[str, frozenset[str] | None, Any]]) -> None:
+        mine = [(f"{kind.name}/{n}", m) for n, phases, m in specs if phases is None or kind.name in phases]
+        self.loss_key = f"{kind.name}/loss"
+        self.functions = [(k, m) for k, m in mine if not _stateful(m)]
+        self.stateful = [(k, copy.deepcopy(m)) for k, m in mine if _stateful(m)]
+        self.on_cpu = True
+        self.sums: list[Any] = [0.0] * (1 + len(self.functions))
+        self.count = 0
+
+    def start(self, loss: Any, y_pred: Any) -> None:
+        """First batch of an epoch: choose where to accumulate and move metrics there."""
+        device = loss.device if isinstance(loss, torch.Tensor) else torch.device("cpu")
+        self.on_cpu = device.type == "cpu"
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.sums = [0.0 if self.on_cpu else torch.zeros((), dtype=dtype, device=device) for _ in self.sums]
+        target = y_pred.device if isinstance(y_pred, torch.Tensor) else device
+        for _, metric in self.stateful:
+            if callable(getattr(metric, "to", None)):
+                metric.to(target)
+
+    def update(self, y_pred: Any, y: Any, size: int, step: dict[str, Any]) -> None:
+        if isinstance(y_pred, torch.Tensor):
+            y_pred = y_pred.detach()
+        for i, (key, fn) in enumerate(self.functions, start=1):
+            value = step[key] = fn(y_pred, y)
+            if self.on_cpu:
+                self.sums[i] += float(value) * size
+            else:
+                self.sums[i].add_(value, alpha=size)
+        for _, metric in self.stateful:
+            metric.update(y_pred, y)
+
+    def values(self) -> dict[str, float]:
+        keys = [self.loss_key, *(k for k, _ in self.functions)]
+        found = {k: float(s) / self.count for k, s in zip(keys, self.sums)}
+        for key, metric in self.stateful:
+            value = metric.compute()
+            if isinstance(value, torch.Tensor) and value.numel() != 1:
+                raise ValueError(
+                    f"Metrics: {key} computed a tensor of shape {tuple(value.shape)}; cadence keeps "
+                    f"one number per metric. Reduce it, e.g. MulticlassAccuracy(num_classes=10, "
+                    f'average="macro").'
+                )
+            found[key] = float(value)
+        return found
+
+
+class _Trackers(dict[type[Phase], _Tracker]):
+    def __init__(self, specs: list[tuple[str, frozenset[str] | None, Any]]) -> None:
+        super().__init__()
+        self.specs = specs
+
+    def __missing__(self, kind: type[Phase]) -> _Tracker:
+        tracker = self[kind] = _Tracker(kind, self.specs)
+        return tracker
+
+
+class Metrics(Callback):
+    """Tracks the loss and the given metrics per step and per epoch in ``cbstate.metrics``,
+    under ``"<phase name>/<name>"`` keys (``"valid/accuracy"``).
+
+    Args:
+        *metrics: torchmetrics metrics (any object with ``update``, ``compute``, ``reset``),
+            functions ``(y_pred, y) -> scalar tensor``, or ``MetricSpec`` for a custom name or
+            a subset of phases. The loss is always tracked, as ``"loss"``.
+
+    Epoch values: the loss and functions are averaged over the epoch weighted by batch size
+    (``len(batch.y)``), which is exact for mean-reduced values; a stateful metric's is its
+    ``compute()`` over the whole epoch. On an accelerator nothing is read back before
+    ``EpochEnd`` (no sync per batch); on CPU, where reading costs no sync, sums are floats.
+    Step values (``cbstate.metrics.step``): the loss and functions, as device tensors. A
+    torchmetrics metric only gets ``update()`` per batch: its per-batch value (``forward``)
+    would cost a second update and often a sync, so it has no step value.
 
     Example:
         >>> from cadence.testing import make_test_learner
-        >>> learner = make_test_learner(Metrics())
+        >>> def mean_error(y_pred, y):
+        ...     return (y_pred - y).abs().mean()
+        >>> learner = make_test_learner(Metrics(MetricSpec(mean_error, phases="valid")))
         >>> _ = learner.fit(3)
-        >>> len(learner.cbstate.metrics.epochs["train/loss"])
-        3
+        >>> sorted(learner.cbstate.metrics.epochs)
+        ['train/loss', 'valid/loss', 'valid/mean_error']
+        >>> learner.cbstate.metrics.last("valid/mean_error") < 0.1
+        True
     """
 
-    state_access = {"batch.loss": READ, "batch.y": READ, "cbstate.metrics": WRITE}
+    state_access = {"batch.loss": READ, "batch.y": READ, "batch.y_pred": READ, "cbstate.metrics": WRITE}
 
-    def __init__(self) -> None:
-        self._total: torch.Tensor | None = None
-        self._count = 0
-        self._keys: dict[type[Phase], str] = {}
+    def __init__(self, *metrics: Any) -> None:
+        specs = [m if isinstance(m, MetricSpec) else MetricSpec(m) for m in metrics]
+        self._specs = [(*spec.resolve(), spec.metric) for spec in specs]
+        keys = [f"{p}/{name}" for name, phases, _ in self._specs for p in (phases or _phase_names())]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(
+                f"Metrics has more than one metric for {', '.join(twice)}; give one of them "
+                f'another name: MetricSpec(metric, name="...").'
+            )
+        self._trackers = _Trackers(self._specs)
+        self._values = MetricValues()  # this learner's cbstate.metrics once joined
+
+    def planned_keys(self) -> set[str]:
+        """Every key this callback will write, for the phases defined so far."""
+        names = _phase_names()
+        return {f"{p}/loss" for p in names} | {
+            f"{p}/{name}" for name, phases, _ in self._specs for p in (phases or names)
+        }
 
     def init(self, learner: Any) -> None:
+        restored = {k: list(v) for k, v in self._values.epochs.items()}
         if "metrics" not in learner.cbstate:
             learner.cbstate.metrics = MetricValues()
-
-    def _key(self, phase: Phase) -> str:
-        key = self._keys.get(type(phase))
-        if key is None:
-            key = self._keys[type(phase)] = f"{phase.name}/loss"
-        return key
+        self._values = learner.cbstate.metrics
+        self._values.epochs.update(restored)
+        self._values.keys |= self.planned_keys()
 
     @on(EpochBegin)
     def epoch_begin(self, event: Event, phase: Phase, learner: Any) -> None:
-        self._total = None
-        self._count = 0
+        self._values = learner.cbstate.metrics
+        tracker = self._trackers[phase.__class__]
+        tracker.count = 0
+        for _, metric in tracker.stateful:
+            metric.reset()
 
     @on(BatchEnd)
     def batch_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        tracker = self._trackers[phase.__class__]
         batch = learner.batch
-        loss = batch.loss.detach()
+        loss = batch.loss
         size = len(batch.y)
-        if self._total is None:
-            self._total = torch.zeros((), dtype=torch.float64, device=loss.device)
-        self._total.add_(loss, alpha=size)
-        self._count += size
-        learner.cbstate.metrics.step[self._key(phase)] = loss
+        if not tracker.count:
+            tracker.start(loss, batch.y_pred)
+        if loss.requires_grad:  # a custom phase may hand over an attached loss
+            loss = loss.detach()
+        tracker.count += size
+        if tracker.on_cpu:
+            tracker.sums[0] += float(loss) * size
+        else:
+            tracker.sums[0].add_(loss, alpha=size)
+        self._values.step[tracker.loss_key] = loss
+        if len(tracker.sums) > 1 or tracker.stateful:
+            tracker.update(batch.y_pred, batch.y, size, self._values.step)
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        if self._total is None or self._count == 0:
-            return
-        value = float(self._total) / self._count
-        learner.cbstate.metrics.epochs.setdefault(self._key(phase), []).append(value)
+        tracker = self._trackers[phase.__class__]
+        if tracker.count:
+            epochs = learner.cbstate.metrics.epochs
+            for key, value in tracker.values().items():
+                epochs.setdefault(key, []).append(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every epoch's values, as ``{"epochs": {key: [float, ...]}}``."""
+        return {"epochs": {k: list(v) for k, v in self._values.epochs.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (before or after joining a learner)."""
+        self._values.epochs.clear()
+        self._values.epochs.update({str(k): [float(x) for x in v] for k, v in state["epochs"].items()})

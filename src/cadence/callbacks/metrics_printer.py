@@ -1,0 +1,112 @@
+"""MetricsPrinter: one table row per epoch, training and validation metrics side by side."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import rich
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from cadence import READ, Callback, on
+from cadence.events import EpochBegin, EpochEnd, Event, FitEnd
+from cadence.phases import Phase, TrainingPhase, ValidationPhase
+
+__all__ = ["MetricsPrinter"]
+
+
+class MetricsPrinter(Callback):
+    """Prints each epoch's values from ``cbstate.metrics``: the epoch number, then every
+    metric with its phases side by side (``train/loss``, ``valid/loss``, ``train/accuracy``, ...).
+
+    The row of an epoch is printed when its validation epoch ends, or, when no validation
+    follows the training epoch, when the next training epoch begins or ``fit`` ends. A key with
+    no new value since the last row is left blank. ``epoch`` is the number of values the row's
+    keys have (in a fit, the training epoch, counting those restored from a checkpoint).
+
+    On a terminal it prints a rich table per epoch; elsewhere (CI logs, pipes) plain aligned
+    text, with the header only when the columns change.
+
+    Args:
+        console: Where to print; rich's global console (standard output) by default.
+        digits: Decimal places shown.
+
+    Example:
+        >>> from cadence import Metrics
+        >>> from cadence.testing import make_test_learner
+        >>> learner = make_test_learner(MetricsPrinter(), Metrics(), lr=0.01)
+        >>> _ = learner.fit(2)
+        epoch  train/loss  valid/loss
+            1      2.7706      2.4631
+            2      2.2294      1.9819
+    """
+
+    state_access = {"cbstate.metrics": READ}
+
+    def __init__(self, *, console: Console | None = None, digits: int = 4) -> None:
+        if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 12:
+            raise ValueError(f"MetricsPrinter(digits=...) expects an int from 0 to 12; got {digits!r}.")
+        self.console, self.digits = console, digits
+        self._printed: dict[str, int] = {}  # key -> number of its values already printed
+        self._header: list[str] = []  # the columns of the last plain row
+        self._pending = False  # a training epoch ended and its row is not printed yet
+
+    @on(EpochEnd, phase=TrainingPhase)
+    def training_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        self._pending = True
+
+    @on(EpochEnd, phase=ValidationPhase)
+    def validation_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        self._print_row(learner.cbstate.metrics.epochs)
+
+    @on(EpochBegin, phase=TrainingPhase)
+    def training_begin(self, event: Event, phase: Phase, learner: Any) -> None:
+        if self._pending:
+            self._print_row(learner.cbstate.metrics.epochs)
+
+    @on(FitEnd)
+    def fit_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        if self._pending:
+            self._print_row(learner.cbstate.metrics.epochs)
+
+    def _print_row(self, epochs: dict[str, list[float]]) -> None:
+        self._pending = False
+        new = {k: v for k, v in epochs.items() if v and len(v) > self._printed.get(k, 0)}
+        if not new:
+            return
+        self._printed.update({k: len(v) for k, v in new.items()})
+        columns = _columns(list(epochs))
+        cells = [f"{max(len(v) for v in new.values())}"]
+        cells += [self._format(new[k][-1]) if k in new else "" for k in columns]
+        console = self.console if self.console is not None else rich.get_console()
+        if console.is_terminal or console.is_jupyter:
+            table = Table("epoch", *columns, box=box.SIMPLE_HEAD)
+            for column in table.columns:
+                column.justify = "right"
+            table.add_row(*cells)
+            console.print(table)
+            return
+        widths = [5, *(max(len(c), 10) for c in columns)]
+        rows = [cells] if columns == self._header else [["epoch", *columns], cells]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+        self._header = columns
+        console.out("\n".join(lines), highlight=False)
+
+    def _format(self, value: float) -> str:
+        if math.isfinite(value) and value != 0 and not 10**-self.digits <= abs(value) < 1e6:
+            return f"{value:.{self.digits}e}"
+        return f"{value:.{self.digits}f}"
+
+
+def _columns(keys: list[str]) -> list[str]:
+    """Group keys by metric name, phases side by side, both in order of first appearance."""
+    names: dict[str, None] = {}
+    phases: dict[str, None] = {}
+    for key in keys:
+        phase, _, name = key.partition("/")
+        names.setdefault(name)
+        phases.setdefault(phase)
+    present = set(keys)
+    return [f"{p}/{n}" for n in names for p in phases if f"{p}/{n}" in present]

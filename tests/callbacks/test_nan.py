@@ -1,0 +1,115 @@
+"""StopOnNaNLoss: stops at the first non-finite training loss, naming the step, without a sync
+per batch on an accelerator."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from cadence import CancelFit, Learner
+from cadence.callbacks.nan import StopOnNaNLoss
+from cadence.testing import make_test_learner, regression_batches
+
+
+def poisoned(bad: dict[int, float], n_batches: int = 10) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Regression batches whose batch ``i`` has its targets replaced by ``bad[i]``."""
+    batches = regression_batches(n_batches, 4)
+    return [(x, torch.full_like(y, bad[i]) if i in bad else y) for i, (x, y) in enumerate(batches)]
+
+
+class OnDevice(StopOnNaNLoss):
+    """Takes the accelerator path (pending losses, checked every check_every) on CPU tensors."""
+
+    def _readable_at_once(self, loss: Any) -> bool:
+        return False
+
+
+def test_a_nan_loss_stops_fit_naming_the_step() -> None:
+    learner = make_test_learner(StopOnNaNLoss())
+    result = learner.fit(3, data=(poisoned({2: math.nan}), None))
+    assert isinstance(result, CancelFit)
+    assert result.reason == "StopOnNaNLoss: the training loss is nan at step 3 (epoch 1, batch 3)."
+    assert result.origin == "StopOnNaNLoss.batch_end"
+
+
+def test_an_infinite_loss_stops_fit_in_a_later_epoch() -> None:
+    clean = regression_batches(4, 4)
+    learner = make_test_learner(StopOnNaNLoss())
+    assert learner.fit(2, data=(clean, None)) is None
+    result = learner.fit(1, data=(poisoned({1: math.inf}, n_batches=4), None))
+    assert result is not None
+    assert result.reason == "StopOnNaNLoss: the training loss is inf at step 10 (epoch 3, batch 2)."
+
+
+def test_finite_losses_run_every_epoch() -> None:
+    assert make_test_learner(StopOnNaNLoss()).fit(2) is None
+
+
+def test_validation_losses_are_not_checked() -> None:
+    learner = make_test_learner(StopOnNaNLoss())
+    assert learner.fit(1, data=(regression_batches(4, 4), poisoned({0: math.nan}, 4))) is None
+
+
+def test_on_an_accelerator_losses_are_checked_every_check_every_steps_naming_the_first_bad_one() -> None:
+    seen: list[int] = []
+    callback = OnDevice(check_every=4)
+    learner = make_test_learner(callback)
+    original = callback._check
+
+    def counting() -> None:
+        seen.append(callback._steps)
+        original()
+
+    callback._check = counting  # type: ignore[method-assign]
+    result = learner.fit(1, data=(poisoned({5: math.nan, 6: math.inf}), None))
+    assert result is not None
+    assert result.reason == "StopOnNaNLoss: the training loss is nan at step 6 (epoch 1, batch 6)."
+    assert seen == [4, 8]  # read twice in 8 steps, not once per step
+
+
+def test_on_an_accelerator_the_end_of_the_epoch_checks_what_is_pending() -> None:
+    learner = make_test_learner(OnDevice(check_every=32))
+    result = learner.fit(2, data=(poisoned({8: math.inf}), None))
+    assert result is not None
+    assert result.reason == "StopOnNaNLoss: the training loss is inf at step 9 (epoch 1, batch 9)."
+    assert result.origin == "OnDevice.epoch_end"
+
+
+def test_check_every_must_be_a_positive_int() -> None:
+    with pytest.raises(ValueError, match=r"StopOnNaNLoss\(check_every=...\) expects a positive int; got 0\."):
+        StopOnNaNLoss(check_every=0)
+
+
+def test_state_dict_keeps_the_step_numbering() -> None:
+    first = make_test_learner(StopOnNaNLoss())
+    first.fit(1, data=(regression_batches(4, 4), None))
+    state = first.get_callback(StopOnNaNLoss).state_dict()  # type: ignore[union-attr]
+    assert state == {"steps": 4, "epochs": 1}
+    callback = StopOnNaNLoss()
+    callback.load_state_dict(state)
+    result = make_test_learner(callback).fit(1, data=(poisoned({0: math.nan}), None))
+    assert result is not None and "at step 5 (epoch 2, batch 1)" in result.reason
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_no_host_device_sync_per_batch_on_cuda() -> None:
+    device = torch.device("cuda")
+    batches = [(x.to(device), y.to(device)) for x, y in poisoned({40: math.nan}, n_batches=50)]
+
+    def strict(data: list[Any]) -> Any:
+        for batch in data:
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                yield batch
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+    model = torch.nn.Linear(1, 1, bias=False).to(device)
+    learner = Learner(model, torch.nn.functional.mse_loss, torch.optim.SGD(model.parameters(), lr=0.1),
+                      callbacks=[StopOnNaNLoss(check_every=1000)], default_callbacks=False)
+    result = learner.fit(1, data=(strict(batches), None))
+    assert result is not None
+    assert result.reason == "StopOnNaNLoss: the training loss is nan at step 41 (epoch 1, batch 41)."

@@ -1,0 +1,156 @@
+"""ProgressPrinter: a rich bar on a terminal, plain lines elsewhere, throttled, always closed."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from cadence import Callback, CancelFit, Metrics, on
+from cadence.callbacks import progress as progress_module
+from cadence.callbacks.metrics_printer import MetricsPrinter
+from cadence.callbacks.progress import ProgressPrinter
+from cadence.events import BatchEnd
+from cadence.phases import TrainingPhase
+from cadence.testing import make_test_learner, regression_batches
+
+
+def plain() -> tuple[ProgressPrinter, io.StringIO]:
+    out = io.StringIO()
+    return ProgressPrinter(console=Console(file=out, width=200)), out
+
+
+def terminal(**kwargs: Any) -> tuple[ProgressPrinter, io.StringIO]:
+    out = io.StringIO()
+    return ProgressPrinter(console=Console(file=out, force_terminal=True, width=120), **kwargs), out
+
+
+class FakeClock:
+    """Stands in for the ``time`` module: each reading advances by ``tick`` seconds."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick, self.reads = 0.0, tick, 0
+
+    def monotonic(self) -> float:
+        self.reads += 1
+        self.now += self.tick
+        return self.now
+
+
+LINE = r"{} epoch {}: {} batches, loss \d+\.\d{{4}}, \d+\.\d batches/s"
+
+
+def test_plain_lines_when_the_output_is_not_a_terminal() -> None:
+    printer, out = plain()
+    make_test_learner(printer).fit(2)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4
+    for line, (phase, epoch) in zip(lines, [("train", 1), ("valid", 1), ("train", 2), ("valid", 2)]):
+        assert re.fullmatch(LINE.format(phase, epoch, "16/16"), line), line
+
+
+def test_the_default_console_is_standard_output(capsys: pytest.CaptureFixture[str]) -> None:
+    make_test_learner(ProgressPrinter()).fit(1)
+    assert re.match(LINE.format("train", 1, "16/16"), capsys.readouterr().out)
+
+
+def test_the_data_being_iterated_gives_the_total() -> None:
+    printer, out = plain()
+    learner = make_test_learner(printer)
+    learner.fit(1, data=(regression_batches(5), None))
+    learner.fit(1, data=(iter(regression_batches(3)), None))  # no len(): no total
+    lines = out.getvalue().splitlines()
+    assert re.fullmatch(LINE.format("train", 1, "5/5"), lines[0])
+    assert re.fullmatch(LINE.format("train", 2, "3"), lines[1])
+
+
+def test_plain_lines_are_throttled_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(tick=1.0)  # every clock reading is a second later
+    monkeypatch.setattr(progress_module, "time", clock)
+    printer, out = plain()
+    printer.line_seconds = 3.0
+    make_test_learner(printer, n_batches=12).fit(1, data=(regression_batches(12), None))
+    lines = out.getvalue().splitlines()
+    assert 2 <= len(lines) <= 7
+    assert lines[-1].startswith("train epoch 1: 12/12 batches")
+
+
+def test_the_clock_is_read_every_few_batches_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(tick=1e-5)  # fast batches
+    monkeypatch.setattr(progress_module, "time", clock)
+    printer, out = plain()
+    make_test_learner(printer).fit(1, data=(regression_batches(2000, 1), None))
+    assert clock.reads < 20
+    assert out.getvalue().count("\n") == 1  # no line before the end: 30 s never passed
+
+
+def test_a_bar_on_a_terminal() -> None:
+    printer, out = terminal(transient=False)
+    make_test_learner(printer).fit(1)
+    text = out.getvalue()
+    assert "train epoch 1" in text and "valid epoch 1" in text
+    assert "16/16" in text and "loss 0." in text and "batches/s" in text
+    assert printer._progress is None  # closed at the end of the epoch
+
+
+def test_the_bar_is_closed_after_an_exception() -> None:
+    class Boom(Callback):
+        @on(BatchEnd, phase=TrainingPhase)
+        def boom(self, event: Any, phase: Any, learner: Any) -> None:
+            raise RuntimeError("boom")
+
+    stdout = sys.stdout
+    printer, _ = terminal()
+    with pytest.raises(RuntimeError, match="boom"):
+        make_test_learner(printer, Boom()).fit(1)
+    assert printer._progress is None and sys.stdout is stdout
+
+
+def test_the_bar_is_closed_after_cancel_fit() -> None:
+    class Stop(Callback):
+        @on(BatchEnd, phase=TrainingPhase)
+        def stop(self, event: Any, phase: Any, learner: Any) -> None:
+            raise CancelFit("enough")
+
+    printer, _ = terminal()
+    assert make_test_learner(printer, Stop()).fit(1) is not None
+    assert printer._progress is None
+
+
+def test_learner_step_outside_an_epoch_draws_nothing() -> None:
+    printer, out = plain()
+    learner = make_test_learner(printer)
+    learner.step(TrainingPhase(), regression_batches(1)[0])
+    assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize("name", ["refresh_seconds", "line_seconds"])
+def test_intervals_must_be_positive(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"ProgressPrinter\({name}=...\) expects a positive number of seconds; got 0\."):
+        kwargs: dict[str, Any] = {name: 0}
+        ProgressPrinter(**kwargs)
+
+
+def test_state_dict_keeps_the_epoch_numbering() -> None:
+    printer, out = plain()
+    make_test_learner(printer, n_batches=2).fit(2)
+    assert printer.state_dict() == {"epochs": {"train": 2, "valid": 2}}
+    resumed, out = plain()
+    resumed.load_state_dict(printer.state_dict())
+    make_test_learner(resumed, n_batches=2).fit(1)
+    assert out.getvalue().startswith("train epoch 3: 2/2 batches")
+
+
+def test_a_table_printed_on_the_same_console_appears_with_the_bars() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    progress = ProgressPrinter(console=console)
+    learner = make_test_learner(MetricsPrinter(console=console), progress, Metrics(), lr=0.01)
+    learner.fit(2)
+    text = out.getvalue()
+    assert text.count("epoch   train/loss   valid/loss") == 2
+    assert "valid epoch 2" in text and progress._progress is None
