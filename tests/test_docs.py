@@ -1,4 +1,4 @@
-"""The docs run: every ```python block in docs/ is executed, in order, one namespace per page.
+"""The docs run: every ```python block in README.md and docs/ is executed, in order, one namespace per page.
 
 A ```python block directly followed by a ```text block must print that text (doctest's
 ELLIPSIS applies: ``...`` matches anything). Blocks fenced as ```python skip are not run.
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 FENCE = re.compile(r"^```(\w+)?([^\n]*)\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 
 
@@ -22,14 +23,14 @@ def blocks(page: Path) -> list[tuple[str, str, str]]:
     return [(m.group(1) or "", m.group(2).strip(), m.group(3)) for m in FENCE.finditer(page.read_text())]
 
 
-PAGES = sorted(DOCS.rglob("*.md"))
+PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 
 def test_there_are_pages_with_code() -> None:
     assert any(lang == "python" for page in PAGES for lang, _, _ in blocks(page))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem.replace('-', '_')}"}

@@ -18,10 +18,13 @@ from cadence import (
     CycleError,
     DeclarationError,
     Metrics,
+    MetricsPrinter,
     MissingStateError,
     NoConflict,
+    ProgressPrinter,
     Recorder,
     RunFirst,
+    StopOnNaNLoss,
     Unresolvable,
     on,
 )
@@ -484,7 +487,7 @@ def test_plans_are_built_once_not_per_event(plan_count: list[int]) -> None:
     "change",
     [
         lambda learner: learner.add_callback(A()),
-        lambda learner: learner.remove_callback(Metrics),
+        lambda learner: learner.remove_callback(StopOnNaNLoss),
         lambda learner: learner.replace_callback(Metrics()),
     ],
 )
@@ -592,9 +595,12 @@ def test_same_instance_twice_is_rejected() -> None:
     assert learner.callbacks == (a,)
 
 
+DEFAULTS = [Recorder, Metrics, ProgressPrinter, MetricsPrinter, StopOnNaNLoss]
+
+
 def test_defaults_go_after_the_user_callbacks() -> None:
     learner = make_test_learner(A(), B(), default_callbacks=True)
-    assert [type(cb) for cb in learner.callbacks] == [A, B, Recorder, Metrics]
+    assert [type(cb) for cb in learner.callbacks] == [A, B, *DEFAULTS]
     assert [type(cb) for cb in make_test_learner(A(), default_callbacks=False).callbacks] == [A]
 
 
@@ -602,12 +608,12 @@ def test_defaults_are_not_duplicated() -> None:
     recorder = Recorder()
     learner = make_test_learner(recorder, default_callbacks=True)
     assert learner.callbacks[0] is recorder
-    assert [type(cb) for cb in learner.callbacks] == [Recorder, Metrics]
+    assert [type(cb) for cb in learner.callbacks] == DEFAULTS
 
     class MyMetrics(Metrics): ...
 
     learner = make_test_learner(MyMetrics(), default_callbacks=True)
-    assert [type(cb) for cb in learner.callbacks] == [MyMetrics, Recorder]
+    assert [type(cb) for cb in learner.callbacks] == [MyMetrics, *(t for t in DEFAULTS if t is not Metrics)]
 
 
 def test_get_callback_returns_the_first_instance_or_none() -> None:

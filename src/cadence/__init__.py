@@ -13,17 +13,34 @@ from cadence.errors import (
     DeclarationError,
     MissingStateError,
     ProtectedAccessError,
+    SignalScopeError,
 )
-from cadence.executors import SerialExecutor
+from cadence.executors import SerialExecutor, ThreadedExecutor
 from cadence.learner import Learner
-from cadence.callbacks.metrics import Metrics
-from cadence.callbacks.recorder import History, Recorder
+
+# Built-in callbacks come last: they are written on the public names above.
+from cadence.callbacks.recorder import History, Recorder  # isort: skip
+from cadence.callbacks.metrics import Metrics, MetricSpec, MetricValues  # isort: skip
+from cadence.callbacks.accumulation import GradientAccumulation  # isort: skip
+from cadence.callbacks.clipping import GradientClipping  # isort: skip
+from cadence.callbacks.device import ToDevice  # isort: skip
+from cadence.callbacks.early_stopping import EarlyStopping  # isort: skip
+from cadence.callbacks.lambda_callback import LambdaCallback  # isort: skip
+from cadence.callbacks.metrics_printer import MetricsPrinter  # isort: skip
+from cadence.callbacks.nan import StopOnNaNLoss  # isort: skip
+from cadence.callbacks.precision import MixedPrecision  # isort: skip
+from cadence.callbacks.progress import ProgressPrinter  # isort: skip
+from cadence.callbacks.sanity import SanityCheck, SanityCheckError  # isort: skip
+from cadence.callbacks.scheduler import Scheduler  # isort: skip
+from cadence.callbacks.throttle import Throttled, throttle  # isort: skip
+from cadence.callbacks.timer import CallbackTimer, HandlerTime  # isort: skip
 
 __all__ = [
     "READ",
     "WRITE",
     "CadenceError",
     "Callback",
+    "CallbackTimer",
     "CancelBatch",
     "CancelEpoch",
     "CancelFit",
@@ -31,15 +48,34 @@ __all__ = [
     "ConflictError",
     "CycleError",
     "DeclarationError",
+    "EarlyStopping",
+    "GradientAccumulation",
+    "GradientClipping",
+    "HandlerTime",
     "History",
+    "LambdaCallback",
     "Learner",
+    "MetricSpec",
+    "MetricValues",
     "Metrics",
+    "MetricsPrinter",
     "MissingStateError",
+    "MixedPrecision",
     "NoConflict",
+    "ProgressPrinter",
     "ProtectedAccessError",
     "Recorder",
     "RunFirst",
+    "SanityCheck",
+    "SanityCheckError",
+    "Scheduler",
     "SerialExecutor",
+    "SignalScopeError",
+    "StopOnNaNLoss",
+    "ThreadedExecutor",
+    "Throttled",
+    "ToDevice",
     "Unresolvable",
     "on",
+    "throttle",
 ]

@@ -40,8 +40,9 @@ class Learner:
         callbacks: Callback instances. Their order is kept wherever their declarations do not
             order them.
         executor: Runs each event's handlers; ``SerialExecutor()`` by default.
-        default_callbacks: Add ``Recorder()`` and ``Metrics()`` (after the user's callbacks)
-            unless a callback of that type is already there.
+        default_callbacks: Add ``Recorder()``, ``Metrics()``, ``ProgressPrinter()``,
+            ``MetricsPrinter()`` and ``StopOnNaNLoss()`` (after the user's callbacks), each unless
+            a callback of its type is already there. ``False`` adds none.
 
     The callbacks are validated and ordered here: a ``ConflictError``, ``CycleError``,
     ``MissingStateError`` or ``DeclarationError`` comes from the constructor (or
@@ -53,8 +54,9 @@ class Learner:
         >>> model = torch.nn.Linear(4, 1)
         >>> batches = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(4)]
         >>> learner = Learner(model, torch.nn.functional.mse_loss, data=(batches, batches))
-        >>> learner.fit(2) is None
-        True
+        >>> learner.fit(2)  # doctest: +ELLIPSIS
+        train epoch 1: 4/4 batches, loss ...
+        ...
         >>> len(learner.cbstate.metrics.epochs["valid/loss"])
         2
     """
@@ -376,6 +378,9 @@ def _describe(target: object) -> str:
 
 def _default_callbacks() -> list[Callback]:
     from cadence.callbacks.metrics import Metrics
+    from cadence.callbacks.metrics_printer import MetricsPrinter
+    from cadence.callbacks.nan import StopOnNaNLoss
+    from cadence.callbacks.progress import ProgressPrinter
     from cadence.callbacks.recorder import Recorder
 
-    return [Recorder(), Metrics()]
+    return [Recorder(), Metrics(), ProgressPrinter(), MetricsPrinter(), StopOnNaNLoss()]

@@ -178,15 +178,15 @@ def test_state_dict_keeps_the_counts() -> None:
     learner = make_test_learner(throttled, n_batches=4)
     learner.epoch(TRAIN, learner.data[0])  # type: ignore[index]
     state = throttled.state_dict()
-    assert state == {"callback": {}, "counts": {"BatchEnd/TrainingPhase": 4}}
+    assert state == {"callback": throttled.callback.state_dict(), "counts": {"BatchEnd/TrainingPhase": 4}}
 
     resumed = throttle(Recorder(), BatchEnd, every=3)
     resumed.load_state_dict(state)
     learner = make_test_learner(resumed, n_batches=2)
     learner.epoch(TRAIN, learner.data[0])  # type: ignore[index]
-    assert steps(learner) == 1  # the 6th firing overall
-    with pytest.raises(ValueError, match="Recorder keeps no state but was given"):
-        resumed.load_state_dict({"callback": {"x": 1}, "counts": {}})
+    assert steps(learner) == 2  # the restored step, and the 6th firing overall
+    with pytest.raises(ValueError, match="Writer keeps no state but was given"):
+        throttle(Writer("w"), EpochEnd, every=2).load_state_dict({"callback": {"x": 1}, "counts": {}})
 
 
 def test_attributes_read_through_to_the_wrapped_callback() -> None:
@@ -256,6 +256,8 @@ def test_wrapped_declarations_are_still_validated_with_its_name() -> None:
 
 def test_a_throttled_recorder_stands_in_for_the_default_one() -> None:
     learner = make_test_learner(throttle(Recorder(), BatchEnd, every=2), default_callbacks=True, n_batches=4)
-    assert [type(cb).__name__ for cb in learner.callbacks] == ["Recorder", "Metrics"]
+    assert [type(cb).__name__ for cb in learner.callbacks] == [
+        "Recorder", "Metrics", "ProgressPrinter", "MetricsPrinter", "StopOnNaNLoss"
+    ]
     learner.fit(1)
     assert steps(learner) == 2
