@@ -61,7 +61,9 @@ def test_overlap_is_prefix() -> None:
         ({"cbstate": {"history": {}}}, r"P\.state_access has an empty dict under 'cbstate\.history'"),
         ({1: READ}, r"P\.state_access has the key 1; keys are dotted paths such as \"batch\.loss\" or \"cbstate\.history\""),
         ({"": READ}, r"P\.state_access has the key ''; keys are dotted paths"),
-        ({"batch..loss": READ}, r"P\.state_access has the malformed path 'batch\.\.loss'; a path is dot-separated names such as \"batch\.loss\""),
+        ({"batch..loss": READ}, r"P\.state_access has the malformed path 'batch\.\.loss'; a path is dot-separated names not starting with \"_\", such as \"batch\.loss\""),
+        ({"cbstate._private": READ}, r"P\.state_access has the malformed path 'cbstate\._private'; a path is dot-separated names not starting with \"_\""),
+        ({"cbstate.__class__": READ}, r"P\.state_access has the malformed path 'cbstate\.__class__'"),
     ],
 )
 def test_malformed_declarations_name_the_callback_and_path(declaration: Any, message: str) -> None:

@@ -11,6 +11,8 @@ out as is, so a ``READ`` of a mutable object cannot stop a handler from mutating
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,10 +111,10 @@ def _collect(owner: str, prefix: Path, declaration: Mapping[Any, Any], found: di
                 f'"batch.loss" or "cbstate.history".'
             )
         segments = tuple(key.split("."))
-        if not all(s.isidentifier() for s in segments):
+        if not all(s.isidentifier() and not s.startswith("_") for s in segments):
             raise DeclarationError(
                 f"{owner}.state_access has the malformed path {key!r}; a path is dot-separated "
-                f'names such as "batch.loss".'
+                f'names not starting with "_", such as "batch.loss".'
             )
         path = prefix + segments
         if isinstance(value, Mapping):
@@ -216,6 +218,23 @@ class _SubView:
         return f"<{self._owner}'s view of Learner.{self._root}>"
 
 
+def _sub_view(target: object, root: str, owner: str, access: AccessSet) -> _SubView:
+    """A ``_SubView`` whose declared names are properties: a permitted read then runs in C
+    (``attrgetter``) instead of through ``__getattr__``. Denied names, and everything when
+    the whole root is declared, still go through ``__getattr__``."""
+    names = frozenset(p[1] for p in access.all() if p[0] == root and len(p) > 1)
+    return _view_class(names)(target, root, owner, access)
+
+
+@functools.cache
+def _view_class(names: frozenset[str]) -> type[_SubView]:
+    if not names:
+        return _SubView
+    namespace: dict[str, Any] = {name: property(operator.attrgetter(f"_target.{name}")) for name in names}
+    namespace["__slots__"] = ()
+    return type("_SubView", (_SubView,), namespace)
+
+
 class LearnerView:
     """The learner as one callback's handlers see it: every read and write is checked against
     the callback's ``state_access``. Built once per callback, when it joins a learner.
@@ -234,8 +253,8 @@ class LearnerView:
         set_ = object.__setattr__
         set_(self, "_learner", learner)
         set_(self, "_owner", owner)
-        set_(self, "batch", _SubView(getattr(learner, "batch"), "batch", owner, access))
-        set_(self, "cbstate", _SubView(getattr(learner, "cbstate"), "cbstate", owner, access))
+        set_(self, "batch", _sub_view(getattr(learner, "batch"), "batch", owner, access))
+        set_(self, "cbstate", _sub_view(getattr(learner, "cbstate"), "cbstate", owner, access))
         set_(self, "_readable", frozenset(p[0] for p in access.all() if p[0] in OBJECT_ROOTS))
         set_(self, "_writable", frozenset(p[0] for p in access.writes if p[0] in OBJECT_ROOTS))
 
