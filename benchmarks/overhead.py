@@ -24,7 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cadence import Callback, Learner
+import contextlib
+import os
+
+from cadence import Callback, Learner, Metrics, Recorder
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -128,7 +131,8 @@ def run_cadence(work: Workload, callbacks: list[Callback] | None, defaults: bool
         callbacks=callbacks or [],
         default_callbacks=defaults,
     )
-    learner.fit(1, data=(stream, None))
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # the printers' lines
+        learner.fit(1, data=(stream, None))
     return stream.ratio(work.steps // 10), same_weights(model, reference)
 
 
@@ -165,7 +169,11 @@ def main() -> None:
         print(f"\n{work.name}: MLP {'→'.join(map(str, work.sizes))}, batch {work.batch_size}, {work.steps} steps")
         report("  A/A (raw vs raw, noise floor)", [run_a_a(work) for _ in range(repeats)])
         report("  cadence, no callbacks", [run_cadence(work, None, False) for _ in range(repeats)])
-        report("  cadence, default callbacks", [run_cadence(work, None, True) for _ in range(repeats)])
+        report(
+            "  cadence, Recorder + Metrics",
+            [run_cadence(work, [Recorder(), Metrics()], False) for _ in range(repeats)],
+        )
+        report("  cadence, full default set", [run_cadence(work, None, True) for _ in range(repeats)])
 
 
 if __name__ == "__main__":

@@ -122,8 +122,12 @@ class Phase:
         with self.epoch_context(loop):
             try:
                 loop.fire(EpochBegin(data), self)
+                step = self.step
                 for batch in data:
-                    self.run_step(loop, batch)
+                    try:  # run_step, inlined: this loop is the hot path
+                        step(loop, batch)
+                    except CancelBatch:
+                        pass
             except CancelEpoch:
                 pass
             try:
@@ -167,20 +171,20 @@ class TrainingPhase(Phase):
         return contextlib.nullcontext()
 
     def step(self, loop: Loop, batch: object) -> None:
-        state = loop.batch
+        state, fire = loop.batch, loop.fire
         state.x, state.y = unpack(batch)
         state.y_pred = state.loss = None
-        loop.fire(BATCH_BEGIN, self)
+        fire(BATCH_BEGIN, self)
         loop.optimizer.zero_grad(set_to_none=True)
         state.y_pred = loop.model(state.x)
-        loop.fire(LOSS_BEGIN, self)
+        fire(LOSS_BEGIN, self)
         state.loss = loop.loss_fn(state.y_pred, state.y)
-        loop.fire(BACKWARD_BEGIN, self)
+        fire(BACKWARD_BEGIN, self)
         state.loss.backward()
         state.loss = state.loss.detach()
-        loop.fire(BACKWARD_END, self)
+        fire(BACKWARD_END, self)
         loop.optimizer.step()
-        loop.fire(BATCH_END, self)
+        fire(BATCH_END, self)
 
 
 @dataclass(frozen=True)
@@ -205,14 +209,14 @@ class ValidationPhase(Phase):
         return _evaluating(loop.model)
 
     def step(self, loop: Loop, batch: object) -> None:
-        state = loop.batch
+        state, fire = loop.batch, loop.fire
         state.x, state.y = unpack(batch)
         state.y_pred = state.loss = None
-        loop.fire(BATCH_BEGIN, self)
+        fire(BATCH_BEGIN, self)
         state.y_pred = loop.model(state.x)
-        loop.fire(LOSS_BEGIN, self)
+        fire(LOSS_BEGIN, self)
         state.loss = loop.loss_fn(state.y_pred, state.y)
-        loop.fire(BATCH_END, self)
+        fire(BATCH_END, self)
 
 
 @contextlib.contextmanager

@@ -250,7 +250,8 @@ class Metrics(Callback):
         tracker = self._trackers[phase.__class__]
         batch = learner.batch
         loss = batch.loss
-        size = len(batch.y)
+        y = batch.y
+        size = y.shape[0] if isinstance(y, torch.Tensor) else len(y)  # Tensor.__len__ is slow Python
         if not tracker.count:
             tracker.start(loss, batch.y_pred)
         if loss.requires_grad:  # a custom phase may hand over an attached loss
