@@ -528,3 +528,34 @@ def test_one_worker_means_no_threads() -> None:
     learner = make_test_learner(*(cls() for cls in classes), n_batches=4, executor=executor)
     learner.fit(2)
     assert threads == {thread_name()}
+
+
+def test_thread_affine_callbacks_stay_on_the_learners_thread() -> None:
+    import threading
+
+    from cadence import Callback, on
+    from cadence.events import BatchEnd
+    from cadence.executors import ThreadedExecutor
+    from cadence.testing import make_test_learner
+
+    seen: dict[str, set[int]] = {"pinned": set(), "free": set()}
+
+    class Pinned(Callback):
+        thread_affine = True
+
+        @on(BatchEnd)
+        def record(self, event: object, phase: object, learner: object) -> None:
+            seen["pinned"].add(threading.get_ident())
+
+    class Free(Callback):
+        @on(BatchEnd)
+        def record(self, event: object, phase: object, learner: object) -> None:
+            seen["free"].add(threading.get_ident())
+
+    class Free2(Free):
+        pass
+
+    learner = make_test_learner(Pinned(), Free(), Free2(), executor=ThreadedExecutor(inline_below=0), n_batches=8)
+    learner.fit(1)
+    assert seen["pinned"] == {threading.get_ident()}
+    assert seen["free"] - {threading.get_ident()}, "the free handlers did use worker threads"

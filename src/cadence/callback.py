@@ -109,6 +109,9 @@ class Callback:
     state_access: Mapping[str, Any] = {}
     run_after: tuple[type[Any], ...] = ()
     handlers: ClassVar[tuple[Handler, ...]] = ()
+    #: True for callbacks whose handlers must run on the thread that runs the training step
+    #: (they change per-thread state such as autocast); ``ThreadedExecutor`` never moves them.
+    thread_affine: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

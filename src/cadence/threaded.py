@@ -44,7 +44,7 @@ class _PlanState:
     """What the executor keeps per plan: the schedule, cost estimates and the current mode."""
 
     __slots__ = (
-        "schedule", "samples", "parallel_times", "backoff", "heavy", "warmup", "fit_end", "timed",
+        "schedule", "samples", "parallel_times", "backoff", "pinned", "heavy", "warmup", "fit_end", "timed",
         "parallel_runs", "inline_runs",
     )
 
@@ -54,10 +54,13 @@ class _PlanState:
         self.samples: list[list[float]] = [[] for _ in range(n)]  # seconds of recent timed calls
         self.parallel_times: list[float] = []  # seconds per threaded run since the last review
         self.backoff = 1  # grows while threads do not pay for this plan
-        self.heavy = (True,) * n  # which handlers are worth a thread
+        # Callbacks whose state is per thread (autocast, say) stay on the learner's thread.
+        self.pinned = tuple(getattr(cb, "thread_affine", False) for cb in plan.callbacks)
+        self.heavy = tuple(not pin for pin in self.pinned)  # which handlers are worth a thread
         self.warmup = warmup
         self.fit_end = issubclass(plan.event, FitEnd)  # FitEnd always takes the slow path
-        overlap = threads and self.schedule.any_may_overlap((1 << n) - 1)
+        movable = sum(1 << i for i, pin in enumerate(self.pinned) if not pin)
+        overlap = threads and self.schedule.any_may_overlap(movable)
         self.timed = overlap and not forced  # only then do costs decide anything
         self.parallel_runs = _FOREVER if overlap and forced else 0
         self.inline_runs = 0 if self.fit_end or self.timed or self.parallel_runs else _FOREVER
@@ -196,7 +199,7 @@ class ThreadedExecutor:
             samples.append(seconds)
             del samples[:-3]
         costs = [sorted(s)[len(s) // 2] if s else 0.0 for s in state.samples]
-        state.heavy = tuple(cost >= self.inline_below for cost in costs)
+        state.heavy = tuple(cost >= self.inline_below and not pin for cost, pin in zip(costs, state.pinned))
         state.warmup = max(state.warmup - 1, 0)
         state.inline_runs = state.parallel_runs = 0
         if state.warmup > 0:

@@ -67,6 +67,7 @@ class MixedPrecision(Callback):
     """
 
     state_access = {"model": WRITE, "batch.loss": WRITE, "optimizer": READ}
+    thread_affine = True  # autocast is per thread: it must be entered where the forward runs
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16, *, device_type: str | None = None) -> None:
         if dtype not in _DTYPES:
