@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from cadence.events import Event, FitBegin, FitEnd
 from cadence.executors import Executor, SerialExecutor
 from cadence.graph import CallbackGraph, Plan
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
+from cadence.resume import FitRun
 from cadence.state import Batch, CallbackState
 
 __all__ = ["Learner"]
@@ -136,22 +138,40 @@ class Learner:
 
     # ---- training ---------------------------------------------------------------------------
 
-    def fit(self, n_epochs: int, data: Data | None = None) -> CancelFit | None:
+    def fit(
+        self, n_epochs: int, data: Data | None = None, *, resume: str | os.PathLike[str] | None = None
+    ) -> CancelFit | None:
         """Train for ``n_epochs``, validating after each training epoch when there is
         validation data.
+
+        Args:
+            n_epochs: How many epochs the run has in total (a resumed run counts the epochs
+                before its checkpoint too).
+            data: ``(train, valid)`` for this fit instead of the learner's ``data``.
+            resume: Continue from a checkpoint: ``"latest"`` (the newest intact checkpoint in
+                the ``Checkpointer``'s folder; none yet starts from the beginning), a
+                checkpoint's path, or a folder of checkpoints. Training continues at the batch
+                after the checkpoint, with the same data order (see ``cadence.resume``).
 
         Returns:
             None when every epoch ran, or the ``CancelFit`` that stopped training (its
             ``reason`` says why).
+
+        Raises:
+            CheckpointError: the checkpoint is missing, corrupt or does not fit this learner.
+            KeyboardInterrupt, SystemExit: after Ctrl-C or SIGTERM stopped training (with a
+                ``Checkpointer``, once a checkpoint is saved), and ``FitEnd`` has run.
         """
         if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"fit(n_epochs) expects a non-negative int; got {n_epochs!r}.")
         train, valid = self._data(data, "fit")
+        run = FitRun(self, n_epochs, train, valid is not None, resume)
         result: CancelFit | None = None
         try:
             self.fire(FitBegin(n_epochs, (train, valid)), FIT_PHASE)
-            for _ in range(n_epochs):
-                self.epoch(TRAINING, train)
+            run.fit_began()
+            for epoch in range(run.first_epoch, n_epochs):
+                self.epoch(TRAINING, run.training_data(epoch))
                 if valid is not None:
                     self.epoch(VALIDATION, valid)
         except CancelFit as signal:
@@ -159,15 +179,16 @@ class Learner:
             log.info("fit cancelled by %s: %s", signal.origin, signal.reason)
         except (CancelBatch, CancelEpoch) as signal:
             error = _scope_error(signal, "at FitBegin")
-            self._end_fit(error)
+            self._end_fit(error, run)
             raise error from signal
         except BaseException as exc:
-            self._end_fit(exc)
+            self._end_fit(exc, run)
             raise
-        self._end_fit(None)
-        return result
+        self._end_fit(None, run)
+        return run.outcome(result)
 
-    def _end_fit(self, pending: BaseException | None) -> None:
+    def _end_fit(self, pending: BaseException | None, run: FitRun) -> None:
+        run.close()
         try:
             try:
                 self.fire(_FIT_END, FIT_PHASE)

@@ -42,9 +42,14 @@ class Recorder(Callback):
 
     state_access = {"cbstate.history": WRITE}
 
+    def __init__(self) -> None:
+        self._history: defaultdict[Phase, History] = defaultdict(History)
+
     def init(self, learner: Any) -> None:
         if "history" not in learner.cbstate:
-            learner.cbstate.history = defaultdict(History)
+            learner.cbstate.history = self._history
+        else:
+            self._history = learner.cbstate.history
 
     @on(EpochBegin)
     def epoch_begin(self, event: Event, phase: Phase, learner: Any) -> None:
@@ -59,3 +64,53 @@ class Recorder(Callback):
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
         learner.cbstate.history[phase].epochs += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each phase's history as plain data: ``{"history": {"module.PhaseClass": [epochs,
+        steps, steps_in_epoch]}}``.
+
+        Example:
+            >>> from cadence.testing import make_test_learner
+            >>> recorder = Recorder()
+            >>> _ = make_test_learner(recorder, n_batches=2).fit(1)
+            >>> recorder.state_dict()["history"]["cadence.phases.TrainingPhase"]
+            [1, 2, 2]
+        """
+        saved: dict[str, list[int]] = {}
+        for phase, history in self._history.items():
+            key = _name(type(phase))
+            if key in saved:
+                raise ValueError(
+                    f"Recorder.state_dict: cbstate.history has two {type(phase).__name__} phases with "
+                    f"different fields; a checkpoint keeps one history per phase class."
+                )
+            saved[key] = [history.epochs, history.steps, history.steps_in_epoch]
+        return {"history": saved}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, in place (the same ``cbstate.history``)."""
+        classes = _phase_classes()
+        restored: dict[Phase, History] = {}
+        for key, (epochs, steps, steps_in_epoch) in state["history"].items():
+            if key not in classes:
+                raise ValueError(
+                    f"Recorder.load_state_dict: the history names the phase {key}, which is not "
+                    f"defined; import the module that defines it before loading."
+                )
+            restored[classes[key]()] = History(int(epochs), int(steps), int(steps_in_epoch))
+        self._history.clear()
+        self._history.update(restored)
+
+
+def _name(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _phase_classes() -> dict[str, type[Phase]]:
+    found: dict[str, type[Phase]] = {}
+    pending: list[type[Phase]] = [Phase]
+    while pending:
+        kind = pending.pop()
+        found[_name(kind)] = kind
+        pending.extend(kind.__subclasses__())
+    return found

@@ -1,0 +1,227 @@
+"""Checkpointer: saves checkpoints during ``fit`` so that a killed run continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cadence import READ, Callback, CancelFit, on
+from cadence.checkpoint import list_checkpoints, sequence_of, write_checkpoint
+from cadence.events import BatchEnd, EpochEnd, Event
+from cadence.phases import Phase, TrainingPhase
+
+if TYPE_CHECKING:
+    from cadence.resume import FitRun
+
+__all__ = ["Checkpointer"]
+
+log = logging.getLogger(__name__)
+
+_TEMPORARY = re.compile(r"^\.checkpoint-\d+.*\.(\d+)\.tmp$")
+
+
+class Checkpointer(Callback):
+    """Saves a checkpoint every ``every_epochs`` epochs (after validation) and/or every
+    ``every_steps`` training batches, keeps the newest ``keep_last`` and the ``keep_best`` best
+    by ``monitor``, and saves one more, then stops, on SIGTERM or Ctrl-C. Continue a run with
+    ``learner.fit(n_epochs, resume="latest")``: it starts at the batch after the newest intact
+    checkpoint (or from the beginning when the folder has none).
+
+    A checkpoint holds the model, the optimizer, every callback's ``state_dict()``, the
+    ``cbstate`` entries, the ``extra`` objects, the RNG states and the position in the data;
+    see ``cadence.checkpoint`` for the files and ``cadence.resume`` for what a resume does.
+
+    It runs after every other callback (``run_after = (Callback,)``), so a checkpoint holds
+    what they all did at that event; a learner has one ``Checkpointer``.
+
+    Args:
+        folder: Where the checkpoints go; created at the first save.
+        every_epochs: Save after every N-th epoch; None for never.
+        every_steps: Save after every N-th training batch; None (the default) for never.
+        keep_last: How many of the newest checkpoints to keep, at least 1.
+        keep_best: How many of the best checkpoints by ``monitor`` to keep as well.
+        monitor: The ``cbstate.metrics`` key ``keep_best`` ranks by, e.g. ``"valid/loss"``.
+        mode: ``"min"`` (lower is better) or ``"max"``.
+        extra: Other objects with ``state_dict()`` and ``load_state_dict()`` to save and
+            restore, by name, e.g. ``{"lr_scheduler": scheduler, "scaler": grad_scaler}``.
+
+    Example:
+        >>> import tempfile
+        >>> from cadence.testing import make_test_learner
+        >>> folder = tempfile.mkdtemp()
+        >>> learner = make_test_learner(Checkpointer(folder, every_epochs=1, keep_last=2), n_batches=4)
+        >>> _ = learner.fit(3)
+        >>> [p.name for p in list_checkpoints(folder)]
+        ['checkpoint-000002-epoch2-batch0.pt', 'checkpoint-000003-epoch3-batch0.pt']
+    """
+
+    state_access = {"model": READ, "optimizer": READ, "cbstate": READ}
+    run_after = (Callback,)
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        every_epochs: int | None = 1,
+        every_steps: int | None = None,
+        keep_last: int = 2,
+        keep_best: int = 0,
+        monitor: str = "valid/loss",
+        mode: str = "min",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(folder, (str, os.PathLike)):
+            raise TypeError(
+                f'Checkpointer(folder=...) expects a path, e.g. "checkpoints"; got {type(folder).__name__}.'
+            )
+        for name, value, least in (("every_epochs", every_epochs, 1), ("every_steps", every_steps, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ValueError(f"Checkpointer({name}={value!r}): use an int >= 1, or None for never.")
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(
+                f"Checkpointer(keep_last={keep_last!r}): use an int >= 1 (the newest is always kept)."
+            )
+        if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
+            raise ValueError(f"Checkpointer(keep_best={keep_best!r}): use an int >= 0.")
+        if mode not in ("min", "max"):
+            raise ValueError(f'Checkpointer(mode={mode!r}): use "min" (lower is better) or "max".')
+        if not isinstance(monitor, str):
+            raise TypeError(
+                f'Checkpointer(monitor=...) is a cbstate.metrics key such as "valid/loss"; got {monitor!r}.'
+            )
+        extra = dict(extra or {})
+        for key, obj in extra.items():
+            if not all(callable(getattr(obj, m, None)) for m in ("state_dict", "load_state_dict")):
+                raise TypeError(
+                    f"Checkpointer(extra={{{key!r}: ...}}) needs an object with state_dict() and "
+                    f"load_state_dict(), such as an LR scheduler or a GradScaler; got {type(obj).__name__}."
+                )
+        self.folder = Path(folder)
+        self.every_epochs, self.every_steps = every_epochs, every_steps
+        self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, monitor, mode
+        self.extra: dict[str, Any] = extra
+        self._run: FitRun | None = None
+        self._warned = False
+
+    def attach(self, run: FitRun) -> None:
+        """Called by the learner when ``fit`` starts: the run this callback saves."""
+        self._run = run
+
+    def detach(self, run: FitRun) -> None:
+        """Called by the learner when ``fit`` ends."""
+        if self._run is run:
+            self._run = None
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def batch_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        run = self._run
+        if run is None:  # an epoch run outside fit
+            return
+        if run.interrupted is not None:
+            self._stop(run, learner, epoch_end=False)
+        if self.every_steps is not None and run.step % self.every_steps == 0:
+            self._save(run, learner, epoch_end=False, reason=f"every {self.every_steps} steps")
+
+    @on(EpochEnd)
+    def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        run = self._run
+        if run is None or not run.ends_epoch(phase):
+            return
+        if run.interrupted is not None:
+            self._stop(run, learner, epoch_end=True)
+        if self.every_epochs is not None and (run.epoch + 1) % self.every_epochs == 0:
+            self._save(run, learner, epoch_end=True, reason=f"every {self.every_epochs} epochs")
+
+    def _stop(self, run: FitRun, learner: Any, *, epoch_end: bool) -> None:
+        path = self._save(run, learner, epoch_end=epoch_end, reason=run.interrupted or "")
+        raise CancelFit(f"{run.interrupted}: checkpoint saved to {path}")
+
+    def _save(self, run: FitRun, learner: Any, *, epoch_end: bool, reason: str) -> Path:
+        """Write a checkpoint of ``run`` now, then drop the ones no longer kept."""
+        started = time.perf_counter()
+        state, meta = run.capture(epoch_end=epoch_end)
+        meta.update(monitor=self.monitor, mode=self.mode, value=self._monitored(learner), reason=reason)
+        position = meta["position"]
+        sequence = self._next_sequence()
+        name = f"checkpoint-{sequence:06d}-epoch{position['epoch']}-batch{position['batch']}"
+        path = write_checkpoint(self.folder, name, state, meta)
+        run.saved = path
+        log.info("Saved %s (%s) in %.3f s.", path, reason, time.perf_counter() - started)
+        self._rotate()
+        return path
+
+    def _monitored(self, learner: Any) -> float | None:
+        if "metrics" not in learner.cbstate:
+            return None
+        epochs = getattr(learner.cbstate.metrics, "epochs", {})
+        values = epochs.get(self.monitor)
+        if not values:
+            if self.keep_best and epochs and not self._warned:
+                self._warned = True
+                log.warning(
+                    "Checkpointer(keep_best=%d) monitors %r, which cbstate.metrics does not have; "
+                    "it has %s.", self.keep_best, self.monitor, ", ".join(sorted(epochs)),
+                )
+            return None
+        return float(values[-1])
+
+    def _next_sequence(self) -> int:
+        names = os.listdir(self.folder) if self.folder.is_dir() else []
+        return max((sequence_of(Path(n.lstrip("."))) for n in names), default=0) + 1
+
+    def _rotate(self) -> None:
+        committed = list_checkpoints(self.folder)
+        keep = set(committed[-self.keep_last :])
+        if self.keep_best:
+            sign = 1.0 if self.mode == "min" else -1.0
+            scored = []
+            for path in committed:
+                value = _value(path, self.monitor)
+                if value is not None:
+                    scored.append((sign * value, -sequence_of(path), path))
+            keep.update(path for *_, path in sorted(scored)[: self.keep_best])
+        for path in committed:
+            if path not in keep:
+                path.with_suffix(".json").unlink(missing_ok=True)  # uncommit first
+                path.unlink(missing_ok=True)
+        newest, listed = (sequence_of(committed[-1]) if committed else 0), set(committed)
+        for entry in self.folder.iterdir():
+            temporary = _TEMPORARY.match(entry.name)
+            if temporary:
+                if not _alive(int(temporary.group(1))):
+                    entry.unlink(missing_ok=True)  # left by a process killed while writing
+            elif entry.suffix == ".pt" and entry not in listed and 0 <= sequence_of(entry) < newest:
+                entry.unlink(missing_ok=True)  # its .json was never written: a crash between the two
+
+    def __repr__(self) -> str:
+        return f"Checkpointer({str(self.folder)!r})"
+
+
+def _value(path: Path, monitor: str) -> float | None:
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = meta.get("value")
+    if meta.get("monitor") != monitor or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

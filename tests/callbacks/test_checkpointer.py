@@ -1,0 +1,300 @@
+"""Checkpointer: when it saves, what it keeps, what it refuses, and Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cadence import READ, WRITE, Callback, CycleError, Metrics, Recorder, on
+from cadence.callbacks.checkpointer import Checkpointer
+from cadence.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from cadence.events import BatchEnd, EpochEnd, Event, FitEnd
+from cadence.phases import Phase, TrainingPhase, ValidationPhase
+from cadence.testing import make_test_learner
+from helpers import run_order
+
+
+def names(folder: Path) -> list[str]:
+    return [p.stem for p in list_checkpoints(folder)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"folder": 3}, TypeError, r'expects a path, e.g. "checkpoints"; got int'),
+        ({"every_epochs": 0}, ValueError, r"every_epochs=0\): use an int >= 1, or None for never"),
+        ({"every_steps": 2.5}, ValueError, r"every_steps=2.5\): use an int >= 1, or None for never"),
+        ({"keep_last": 0}, ValueError, r"keep_last=0\): use an int >= 1 \(the newest is always kept\)"),
+        ({"keep_best": -1}, ValueError, r"keep_best=-1\): use an int >= 0"),
+        ({"mode": "lowest"}, ValueError, r"mode='lowest'\): use \"min\" \(lower is better\) or \"max\""),
+        ({"monitor": None}, TypeError, r'monitor=...\) is a cbstate.metrics key such as "valid/loss"'),
+        ({"extra": {"sched": object()}}, TypeError, r"extra=\{'sched': ...\}\) needs an object with state_dict\(\)"),
+    ],
+)
+def test_constructor_errors(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+    kwargs = {"folder": "checkpoints", **kwargs}
+    with pytest.raises(error, match=message):
+        Checkpointer(**kwargs)
+
+
+def test_every_epoch_saves_after_validation_and_keeps_the_last(tmp_path: Path) -> None:
+    learner = make_test_learner(Checkpointer(tmp_path, keep_last=2), n_batches=4)
+    learner.fit(3)
+    assert names(tmp_path) == ["checkpoint-000002-epoch2-batch0", "checkpoint-000003-epoch3-batch0"]
+    meta = load_checkpoint(list_checkpoints(tmp_path)[-1]).meta
+    assert meta["position"] == {"epoch": 3, "batch": 0, "step": 12}
+    assert meta["reason"] == "every 1 epochs" and meta["n_epochs"] == 3
+    assert meta["callbacks"] == {"Checkpointer": "cadence.callbacks.checkpointer.Checkpointer"}
+
+
+def test_every_steps_saves_mid_epoch(tmp_path: Path) -> None:
+    learner = make_test_learner(Checkpointer(tmp_path, every_epochs=None, every_steps=3, keep_last=10), n_batches=4)
+    learner.fit(2)
+    assert names(tmp_path) == [
+        "checkpoint-000001-epoch0-batch3",
+        "checkpoint-000002-epoch1-batch2",
+    ]
+
+
+def test_without_validation_an_epoch_is_saved_at_the_training_epoch_end(tmp_path: Path) -> None:
+    learner = make_test_learner(Checkpointer(tmp_path, every_epochs=2, keep_last=5), n_batches=2)
+    learner.fit(4, data=(learner.data[0], None))  # type: ignore[index]
+    assert names(tmp_path) == ["checkpoint-000001-epoch2-batch0", "checkpoint-000002-epoch4-batch0"]
+
+
+def test_keep_best_keeps_the_best_by_monitor_as_well(tmp_path: Path) -> None:
+    # The validation loss falls every epoch: with mode="max" the best is the first epoch.
+    checkpointer = Checkpointer(tmp_path, keep_last=1, keep_best=1, monitor="valid/loss", mode="max")
+    learner = make_test_learner(checkpointer, Metrics(), n_batches=4, lr=0.05)
+    learner.fit(4)
+    assert names(tmp_path) == ["checkpoint-000001-epoch1-batch0", "checkpoint-000004-epoch4-batch0"]
+    first = load_checkpoint(list_checkpoints(tmp_path)[0]).meta
+    assert first["monitor"] == "valid/loss" and first["value"] == learner.cbstate.metrics.epochs["valid/loss"][0]
+
+
+def test_keep_best_with_an_unknown_monitor_warns_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    learner = make_test_learner(Checkpointer(tmp_path, keep_best=1, monitor="valid/acc"), Metrics(), n_batches=2)
+    with caplog.at_level(logging.WARNING, logger="cadence.callbacks.checkpointer"):
+        learner.fit(3)
+    assert caplog.text.count("Checkpointer(keep_best=1) monitors 'valid/acc', which cbstate.metrics does not have; it has train/loss, valid/loss") == 1
+
+
+def test_it_runs_after_every_other_callback(tmp_path: Path) -> None:
+    learner = make_test_learner(Checkpointer(tmp_path), Recorder(), Metrics())
+    assert run_order(learner, BatchEnd, TrainingPhase) == ["Recorder.batch_end", "Metrics.batch_end", "Checkpointer.batch_end"]
+    assert run_order(learner, EpochEnd, ValidationPhase)[-1] == "Checkpointer.epoch_end"
+    assert "after Metrics: Checkpointer.run_after includes Metrics" in learner.explain(BatchEnd, TrainingPhase)
+
+
+def test_two_checkpointers_are_a_cycle_at_build(tmp_path: Path) -> None:
+    with pytest.raises(CycleError, match=r"Checkpointer#1 runs before Checkpointer#2: Checkpointer#2.run_after includes Checkpointer"):
+        make_test_learner(Checkpointer(tmp_path / "a"), Checkpointer(tmp_path / "b"))
+
+
+def test_epochs_run_outside_fit_save_nothing(tmp_path: Path) -> None:
+    learner = make_test_learner(Checkpointer(tmp_path, every_steps=1), n_batches=2)
+    learner.epoch(TrainingPhase(), learner.data[0])  # type: ignore[index]
+    learner.epoch(ValidationPhase(), learner.data[0])  # type: ignore[index]
+    assert not tmp_path.exists() or names(tmp_path) == []
+
+
+def test_leftovers_of_a_crash_are_removed_at_the_next_save(tmp_path: Path) -> None:
+    torn = tmp_path / ".checkpoint-000001-epoch0-batch1.pt.999999999.tmp"  # no such process
+    uncommitted = tmp_path / "checkpoint-000002-epoch0-batch2.pt"  # its .json never came
+    tmp_path.mkdir(exist_ok=True)
+    torn.write_bytes(b"half")
+    uncommitted.write_bytes(b"whole")
+    learner = make_test_learner(Checkpointer(tmp_path), n_batches=2)
+    learner.fit(1)
+    assert names(tmp_path) == ["checkpoint-000003-epoch1-batch0"]  # numbered after the leftovers
+    assert not torn.exists() and not uncommitted.exists()
+
+
+def test_a_callback_state_that_is_not_plain_data_names_the_callback(tmp_path: Path) -> None:
+    class Keeper(Callback):
+        def state_dict(self) -> dict[str, Any]:
+            return {"when": object()}
+
+    learner = make_test_learner(Keeper(), Checkpointer(tmp_path), n_batches=2)
+    with pytest.raises(CheckpointError, match=r"Keeper.state_dict\(\) holds a object at \['when'\]; checkpoints hold tensors"):
+        learner.fit(1)
+
+
+def test_a_cbstate_entry_nobody_saves_names_the_entry_and_its_writer(tmp_path: Path) -> None:
+    class Thing:
+        pass
+
+    class Writer(Callback):
+        state_access = {"cbstate.thing": WRITE}
+
+        def init(self, learner: Any) -> None:
+            learner.cbstate.thing = Thing()
+
+    learner = make_test_learner(Writer(), Checkpointer(tmp_path), n_batches=2)
+    with pytest.raises(CheckpointError, match=r"cbstate.thing holds a Thing, .* and Writer does not implement state_dict\(\). Save the entry"):
+        learner.fit(1)
+
+
+def test_plain_cbstate_entries_are_saved_as_they_are(tmp_path: Path) -> None:
+    class Counter(Callback):
+        state_access = {"cbstate.counts": WRITE}
+
+        def init(self, learner: Any) -> None:
+            learner.cbstate.counts = {"batches": 0}
+
+        @on(BatchEnd, phase=TrainingPhase)
+        def count(self, event: Event, phase: Phase, learner: Any) -> None:
+            learner.cbstate.counts["batches"] += 1
+
+    learner = make_test_learner(Counter(), Checkpointer(tmp_path), n_batches=3)
+    learner.fit(2)
+    saved = load_checkpoint(list_checkpoints(tmp_path)[-1]).state["cbstate"]
+    assert saved == {"plain": {"counts": {"batches": 6}}, "objects": {}}
+
+
+# ---- SIGTERM and Ctrl-C -------------------------------------------------------------------------
+
+
+class SendSignal(Callback):
+    """Sends ``signum`` to this process at the ``at``-th training BatchEnd (``times`` times)."""
+
+    def __init__(self, signum: int, at: int, times: int = 1) -> None:
+        self.signum, self.at, self.times, self.seen = signum, at, times, 0
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def send(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.seen += 1
+        if self.seen == self.at:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
+class FitEndLog(Callback):
+    def __init__(self) -> None:
+        self.ended = 0
+
+    @on(FitEnd)
+    def end(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.ended += 1
+
+
+def test_sigterm_saves_at_the_end_of_the_batch_runs_fit_end_and_exits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    ended = FitEndLog()
+    learner = make_test_learner(SendSignal(signal.SIGTERM, at=3), ended, Checkpointer(tmp_path, every_epochs=None), n_batches=4)
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as exit_info:
+        learner.fit(5)
+    assert exit_info.value.code == 143
+    assert ended.ended == 1
+    assert names(tmp_path) == ["checkpoint-000001-epoch0-batch3"]
+    assert load_checkpoint(list_checkpoints(tmp_path)[0]).meta["reason"] == "SIGTERM"
+    assert "SIGTERM: saving a checkpoint at the end of this batch, then stopping." in caplog.text
+    assert f"Training stopped by SIGTERM: checkpoint saved to {list_checkpoints(tmp_path)[0]}; continue with fit(5, resume=\"latest\")." in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_ctrl_c_saves_then_raises_keyboard_interrupt(tmp_path: Path) -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT has a custom handler here, which the Checkpointer leaves alone")
+    ended = FitEndLog()
+    learner = make_test_learner(SendSignal(signal.SIGINT, at=2), ended, Checkpointer(tmp_path, every_epochs=None), n_batches=4)
+    with pytest.raises(KeyboardInterrupt, match=r"Training stopped by SIGINT: checkpoint saved to .*checkpoint-000001-epoch0-batch2.pt"):
+        learner.fit(5)
+    assert ended.ended == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT has a custom handler here, which the Checkpointer leaves alone")
+    ended = FitEndLog()
+    learner = make_test_learner(SendSignal(signal.SIGINT, at=2, times=2), ended, Checkpointer(tmp_path, every_epochs=None), n_batches=4)
+    with pytest.raises(KeyboardInterrupt) as info:
+        learner.fit(5)
+    assert str(info.value) == ""  # raised by the second signal, not after a save
+    assert ended.ended == 1 and names(tmp_path) == []
+
+
+def test_a_signal_during_validation_saves_at_the_epoch_end(tmp_path: Path) -> None:
+    class TermInValidation(Callback):
+        sent = False
+
+        @on(BatchEnd, phase=ValidationPhase)
+        def send(self, event: Event, phase: Phase, learner: Any) -> None:
+            if not self.sent:
+                os.kill(os.getpid(), signal.SIGTERM)
+            self.sent = True
+
+    learner = make_test_learner(TermInValidation(), Checkpointer(tmp_path, every_epochs=None), n_batches=2)
+    with pytest.raises(SystemExit):
+        learner.fit(3)
+    assert names(tmp_path) == ["checkpoint-000001-epoch1-batch0"]
+
+
+def test_sigterm_without_a_checkpointer_runs_fit_end_then_exits(caplog: pytest.LogCaptureFixture) -> None:
+    ended = FitEndLog()
+    learner = make_test_learner(SendSignal(signal.SIGTERM, at=1), ended, n_batches=4)
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as exit_info:
+        learner.fit(2)
+    assert exit_info.value.code == 143 and ended.ended == 1
+    assert "Training stopped by SIGTERM; FitEnd cleanup runs, no checkpoint is saved." in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_users_own_sigterm_handler_is_left_alone(tmp_path: Path) -> None:
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        learner = make_test_learner(SendSignal(signal.SIGTERM, at=1), Checkpointer(tmp_path), n_batches=2)
+        assert learner.fit(1) is None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [signal.SIGTERM]
+
+
+# ---- Recorder's state ---------------------------------------------------------------------------
+
+
+def test_recorder_state_round_trips_in_place() -> None:
+    recorder = Recorder()
+    learner = make_test_learner(recorder, n_batches=3)
+    learner.fit(2)
+    state = recorder.state_dict()
+    assert state == {"history": {"cadence.phases.TrainingPhase": [2, 6, 3], "cadence.phases.ValidationPhase": [2, 6, 3]}}
+    history = learner.cbstate.history
+    other = Recorder()
+    make_test_learner(other).fit(1)
+    recorder.load_state_dict(other.state_dict())
+    assert learner.cbstate.history is history
+    assert history[TrainingPhase()].steps == 16
+
+
+def test_recorder_refuses_an_unknown_phase() -> None:
+    with pytest.raises(ValueError, match=r"names the phase my.GanPhase, which is not defined; import the module"):
+        Recorder().load_state_dict({"history": {"my.GanPhase": [1, 2, 3]}})
+
+
+def test_extra_objects_are_saved(tmp_path: Path) -> None:
+    learner = make_test_learner(n_batches=2)
+    scheduler = torch.optim.lr_scheduler.StepLR(learner.optimizer, step_size=1)
+
+    class Stepper(Callback):
+        state_access = {"optimizer": READ}
+
+        @on(EpochEnd, phase=TrainingPhase)
+        def step(self, event: Event, phase: Phase, learner: Any) -> None:
+            scheduler.step()
+
+    learner.add_callback(Stepper())
+    learner.add_callback(Checkpointer(tmp_path, extra={"lr_scheduler": scheduler}))
+    learner.fit(2)
+    saved = load_checkpoint(list_checkpoints(tmp_path)[-1]).state["extra"]
+    assert saved["lr_scheduler"]["last_epoch"] == 2
+    assert json.loads(list_checkpoints(tmp_path)[-1].with_suffix(".json").read_text())["position"]["epoch"] == 2

@@ -1,0 +1,168 @@
+"""A small training run for tests/test_resume.py, run in a subprocess so that it can be killed.
+
+    python resume_script.py FOLDER OUT [--resume] [--kill-at STEP] [--kill-in-write MODE:N]
+
+Trains an MLP with dropout on synthetic data: Adam, a cosine ``Scheduler``, ``EarlyStopping``,
+``Metrics`` and ``Recorder``, a shuffled ``DataLoader`` drawing from the global RNG, and a
+``Checkpointer`` in FOLDER saving every 2 steps and every epoch. Writes the final weights and
+the loss history to OUT (a ``torch.save`` file).
+
+- ``--kill-at STEP``: SIGKILL this process after the backward pass of training step STEP
+  (counted from 1 in this process), before the optimizer step.
+- ``--kill-in-write MODE:N``: SIGKILL this process in the middle of its N-th checkpoint write:
+  ``torn`` (half of the ``.pt`` temporary file written), ``rename`` (the ``.pt`` temporary file
+  complete, not yet renamed) or ``commit`` (the ``.pt`` in place, the ``.json`` not yet).
+- ``--resume``: ``fit(..., resume="latest")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import signal
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cadence import READ, Callback, Learner, on
+from cadence.callbacks.checkpointer import Checkpointer
+from cadence.callbacks.early_stopping import EarlyStopping
+from cadence.callbacks.scheduler import Scheduler
+from cadence.checkpoint import latest_checkpoint
+from cadence.events import BackwardEnd, BatchEnd, Event
+from cadence.phases import Phase, TrainingPhase
+from cadence.schedules import cosine
+
+N_EPOCHS = 4
+BATCH_SIZE = 8
+N_TRAIN = 48  # 6 batches per epoch, 24 steps in all
+
+
+class LossLog(Callback):
+    """Every training step's loss; kept in checkpoints, so a resumed run has the whole list."""
+
+    state_access = {"batch.loss": READ}
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def record(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.losses.append(float(learner.batch.loss))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.losses = [float(x) for x in state["losses"]]
+
+
+class KillAt(Callback):
+    """SIGKILLs the process after the backward pass of its ``step``-th training batch."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.seen = step, 0
+
+    @on(BackwardEnd, phase=TrainingPhase)
+    def kill(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.seen += 1
+        if self.seen == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_in_write(mode: str, n: int) -> None:
+    """Patch the file operations a checkpoint write uses so that the N-th write dies midway."""
+    writes = {"count": 0}
+    save, replace = torch.save, os.replace
+
+    def torn_save(obj: Any, stream: Any, *args: Any, **kwargs: Any) -> None:
+        if not hasattr(stream, "sha256"):  # not a checkpoint write
+            return save(obj, stream, *args, **kwargs)
+        writes["count"] += 1
+        if mode != "torn" or writes["count"] != n:
+            return save(obj, stream, *args, **kwargs)
+        buffer = io.BytesIO()
+        save(obj, buffer)
+        stream.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        stream.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def dying_replace(source: Any, target: Any) -> None:
+        last = writes["count"] == n
+        if last and mode == "rename" and str(target).endswith(".pt"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if last and mode == "commit" and str(target).endswith(".json"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        replace(source, target)
+
+    torch.save = torn_save  # type: ignore[assignment]
+    os.replace = dying_replace  # type: ignore[assignment]
+
+
+def build(folder: str, kill_at: int | None, resume: bool) -> Learner:
+    torch.manual_seed(0)
+    data = torch.Generator().manual_seed(1)
+    x = torch.randn(N_TRAIN, 4, generator=data)
+    y = x.sum(1, keepdim=True) + 0.1 * torch.randn(N_TRAIN, 1, generator=data)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1)
+    )
+    train = DataLoader(TensorDataset(x, y), batch_size=BATCH_SIZE, shuffle=True)
+    valid = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=BATCH_SIZE)
+    callbacks: list[Callback] = [
+        LossLog(),
+        Scheduler(lr=cosine(0.02, 0.001)),
+        EarlyStopping(patience=10),
+        Checkpointer(folder, every_steps=2, every_epochs=1, keep_last=2),
+    ]
+    if kill_at is not None:
+        callbacks.append(KillAt(kill_at))
+    # A resumed run must not depend on the global RNGs it starts with.
+    seed = 12345 if resume else 0
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    return Learner(
+        model, torch.nn.functional.mse_loss, torch.optim.Adam(model.parameters()), data=(train, valid), callbacks=callbacks
+    )
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder")
+    parser.add_argument("out")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--kill-in-write")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.kill_in_write:
+        mode, n = args.kill_in_write.split(":")
+        kill_in_write(mode, int(n))
+    learner = build(args.folder, args.kill_at, args.resume)
+    resumed_from = None
+    if args.resume:
+        latest = latest_checkpoint(args.folder)
+        resumed_from = None if latest is None else latest.meta["position"]
+    result = learner.fit(N_EPOCHS, resume="latest" if args.resume else None)
+    log = learner.get_callback(LossLog)
+    assert isinstance(log, LossLog)
+    torch.save(
+        {
+            "weights": learner.model.state_dict(),
+            "losses": log.losses,
+            "epochs": {k: list(v) for k, v in learner.cbstate.metrics.epochs.items()},
+            "reason": None if result is None else result.reason,
+            "resumed_from": resumed_from,
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,241 @@
+"""Checkpoint files: atomic writes, safe and checked loading, RNG states, finding the latest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from cadence import CadenceError
+from cadence.checkpoint import (
+    CheckpointError,
+    check_plain,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    write_checkpoint,
+)
+from cadence.rng import capture_rng, restore_rng
+
+STATE = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "steps": [1, 2], "note": None}
+
+
+def write(folder: Path, sequence: int, **meta: Any) -> Path:
+    return write_checkpoint(folder, f"checkpoint-{sequence:06d}-epoch0-batch{sequence}", STATE, meta)
+
+
+class Evil:
+    """Unpickling this would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_round_trip_keeps_tensors_plain_data_and_meta(tmp_path: Path) -> None:
+    path = write(tmp_path, 1, position={"epoch": 0, "batch": 1})
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded.state["model"]["w"], STATE["model"]["w"])  # type: ignore[index]
+    assert loaded.state["steps"] == [1, 2] and loaded.state["note"] is None
+    assert loaded.meta["position"] == {"epoch": 0, "batch": 1}
+    assert loaded.meta["format"] == "cadence-checkpoint" and loaded.meta["bytes"] == path.stat().st_size
+    assert loaded.sequence == 1
+    # The same checkpoint by its .json file or its name without suffix.
+    assert load_checkpoint(path.with_suffix(".json")).path == path
+    assert load_checkpoint(path.with_suffix("")).path == path
+
+
+def test_a_write_leaves_no_temporary_files(tmp_path: Path) -> None:
+    write(tmp_path, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-000001-epoch0-batch1.json",
+        "checkpoint-000001-epoch0-batch1.pt",
+    ]
+
+
+def test_a_failed_write_removes_its_temporary_file_and_keeps_the_previous(tmp_path: Path) -> None:
+    write(tmp_path, 1)
+
+    class Unsaveable:
+        def __reduce__(self) -> Any:
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        write_checkpoint(tmp_path, "checkpoint-000002-epoch0-batch2", {"x": Unsaveable()}, {})
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-000001-epoch0-batch1.pt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert load_checkpoint(list_checkpoints(tmp_path)[0]).sequence == 1
+
+
+def test_a_truncated_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = write(tmp_path, 1)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=rf"{path.name} is truncated or corrupt: it has 100 bytes.*resume=\"latest\""):
+        load_checkpoint(path)
+
+
+def test_a_flipped_byte_is_caught_by_the_hash(tmp_path: Path) -> None:
+    path = write(tmp_path, 1)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{path.name} is corrupt: its SHA-256 does not match"):
+        load_checkpoint(path)
+
+
+def test_corrupt_metadata_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 1)
+    path.with_suffix(".json").write_text('{"format": "cadence-checkp')
+    with pytest.raises(CheckpointError, match=r"checkpoint-000001-epoch0-batch1.json is corrupt"):
+        load_checkpoint(path)
+
+
+def test_missing_metadata_means_not_committed(tmp_path: Path) -> None:
+    path = write(tmp_path, 1)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(CheckpointError, match=r"is not a committed cadence checkpoint: .*\.json is missing"):
+        load_checkpoint(path)
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_a_newer_format_version_says_to_upgrade(tmp_path: Path) -> None:
+    path = write(tmp_path, 1)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(CheckpointError, match="format version 99; .* Upgrade cadence"):
+        load_checkpoint(path)
+
+
+def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    path = tmp_path / "checkpoint-000001-epoch0-batch0.pt"
+    torch.save({"model": Evil(marker)}, path)
+    # Forge matching metadata, so that only the refusal to unpickle stands in the way.
+    meta = {"format": "cadence-checkpoint", "version": 1, "bytes": path.stat().st_size,
+            "sha256": __import__("hashlib").sha256(path.read_bytes()).hexdigest()}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=rf"Refused to load .*{path.name}: .*\(posix.system\).*nothing in the file ran"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # "latest" skips it the same way, and runs nothing either.
+    with pytest.raises(CheckpointError, match="No intact checkpoint"):
+        latest_checkpoint(tmp_path)
+    assert not marker.exists()
+
+
+def test_a_plain_pickle_is_refused_too(tmp_path: Path) -> None:
+    from cadence.checkpoint import load_tensors
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"model": Evil(marker)}))
+    with pytest.raises(CheckpointError, match=r"Refused to load .*evil.pkl"):
+        load_tensors(path)
+    assert not marker.exists()
+
+
+def test_checkpoint_error_is_a_cadence_error() -> None:
+    assert issubclass(CheckpointError, CadenceError)
+
+
+def test_list_checkpoints_orders_by_sequence_and_ignores_others(tmp_path: Path) -> None:
+    for sequence in (10, 2, 1):
+        write(tmp_path, sequence)
+    (tmp_path / "notes.json").write_text("{}")
+    (tmp_path / "checkpoint-000011-epoch0-batch11.pt").write_bytes(b"uncommitted")
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "checkpoint-000001-epoch0-batch1.pt",
+        "checkpoint-000002-epoch0-batch2.pt",
+        "checkpoint-000010-epoch0-batch10.pt",
+    ]
+    assert list_checkpoints(tmp_path / "missing") == []
+
+
+def test_latest_falls_back_to_the_newest_intact_one_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path, 1)
+    second = write(tmp_path, 2)
+    third = write(tmp_path, 3)
+    third.write_bytes(b"")
+    second.with_suffix(".json").write_text("not json")
+    with caplog.at_level(logging.WARNING, logger="cadence.checkpoint"):
+        found = latest_checkpoint(tmp_path)
+    assert found is not None and found.sequence == 1
+    text = caplog.text
+    assert f"Skipping checkpoint {third}" in text and f"Skipping checkpoint {second}" in text
+    assert "Resuming from" in text and "checkpoint-000001" in text
+
+
+def test_latest_of_an_empty_folder_is_none_and_of_a_broken_one_an_error(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None
+    write(tmp_path, 1).write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"No intact checkpoint in .*\n  - .*truncated.*\nStart over"):
+        latest_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        ({"best": np.float64(0.5)}, r"numpy.float64 at \['best'\]"),
+        ({"a": [1, {"b": object()}]}, r"object at \['a'\]\[1\]\['b'\]"),
+        ({(1, 2): 3}, r"tuple at  \(a key\)"),
+        ({"f": lambda: 0}, r"function at \['f'\]"),
+        (np.zeros(2), r"numpy.ndarray;"),
+    ],
+)
+def test_check_plain_names_where_and_what(value: object, found: str) -> None:
+    with pytest.raises(CheckpointError, match=rf"Thing.state_dict\(\) holds a {found}.*Convert it, e.g. float\(value\)"):
+        check_plain(value, "Thing.state_dict()")
+
+
+def test_check_plain_accepts_what_weights_only_loads(tmp_path: Path) -> None:
+    value = {"t": torch.ones(2), "n": [1, 2.5, True, None, "s", (3, 4)], 0: {"nested": {}}}
+    check_plain(value, "x")
+    path = write_checkpoint(tmp_path, "checkpoint-000001", {"value": value}, {})
+    loaded = load_checkpoint(path).state["value"]
+    assert loaded["n"] == [1, 2.5, True, None, "s", (3, 4)] and torch.equal(loaded["t"], torch.ones(2))
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(7)
+    random.gauss(0, 1)  # leaves a cached gaussian in Python's state
+    np.random.standard_normal()
+    state = capture_rng({"g": generator})
+    expected = (random.random(), np.random.rand(), torch.rand(2), torch.rand(2, generator=generator))
+    path = write_checkpoint(tmp_path, "checkpoint-000001", {"rng": state}, {})
+    random.seed(99), np.random.seed(99), torch.manual_seed(99), generator.manual_seed(99)
+    restore_rng(load_checkpoint(path).state["rng"], {"g": generator})
+    got = (random.random(), np.random.rand(), torch.rand(2), torch.rand(2, generator=generator))
+    assert got[:2] == expected[:2]
+    assert torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
+
+
+def test_cuda_states_are_skipped_with_a_warning_without_cuda(caplog: pytest.LogCaptureFixture) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the warning on a machine without CUDA")
+    state = capture_rng()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
+    with caplog.at_level(logging.WARNING, logger="cadence.rng"):
+        restore_rng(state)
+    assert "RNG states for 1 CUDA device(s), which this machine lacks" in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_is_captured_and_restored() -> None:
+    torch.cuda.init()
+    state = capture_rng()
+    assert "cuda" in state
+    expected = torch.rand(3, device="cuda")
+    restore_rng(state)
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
