@@ -8,6 +8,7 @@ from cadence.errors import (
     CancelEpoch,
     CancelFit,
     CancelSignal,
+    CheckpointError,
     ConflictError,
     CycleError,
     DeclarationError,
@@ -22,6 +23,7 @@ from cadence.learner import Learner
 from cadence.callbacks.recorder import History, Recorder  # isort: skip
 from cadence.callbacks.metrics import Metrics, MetricSpec, MetricValues  # isort: skip
 from cadence.callbacks.accumulation import GradientAccumulation  # isort: skip
+from cadence.callbacks.checkpointer import Checkpointer  # isort: skip
 from cadence.callbacks.clipping import GradientClipping  # isort: skip
 from cadence.callbacks.device import ToDevice  # isort: skip
 from cadence.callbacks.early_stopping import EarlyStopping  # isort: skip
@@ -45,6 +47,8 @@ __all__ = [
     "CancelEpoch",
     "CancelFit",
     "CancelSignal",
+    "CheckpointError",
+    "Checkpointer",
     "ConflictError",
     "CycleError",
     "DeclarationError",

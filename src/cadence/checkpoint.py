@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import torch
 
-from cadence.errors import CadenceError
+from cadence.errors import CheckpointError
 
 __all__ = [
     "Checkpoint",
@@ -54,10 +54,6 @@ _NAME = re.compile(r"^checkpoint-(\d+)(-|\.)")
 _REFUSED = re.compile(r"GLOBAL (\S+)")
 
 StrPath = str | os.PathLike[str]
-
-
-class CheckpointError(CadenceError):
-    """A checkpoint cannot be written, read or used; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)

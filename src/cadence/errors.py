@@ -10,7 +10,9 @@ callback changes the course of training and are never errors::
     │   ├── ConflictError                  two writers of the same state with no order
     │   ├── CycleError                     the ordering constraints form a cycle
     │   ├── MissingStateError              a cbstate entry is read but nothing writes it
-    │   └── SignalScopeError               a Cancel* signal raised where it cancels nothing
+    │   ├── SignalScopeError               a Cancel* signal raised where it cancels nothing
+    │   ├── CheckpointError                a checkpoint cannot be written, read or used
+    │   └── SanityCheckError               (cadence.callbacks.sanity) the first batches fail
     └── CancelSignal                       control flow, not an error
         ├── CancelBatch                    skip the rest of this batch
         ├── CancelEpoch                    skip the rest of this epoch
@@ -25,6 +27,7 @@ __all__ = [
     "CancelEpoch",
     "CancelFit",
     "CancelSignal",
+    "CheckpointError",
     "ConflictError",
     "CycleError",
     "DeclarationError",
@@ -64,6 +67,10 @@ class MissingStateError(CadenceError):
 
 class SignalScopeError(CadenceError):
     """A cancel signal was raised at an event where it has nothing to cancel."""
+
+
+class CheckpointError(CadenceError):
+    """A checkpoint cannot be written, read or used; the message names the file and the fix."""
 
 
 class CancelSignal(Exception):
