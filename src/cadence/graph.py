@@ -12,16 +12,17 @@ Callbacks with no constraint between them keep the order the user gave.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cadence.access import AccessSet, Path, dotted, parse_state_access
-from cadence.callback import PRODUCERS, Callback, NoConflict, Resolution, RunFirst, Unresolvable
-from cadence.errors import ConflictError, CycleError, DeclarationError, MissingStateError
+from cadence.callback import PRODUCERS, Callback
+from cadence.conflicts import Resolver
+from cadence.errors import CycleError, DeclarationError, MissingStateError
 from cadence.events import Event
+from cadence.ordering import find_cycle, reaches, topological
 from cadence.phases import Phase
 
 __all__ = ["CallbackGraph", "Plan"]
@@ -112,7 +113,7 @@ class CallbackGraph:
         self._after = self._run_after_edges()
         self._reach = self._closure()
         self._check_producers()
-        self._answers: dict[tuple[int, int], Resolution | None] = {}
+        self._resolver = Resolver(self.callbacks, self.labels)
 
     # ---- checks that hold for every event ------------------------------------------------
 
@@ -138,9 +139,9 @@ class CallbackGraph:
         for i, preds in enumerate(self._after):
             for j in preds:
                 successors[j].append(i)
-        order = _topological(n, successors)
+        order = topological(n, successors)
         if len(order) < n:
-            cycle = _find_cycle(set(range(n)) - set(order), successors)
+            cycle = find_cycle(set(range(n)) - set(order), successors)
             steps = [
                 f"  {self.labels[a]} runs before {self.labels[b]}: {self._after[b][a]}"
                 for a, b in zip(cycle, cycle[1:] + cycle[:1])
@@ -185,7 +186,7 @@ class CallbackGraph:
                     for writer, _ in self._writes.overlapping(path):
                         if writer != reader:
                             successors[writer].append(reader)
-        return _topological(n, successors, break_cycles=True)
+        return topological(n, successors, break_cycles=True)
 
     # ---- one (event, phase) ---------------------------------------------------------------
 
@@ -228,9 +229,9 @@ class CallbackGraph:
         for p, q in edges:
             successors[p].add(q)
         for (p, q), (path_p, path_q) in conflicts.items():
-            if _reaches(successors, p, q) or _reaches(successors, q, p):
+            if reaches(successors, p, q) or reaches(successors, q, p):
                 continue
-            first = self._resolve(members[p][0], members[q][0], event, phase, path_p, path_q)
+            first = self._resolver.first(members[p][0], members[q][0], event, phase, path_p, path_q)
             if first is not None:
                 before, after = (p, q) if first == members[p][0] else (q, p)
                 i, j = members[before][0], members[after][0]
@@ -240,7 +241,7 @@ class CallbackGraph:
                 )
                 successors[before].add(after)
 
-        order = _topological(len(members), successors)
+        order = topological(len(members), successors)
         if len(order) < len(members):
             self._raise_cycle(event, phase, members, edges, successors, order)
         rank = {p: r for r, p in enumerate(order)}
@@ -283,80 +284,6 @@ class CallbackGraph:
         names = " → ".join(self.labels[k] for k in reversed(chain))
         return f"run_after chain {names}"
 
-    def _resolve(
-        self, i: int, j: int, event: type[Event], phase: type[Phase], path_i: Path, path_j: Path
-    ) -> int | None:
-        """Ask the pair how to order; return the index that runs first, or None for any order."""
-        key = (i, j)
-        if key not in self._answers:
-            self._answers[key] = self._ask_both(i, j, event, phase, path_i, path_j)
-        answer = self._answers[key]
-        if isinstance(answer, RunFirst):
-            return i if answer.callback is self.callbacks[i] else j
-        return None
-
-    def _ask_both(
-        self, i: int, j: int, event: type[Event], phase: type[Phase], path_i: Path, path_j: Path
-    ) -> Resolution:
-        a, b = self.callbacks[i], self.callbacks[j]
-        answer_a = self._ask(i, j)
-        answer_b = self._ask(j, i)
-        where = f"at {event.__name__} in {phase.__name__}"
-        if answer_a is NotImplemented and answer_b is NotImplemented:
-            na, nb = self.labels[i], self.labels[j]
-            same = a.__class__ is b.__class__  # a throttled Writer is still a Writer
-            raise ConflictError(
-                f"Write conflict between {na} and {nb} {where}:\n"
-                f"  - {na} writes {dotted(path_i)}\n  - {nb} writes {dotted(path_j)}\n"
-                + (
-                    f"Two {type(a).__name__} callbacks write the same state; keep one of them.\n"
-                    if same
-                    else ""
-                )
-                + f"Nothing orders them. Implement resolve_conflict on one of them, e.g.\n\n"
-                f"    def resolve_conflict(self, other):  # in {type(a).__name__}\n"
-                f"        if isinstance(other, {type(b).__name__}):\n"
-                f"            return RunFirst(self)  # or RunFirst(other), NoConflict(), Unresolvable()\n"
-                f"        return NotImplemented\n\n"
-                f"or add run_after = ({type(a).__name__},) to {type(b).__name__}."
-            )
-        if answer_a is not NotImplemented and answer_b is not NotImplemented and answer_a != answer_b:
-            raise ConflictError(
-                f"{self.labels[i]} and {self.labels[j]} disagree on their order {where}: "
-                f"{self.labels[i]}.resolve_conflict returned {self._show(answer_a)} and "
-                f"{self.labels[j]}.resolve_conflict returned {self._show(answer_b)}. Make them agree, "
-                f"or return NotImplemented from one."
-            )
-        answer: Resolution = answer_a if answer_a is not NotImplemented else answer_b
-        if isinstance(answer, Unresolvable):
-            raise ConflictError(
-                f"{self.labels[i]} and {self.labels[j]} cannot be used together: both write "
-                f"{dotted(path_i)} {where} and resolve_conflict says Unresolvable(). Remove one of them."
-            )
-        return answer
-
-    def _ask(self, i: int, j: int) -> Any:
-        answer = self.callbacks[i].resolve_conflict(self.callbacks[j])
-        if answer is NotImplemented or isinstance(answer, (NoConflict, Unresolvable)):
-            return answer
-        if isinstance(answer, RunFirst):
-            if answer.callback is self.callbacks[i] or answer.callback is self.callbacks[j]:
-                return answer
-            raise DeclarationError(
-                f"{self.labels[i]}.resolve_conflict({self.labels[j]}) returned "
-                f"RunFirst({answer.callback!r}); RunFirst must name one of the two, "
-                f"RunFirst(self) or RunFirst(other)."
-            )
-        raise DeclarationError(
-            f"{self.labels[i]}.resolve_conflict({self.labels[j]}) returned {answer!r}; return "
-            f"NoConflict(), RunFirst(self), RunFirst(other), Unresolvable() or NotImplemented."
-        )
-
-    def _show(self, answer: Resolution) -> str:
-        if isinstance(answer, RunFirst):
-            return f"RunFirst({self.labels[self.callbacks.index(answer.callback)]})"
-        return f"{type(answer).__name__}()"
-
     def _raise_cycle(
         self,
         event: type[Event],
@@ -367,7 +294,7 @@ class CallbackGraph:
         order: list[int],
     ) -> None:
         left = set(range(len(members))) - set(order)
-        cycle = _find_cycle(left, [sorted(s) for s in successors])
+        cycle = find_cycle(left, [sorted(s) for s in successors])
         steps = []
         for p, q in zip(cycle, cycle[1:] + cycle[:1]):
             a, b = self.labels[members[p][0]], self.labels[members[q][0]]
@@ -378,66 +305,3 @@ class CallbackGraph:
             + "\nBreak one of these edges: remove a run_after entry, or narrow a state_access "
             "declaration (READ where the callback does not write)."
         )
-
-
-def _topological(n: int, successors: Sequence[Iterable[int]], break_cycles: bool = False) -> list[int]:
-    """Kahn's algorithm, always taking the lowest ready index (the user's order breaks ties).
-
-    Returns fewer than ``n`` nodes when there is a cycle, unless ``break_cycles``, which then
-    takes the lowest remaining node regardless of its predecessors.
-    """
-    indegree = [0] * n
-    for succ in successors:
-        for j in succ:
-            indegree[j] += 1
-    ready = [i for i in range(n) if indegree[i] == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    done = [False] * n
-    while len(order) < n:
-        if not ready:
-            if not break_cycles:
-                break
-            ready = [min(i for i in range(n) if not done[i])]
-            indegree[ready[0]] = 0
-        i = heapq.heappop(ready)
-        if done[i]:
-            continue
-        done[i] = True
-        order.append(i)
-        for j in successors[i]:
-            indegree[j] -= 1
-            if indegree[j] == 0 and not done[j]:
-                heapq.heappush(ready, j)
-    return order
-
-
-def _reaches(successors: Sequence[set[int]], start: int, goal: int) -> bool:
-    stack, seen = [start], {start}
-    while stack:
-        node = stack.pop()
-        for nxt in successors[node]:
-            if nxt == goal:
-                return True
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return False
-
-
-def _find_cycle(nodes: set[int], successors: Sequence[Sequence[int]]) -> list[int]:
-    """A cycle among ``nodes``: what Kahn's algorithm left, where every node has a predecessor
-    that was left too. Walking predecessors must therefore come back to a node already seen."""
-    predecessors: dict[int, list[int]] = defaultdict(list)
-    for i in sorted(nodes):
-        for j in successors[i]:
-            if j in nodes:
-                predecessors[j].append(i)
-    walk: list[int] = []
-    seen: dict[int, int] = {}
-    node = min(nodes)
-    while node not in seen:
-        seen[node] = len(walk)
-        walk.append(node)
-        node = predecessors[node][0]
-    return list(reversed(walk[seen[node] :]))
