@@ -11,7 +11,7 @@ import torch
 
 from cadence import READ, Callback, ConflictError, Learner, on
 from cadence.callbacks.scheduler import Scheduler
-from cadence.events import BackwardEnd, Event
+from cadence.events import BackwardEnd, EpochBegin, Event, FitBegin
 from cadence.phases import Phase, TrainingPhase
 from cadence.schedules import constant, cosine, linear, one_cycle
 from cadence.testing import make_test_learner, regression_batches
@@ -123,9 +123,62 @@ def test_position_survives_fits_and_checkpoints_without_pickle() -> None:
     assert state == {"position": 4}
     resumed, probe = Scheduler(lr=cosine(0.1, 0.001)), OptimizerProbe()
     resumed.load_state_dict(state)
-    make_test_learner(resumed, probe, n_batches=4).fit(1)
-    # The resumed run spans the 4 steps already taken plus its own 4, and ends at `end`.
-    assert probe.seen == pytest.approx([cosine(0.1, 0.001)(step, 8) for step in range(4, 8)])
+    make_test_learner(resumed, probe, n_batches=4).fit(2)
+    # fit(2) is a run of 8 steps, whatever the position: the schedule goes on from step 4, and
+    # the 4 steps past its end hold its last value.
+    assert probe.seen == pytest.approx([cosine(0.1, 0.001)(step, 8) for step in range(4, 12)])
+    assert resumed.position == 12
+
+
+def test_the_run_length_depends_on_the_fit_only() -> None:
+    scheduler, probe = Scheduler(lr=linear(0.1, 0.0)), OptimizerProbe()
+    learner = make_test_learner(scheduler, probe, n_batches=2)
+    learner.fit(1)
+    learner.fit(3)  # 6 steps; the position goes on from 2
+    assert probe.seen == pytest.approx([0.1, 0.0] + [linear(0.1, 0.0)(step, 6) for step in range(2, 8)])
+    epochs, probe = Scheduler(lr=linear(0.3, 0.1), unit="epoch"), OptimizerProbe()
+    learner = make_test_learner(epochs, probe, n_batches=1)
+    learner.fit(1)
+    learner.fit(3)
+    assert probe.seen == pytest.approx([0.3, 0.2, 0.1, 0.1])
+
+
+class LoadAt(Callback):
+    """Loads ``state`` into ``scheduler`` once, at ``FitBegin`` or the training ``EpochBegin``,
+    after the scheduler's own handler there."""
+
+    run_after = (Scheduler,)
+
+    def __init__(self, scheduler: Scheduler, state: dict[str, Any], event: type[Event]) -> None:
+        self.scheduler, self.state, self.event = scheduler, state, event
+
+    @on(FitBegin)
+    def fit_begin(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.load(event)
+
+    @on(EpochBegin, phase=TrainingPhase)
+    def epoch_begin(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.load(event)
+
+    def load(self, event: Event) -> None:
+        if type(event) is self.event and self.state:
+            self.scheduler.load_state_dict(self.state)
+            self.state = {}
+
+
+@pytest.mark.parametrize("when", [None, FitBegin, EpochBegin], ids=["before fit", "after FitBegin", "after EpochBegin"])
+def test_a_loaded_position_is_exact_whenever_it_is_loaded(when: type[Event] | None) -> None:
+    scheduler, probe = Scheduler(lr=linear(0.1, 0.0)), OptimizerProbe()
+    learner = make_test_learner(scheduler, probe, n_batches=4)
+    learner.fit(2)  # the position is now 8: the load must replace it, and the run's length not depend on it
+    probe.seen.clear()
+    if when is None:
+        scheduler.load_state_dict({"position": 3})
+    else:
+        learner.add_callback(LoadAt(scheduler, {"position": 3}, when))
+    learner.fit(2)
+    assert probe.seen == pytest.approx([linear(0.1, 0.0)(step, 8) for step in range(3, 11)])
+    assert scheduler.position == 11
 
 
 def test_torch_scheduler_state_round_trips() -> None:

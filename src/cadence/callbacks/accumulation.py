@@ -37,6 +37,14 @@ class GradientAccumulation(Callback):
     partial group is dropped at ``EpochEnd`` (logged). Groups never span epochs.
     ``batch.loss`` is left as computed. A ``Scheduler`` counts micro-batches as steps.
 
+    Checkpoints: ``state_dict()`` holds the open group, so a checkpoint taken in the middle of
+    one resumes exactly: ``count`` (its micro-batches so far), ``seen`` (the epoch's
+    micro-batches so far) and ``stash``, the gradients summed so far as CPU tensors, one per
+    trainable parameter in ``model.parameters()`` order (``None`` where there is none yet).
+    ``load_state_dict`` puts them back on each parameter's device. ``fit(..., resume=...)``
+    restores a mid-epoch checkpoint after the epoch's ``EpochBegin`` (which starts a new group)
+    and one at an epoch boundary, which has no open group, after ``FitBegin``.
+
     Ordering: after ``MixedPrecision`` (gradients are unscaled per micro-batch, before they
     are summed) and before ``GradientClipping`` (which clips the mean gradient), in any list
     order (``resolve_conflict``). Other callbacks that read the model at ``BackwardEnd`` run
@@ -51,6 +59,8 @@ class GradientAccumulation(Callback):
         >>> _ = learner.fit(1)
         >>> learner.optimizer.state_dict()["state"]  # SGD without momentum keeps none
         {}
+        >>> GradientAccumulation(4).state_dict()
+        {'count': 0, 'seen': 0, 'stash': []}
     """
 
     state_access = {"model": WRITE}
@@ -116,6 +126,31 @@ class GradientAccumulation(Callback):
         self._stash = [None] * len(self._params)
         self._count = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The open group: ``count``, ``seen`` and ``stash`` (copies on the CPU; see above)."""
+        stash = [None if held is None else held.detach().to("cpu", copy=True) for held in self._stash]
+        return {"count": self._count, "seen": self._seen, "stash": stash}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned; the gradients go to their parameters' devices.
+
+        Raises:
+            ValueError: ``state`` is not such a dict, or its gradients do not match the model's
+                trainable parameters (another model, or other parameters frozen).
+        """
+        count, seen, stash = _checked(state, self.n)
+        if any(held is not None for held in stash):
+            if self._params:
+                _check_stash(stash, self._params)
+                stash = [None if h is None else h.to(p.device, copy=True) for h, p in zip(stash, self._params)]
+            else:
+                # Loaded before the first training epoch began, whose EpochBegin starts a new group.
+                stash = [None if h is None else h.clone() for h in stash]
+            self._stash = stash
+        else:
+            self._stash = [None] * len(self._params)
+        self._count, self._seen = count, seen
+
     def resolve_conflict(self, other: Callback) -> Any:
         if isinstance(other, GradientAccumulation):
             return Unresolvable()
@@ -127,3 +162,38 @@ class GradientAccumulation(Callback):
 
     def __repr__(self) -> str:
         return f"GradientAccumulation({self.n})"
+
+
+def _checked(state: dict[str, Any], n: int) -> tuple[int, int, list[torch.Tensor | None]]:
+    """``(count, seen, stash)`` from a ``state_dict()``, or a ValueError that says what is wrong."""
+    if not isinstance(state, dict) or set(state) != {"count", "seen", "stash"}:
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"GradientAccumulation.load_state_dict expects the keys ['count', 'seen', 'stash']; got "
+            f"{found}. Pass what GradientAccumulation.state_dict() returned."
+        )
+    count, seen, stash = state["count"], state["seen"], state["stash"]
+    if not (all(type(v) is int and v >= 0 for v in (count, seen)) and count <= seen and count < n):
+        raise ValueError(
+            f"GradientAccumulation({n}).load_state_dict got count={count!r} and seen={seen!r}; an "
+            f"open group holds 0 to {n - 1} micro-batches, and seen >= count. Resume with the n the "
+            f"state was saved with."
+        )
+    if not isinstance(stash, list) or not all(held is None or isinstance(held, torch.Tensor) for held in stash):
+        raise ValueError(
+            f"GradientAccumulation.load_state_dict expects 'stash' to be a list of tensors or None, "
+            f"one per trainable parameter; got a {type(stash).__name__} holding other values. Pass "
+            f"what GradientAccumulation.state_dict() returned."
+        )
+    return count, seen, stash
+
+
+def _check_stash(stash: list[torch.Tensor | None], params: list[torch.nn.Parameter]) -> None:
+    shapes = [tuple(p.shape) for p in params]
+    saved = [None if held is None else tuple(held.shape) for held in stash]
+    if len(saved) != len(shapes) or any(s is not None and s != p for s, p in zip(saved, shapes)):
+        raise ValueError(
+            f"GradientAccumulation.load_state_dict got gradients of shapes {saved}, but the model's "
+            f"trainable parameters have shapes {shapes}. Restore it into the learner it was saved "
+            f"from: the same model, with the same parameters requiring gradients."
+        )

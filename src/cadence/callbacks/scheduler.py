@@ -29,11 +29,18 @@ class Scheduler(Callback):
 
     A schedule is called as ``schedule(step, total)`` (see ``cadence.schedules``); a number
     means a constant. ``total``, the length of the run in units, is ``n_epochs`` for
-    ``unit="epoch"`` and ``n_epochs * len(train data)`` for ``unit="step"``, unless given.
-    The position is the scheduler's own counter (it never reads ``cbstate.history``): it goes
-    on across calls of ``fit`` and is saved by ``state_dict``; each ``fit`` spans the steps
-    already taken plus its own, so a resumed run continues where it stopped. Batches count
-    as steps, micro-batches of ``GradientAccumulation`` included.
+    ``unit="epoch"`` and ``n_epochs * len(train data)`` for ``unit="step"``, unless given: it
+    depends only on the ``fit`` call, never on the position. The position is the scheduler's
+    own counter (it never reads ``cbstate.history``), the units completed so far; it goes on
+    across calls of ``fit`` (past ``total``, the built-in schedules hold their last value).
+    Batches count as steps, micro-batches of ``GradientAccumulation`` included.
+
+    Checkpoints: ``state_dict()`` holds ``position`` (and ``lr_scheduler``, the torch
+    scheduler's own state, when there is one). Nothing at ``FitBegin`` or ``EpochBegin`` resets
+    the position or derives the run's length from it, so ``load_state_dict`` restores it
+    exactly whenever it is called; ``fit(n_epochs, resume=...)`` then continues the run's
+    schedule where the checkpoint was taken, in a fresh learner or in the same one. The
+    optimizer's values at that point come back with the optimizer's state.
 
     Instead of schedules, pass a ``torch.optim.lr_scheduler.LRScheduler`` built on the same
     optimizer: its ``step()`` is called after each batch (or epoch), as torch expects.
@@ -85,7 +92,7 @@ class Scheduler(Callback):
         self.param_groups = _check_groups(param_groups)
         self._targets = _targets(dict(schedules or {}), named) if self._torch is None else ()
         self._per_step = unit == "step"
-        self._position = self._fit_start = 0
+        self._position = 0
         self._n_epochs = 1
         self._run_total: int | None = total
         self._labels: dict[tuple[str, int], str] = {}
@@ -123,15 +130,16 @@ class Scheduler(Callback):
 
     @on(FitBegin)
     def fit_begin(self, event: FitBegin, phase: Phase, learner: Any) -> None:
-        self._fit_start, self._n_epochs = self._position, event.n_epochs
-        self._run_total = self.total or (None if self._per_step else self._position + event.n_epochs)
+        # The run's length, not what is left of it: a resumed fit restores the position after this.
+        self._n_epochs = event.n_epochs
+        self._run_total = self.total or (None if self._per_step else event.n_epochs)
 
     @on(EpochBegin, phase=TrainingPhase)
     def epoch_begin(self, event: EpochBegin, phase: Phase, learner: Any) -> None:
         if not self._per_step:
             self._apply(learner)
         elif self._run_total is None:
-            self._run_total = self._fit_start + self._n_epochs * _length(event.data)
+            self._run_total = self._n_epochs * _length(event.data)
 
     @on(BatchBegin, phase=TrainingPhase)
     def batch_begin(self, event: Event, phase: Phase, learner: Any) -> None:
@@ -194,12 +202,19 @@ class Scheduler(Callback):
         return NoConflict()
 
     def state_dict(self) -> dict[str, Any]:
+        """``{"position": units done}``, plus ``"lr_scheduler"``: the torch scheduler's state."""
         state: dict[str, Any] = {"position": self._position}
         if self._torch is not None:
             state["lr_scheduler"] = self._torch.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, at any point: before ``fit``, after ``FitBegin``
+        or after ``EpochBegin`` (where ``fit(..., resume=...)`` restores checkpoints).
+
+        Raises:
+            ValueError: ``state`` has other keys than ``state_dict`` gives for this Scheduler.
+        """
         expected = {"position"} | ({"lr_scheduler"} if self._torch is not None else set())
         if set(state) != expected:
             raise ValueError(
