@@ -3,9 +3,10 @@
     python resume_script.py FOLDER OUT [--resume] [--kill-at STEP] [--kill-in-write MODE:N]
 
 Trains an MLP with dropout on synthetic data: Adam, a cosine ``Scheduler``, ``EarlyStopping``,
-``Metrics`` and ``Recorder``, a shuffled ``DataLoader`` drawing from the global RNG, and a
-``Checkpointer`` in FOLDER saving every 2 steps and every epoch. Writes the final weights and
-the loss history to OUT (a ``torch.save`` file).
+``Metrics`` (with torchmetrics' ``MeanAbsoluteError``) and ``Recorder``, a shuffled
+``DataLoader`` drawing from the global RNG, and a ``Checkpointer`` in FOLDER saving every 2
+steps and every epoch. Writes the final weights and the loss and metric history to OUT (a
+``torch.save`` file).
 
 - ``--kill-at STEP``: SIGKILL this process after the backward pass of training step STEP
   (counted from 1 in this process), before the optimizer step.
@@ -28,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.regression import MeanAbsoluteError
 
-from cadence import READ, Callback, Learner, on
+from cadence import READ, Callback, Learner, Metrics, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
 from cadence.callbacks.scheduler import Scheduler
@@ -118,6 +120,7 @@ def build(folder: str, kill_at: int | None, resume: bool) -> Learner:
         LossLog(),
         Scheduler(lr=cosine(0.02, 0.001)),
         EarlyStopping(patience=10),
+        Metrics(MeanAbsoluteError()),
         Checkpointer(folder, every_steps=2, every_epochs=1, keep_last=2),
     ]
     if kill_at is not None:

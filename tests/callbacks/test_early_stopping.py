@@ -4,14 +4,17 @@ of the monitored key."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cadence import WRITE, Callback, CancelFit, Metrics, MissingStateError, on
+from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
 from cadence.callbacks.metrics import MetricSpec, MetricValues
 from cadence.callbacks.nan import StopOnNaNLoss
+from cadence.checkpoint import list_checkpoints
 from cadence.events import EpochEnd
 from cadence.phases import Phase, ValidationPhase
 from cadence.testing import make_test_learner, regression_batches
@@ -145,7 +148,7 @@ def test_state_dict_round_trip_resumes_the_count() -> None:
     stopper = EarlyStopping("valid/score", patience=2)
     make_test_learner(stopper, Scripted([5, 4, 4.5]), n_batches=1).fit(3)
     state = stopper.state_dict()
-    assert state == {"best": 4, "best_epoch": 2, "wait": 1, "seen": 3}
+    assert state == {"best": 4, "best_epoch": 2, "wait": 1, "seen": 3, "stop": None}
     resumed = EarlyStopping("valid/score", patience=2)
     resumed.load_state_dict(state)
     scripted = Scripted([5, 4, 4.5, 4.6, 1])
@@ -155,6 +158,36 @@ def test_state_dict_round_trip_resumes_the_count() -> None:
     result = learner.fit(2)
     assert result is not None and "for 2 epochs (best 4 at epoch 2)" in result.reason
     assert learner.cbstate.metrics.epochs["valid/score"] == [5, 4, 4.5, 4.6]
+
+
+def test_state_dict_holds_a_pending_stop() -> None:
+    stopper = EarlyStopping("valid/score", patience=1)
+    make_test_learner(stopper, Scripted([5, 6]), n_batches=1).fit(2)  # decided in the last epoch
+    state = stopper.state_dict()
+    assert state["stop"] == "EarlyStopping: valid/score did not improve by min_delta=0.0 for 1 epoch (best 5 at epoch 1)."
+    resumed = EarlyStopping("valid/score", patience=1)
+    resumed.load_state_dict({k: v for k, v in state.items() if k != "stop"})  # a checkpoint from before "stop"
+    assert resumed.state_dict()["stop"] is None
+
+
+def test_a_resumed_run_stops_where_the_uninterrupted_run_stopped(tmp_path: Path) -> None:
+    def build(folder: Path) -> Any:
+        return make_test_learner(EarlyStopping(patience=2, min_delta=1e-3), Metrics(), Checkpointer(folder, keep_last=50))
+
+    reference = build(tmp_path)
+    expected = reference.fit(50)
+    assert expected is not None and len(reference.cbstate.metrics.epochs["valid/loss"]) == 6
+    checkpoints = list_checkpoints(tmp_path)
+    assert len(checkpoints) == 6  # one per epoch; the last one holds the pending stop
+    for path in checkpoints:
+        resumed = build(tmp_path / "again")
+        result = resumed.fit(50, resume=path)
+        assert result is not None and result.reason == expected.reason, path.name
+        assert resumed.cbstate.metrics.epochs == reference.cbstate.metrics.epochs, path.name
+    latest = build(tmp_path)
+    result = latest.fit(50, resume="latest")  # the repro: it ran a 7th epoch
+    assert result is not None and result.reason == expected.reason
+    assert len(latest.cbstate.metrics.epochs["valid/loss"]) == 6
 
 
 def test_a_fit_without_the_monitored_phase_is_logged(caplog: pytest.LogCaptureFixture) -> None:

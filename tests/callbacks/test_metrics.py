@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.regression import MeanAbsoluteError
 
 from cadence import Callback, Learner, Metrics, on, READ
 from cadence.callbacks import metrics as metrics_module
+from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.metrics import MetricSpec, MetricValues
+from cadence.checkpoint import CheckpointError, check_plain, list_checkpoints, load_checkpoint, write_checkpoint
 from cadence.events import BatchEnd
 from cadence.phases import TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner
@@ -191,7 +196,7 @@ def test_state_dict_round_trip_before_and_after_joining() -> None:
     learner = make_test_learner(Metrics(), n_batches=2)
     learner.fit(2)
     state = learner.get_callback(Metrics).state_dict()  # type: ignore[union-attr]
-    assert state == {"epochs": {k: list(v) for k, v in learner.cbstate.metrics.epochs.items()}}
+    assert state == {"epochs": {k: list(v) for k, v in learner.cbstate.metrics.epochs.items()}, "running": {}}
     fresh = Metrics()
     fresh.load_state_dict(state)
     resumed = make_test_learner(fresh, n_batches=2)
@@ -199,6 +204,8 @@ def test_state_dict_round_trip_before_and_after_joining() -> None:
     resumed.fit(1)
     assert len(resumed.cbstate.metrics.epochs["train/loss"]) == 3
     fresh.load_state_dict(state)  # after joining: replaces the learner's values
+    assert resumed.cbstate.metrics.epochs == state["epochs"]
+    fresh.load_state_dict({"epochs": state["epochs"]})  # a checkpoint from before "running"
     assert resumed.cbstate.metrics.epochs == state["epochs"]
 
 
@@ -236,3 +243,197 @@ def test_no_host_device_sync_per_batch_on_cuda() -> None:
     learner.fit(2, data=(strict(batches), strict(batches)))
     epochs = learner.cbstate.metrics.epochs
     assert epochs["valid/accuracy"] == pytest.approx(epochs["valid/accuracy_fn"])
+
+
+# ---- the running state of an epoch under way, for mid-epoch checkpoints ------------------------
+
+
+class MeanOfList(Metric):
+    """A torchmetrics metric with a list state ("cat"), as SpearmanCorrCoef has."""
+
+    errors: list[torch.Tensor]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("errors", default=[], dist_reduce_fx="cat")
+
+    def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
+        self.errors.append((y_pred - y).abs().flatten())
+
+    def compute(self) -> torch.Tensor:
+        return torch.cat(self.errors).mean()
+
+
+class SumOfErrors:
+    """A stateful metric that is not a torchmetrics Metric, with its own state_dict()."""
+
+    def __init__(self) -> None:
+        self.total = torch.zeros(())
+
+    def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
+        self.total = self.total + (y_pred - y).abs().sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total
+
+    def reset(self) -> None:
+        self.total = torch.zeros(())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total = state["total"].clone()
+
+
+def mean_error(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (y_pred - y).abs().mean()
+
+
+def all_metrics() -> Metrics:
+    return Metrics(MeanAbsoluteError(), MetricSpec(MeanOfList(), phases="train"), SumOfErrors(), mean_error)
+
+
+def resume_from_every_checkpoint(folder: Path, **kwargs: Any) -> None:
+    """Fit 3 epochs of 7 batches with a checkpoint every 3 steps, then resume from each one:
+    mid-epoch (after 1 to 6 batches, and after all 7) and at epoch boundaries."""
+    reference = make_test_learner(all_metrics(), Checkpointer(folder, every_steps=3, keep_last=100), n_batches=7, **kwargs)
+    reference.fit(3)
+    expected = reference.cbstate.metrics.epochs
+    checkpoints = list_checkpoints(folder)
+    batches = {load_checkpoint(p).meta["position"]["batch"] for p in checkpoints}
+    assert batches == {0, 1, 2, 3, 4, 5, 6, 7}
+    for path in checkpoints:
+        resumed = make_test_learner(all_metrics(), Checkpointer(folder / "again", every_steps=3), n_batches=7, **kwargs)
+        resumed.fit(3, resume=path)
+        assert resumed.cbstate.metrics.epochs == expected, path.name  # bit for bit
+
+
+def test_a_resumed_epoch_ends_with_the_values_of_the_uninterrupted_run(tmp_path: Path) -> None:
+    resume_from_every_checkpoint(tmp_path)
+
+
+def test_a_resumed_epoch_ends_with_the_same_values_on_the_device_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accelerator path (tensor sums, saved as CPU tensors), exercised on CPU tensors."""
+    start = metrics_module._Tracker.start
+
+    def on_device(self: Any, loss: Any, y_pred: Any) -> None:
+        start(self, loss, y_pred)  # puts a restored running state back as floats
+        self.on_cpu = False
+        self.sums = [torch.as_tensor(s, dtype=torch.float64) for s in self.sums]
+
+    monkeypatch.setattr(metrics_module._Tracker, "start", on_device)
+    resume_from_every_checkpoint(tmp_path)
+    saved = load_checkpoint(next(p for p in list_checkpoints(tmp_path) if p.name.endswith("epoch1-batch2.pt")))
+    sums = saved.state["callbacks"]["Metrics"]["running"]["train"]["sums"]
+    assert all(isinstance(s, torch.Tensor) and s.dtype == torch.float64 for s in sums.values())
+
+
+class Capture(Callback):
+    """Keeps Metrics.state_dict() after the training batch ``at`` of the first epoch."""
+
+    def __init__(self, metrics: Metrics, at: int) -> None:
+        self.metrics, self.at, self.seen = metrics, at, 0
+        self.state: dict[str, Any] = {}
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def capture(self, event: Any, phase: Any, learner: Any) -> None:
+        self.seen += 1
+        if self.seen == self.at:
+            self.state = self.metrics.state_dict()
+
+
+def test_state_dict_mid_epoch_holds_copies_of_the_running_state() -> None:
+    metrics = all_metrics()
+    capture = Capture(metrics, at=2)
+    learner = make_test_learner(metrics, capture, n_batches=3)
+    learner.fit(1)
+    running = capture.state["running"]
+    assert list(running) == ["train"]  # no validation epoch was under way
+    train = running["train"]
+    assert train["count"] == 16 and train["devices"] == ["cpu", "cpu"]
+    assert sorted(train["sums"]) == ["train/loss", "train/mean_error"]
+    assert all(type(s) is float for s in train["sums"].values())  # CPU: Python floats
+    assert sorted(train["metrics"]) == ["train/mean_absolute_error", "train/mean_of_list", "train/sum_of_errors"]
+    mae = train["metrics"]["train/mean_absolute_error"]
+    assert mae["update_count"] == 2 and sorted(mae["states"]) == ["sum_abs_error", "total"]
+    assert mae["states"]["total"].item() == 16  # a copy: the third batch did not change it
+    assert len(train["metrics"]["train/mean_of_list"]["states"]["errors"]) == 2
+    assert "total" in train["metrics"]["train/sum_of_errors"]["state_dict"]
+    check_plain(capture.state, "Metrics.state_dict()")
+    assert metrics.state_dict()["running"] == {}  # every epoch ended
+
+
+def test_a_running_state_restored_outside_its_epoch_is_dropped() -> None:
+    metrics = all_metrics()
+    capture = Capture(metrics, at=2)
+    make_test_learner(metrics, capture, n_batches=3).fit(1)
+    fresh, reference = all_metrics(), all_metrics()
+    fresh.load_state_dict({"epochs": {}, "running": capture.state["running"]})  # as at an epoch boundary
+    learner = make_test_learner(fresh, n_batches=3)
+    learner.fit(1)
+    expected = make_test_learner(reference, n_batches=3)
+    expected.fit(1)
+    assert learner.cbstate.metrics.epochs == expected.cbstate.metrics.epochs
+
+
+def test_a_state_saved_after_the_last_batch_on_a_device_this_machine_lacks_is_restored_on_the_cpu(tmp_path: Path) -> None:
+    reference = make_test_learner(all_metrics(), Checkpointer(tmp_path, every_steps=3, keep_last=100), n_batches=3)
+    reference.fit(2)
+    checkpoint = load_checkpoint(next(p for p in list_checkpoints(tmp_path) if p.name.endswith("epoch0-batch3.pt")))
+    checkpoint.state["callbacks"]["Metrics"]["running"]["train"]["devices"] = ["cuda:99", "cuda:99"]
+    meta = {k: v for k, v in checkpoint.meta.items() if k not in ("format", "version", "bytes", "sha256")}
+    path = write_checkpoint(tmp_path / "edited", "checkpoint-000001-epoch0-batch3", checkpoint.state, meta)
+    resumed = make_test_learner(all_metrics(), Checkpointer(tmp_path / "again"), n_batches=3)
+    resumed.fit(2, resume=path)  # no batch comes before EpochEnd: the state is put back there
+    assert resumed.cbstate.metrics.epochs == reference.cbstate.metrics.epochs
+
+
+def test_a_running_state_of_other_metrics_is_an_error(tmp_path: Path) -> None:
+    make_test_learner(all_metrics(), Checkpointer(tmp_path, every_steps=2), n_batches=3).fit(1)
+    path = next(p for p in list_checkpoints(tmp_path) if p.name.endswith("batch2.pt"))
+    learner = make_test_learner(Metrics(mean_error), Checkpointer(tmp_path / "again"), n_batches=3)
+    fix = r"this Metrics tracks \['train/loss', 'train/mean_error'\]\. Resume with the metrics the checkpoint was taken with\."
+    with pytest.raises(ValueError, match=r"Metrics cannot restore the running state of the train epoch under way: the checkpoint holds \['train/loss', 'train/mean_absolute_error', .*\]; " + fix):
+        learner.fit(1, resume=path)
+
+
+def test_a_stateful_metric_without_state_dict_cannot_be_saved_mid_epoch(tmp_path: Path) -> None:
+    class Opaque:
+        def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None: ...
+
+        def compute(self) -> torch.Tensor:
+            return torch.zeros(())
+
+        def reset(self) -> None: ...
+
+    learner = make_test_learner(Metrics(MetricSpec(Opaque(), name="opaque")), Checkpointer(tmp_path, every_steps=1))
+    with pytest.raises(CheckpointError, match=r"Metrics cannot save the running state of train/opaque for a checkpoint in the middle of an epoch: Opaque is not a torchmetrics Metric and has no state_dict\(\)\. Give it state_dict\(\) and load_state_dict\(\) methods .*Checkpointer\(folder, every_steps=None\)"):
+        learner.fit(1)
+    make_test_learner(Metrics(MetricSpec(Opaque(), name="opaque")), Checkpointer(tmp_path / "ends")).fit(1)  # epoch ends: fine
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_resumed_epoch_on_cuda_ends_with_the_values_of_the_uninterrupted_run(tmp_path: Path) -> None:
+    device = torch.device("cuda")
+    x, y = classification_data()
+    batches = batched(x.to(device), y.to(device))
+
+    def build(folder: Path) -> Learner:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, N_CLASSES).to(device)
+        metrics = Metrics(MulticlassAccuracy(num_classes=N_CLASSES), MulticlassF1Score(num_classes=N_CLASSES), accuracy_fn)
+        return Learner(model, torch.nn.functional.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.5),
+                       data=(batches, batches), callbacks=[metrics, Checkpointer(folder, every_steps=2, keep_last=100)],
+                       default_callbacks=False)
+
+    reference = build(tmp_path / "run")
+    reference.fit(2)
+    expected = reference.cbstate.metrics.epochs
+    checkpoints = list_checkpoints(tmp_path / "run")
+    running = load_checkpoint(checkpoints[0]).state["callbacks"]["Metrics"]["running"]["train"]
+    assert all(s.device.type == "cpu" for s in running["sums"].values())
+    for path in checkpoints:
+        resumed = build(tmp_path / "again")
+        resumed.fit(2, resume=path)
+        assert resumed.cbstate.metrics.epochs == expected, path.name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +13,10 @@ from rich.console import Console
 
 from cadence import Callback, CancelFit, Metrics, on
 from cadence.callbacks import progress as progress_module
+from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.metrics_printer import MetricsPrinter
 from cadence.callbacks.progress import ProgressPrinter
+from cadence.checkpoint import list_checkpoints
 from cadence.events import BatchEnd
 from cadence.phases import TrainingPhase
 from cadence.testing import make_test_learner, regression_batches
@@ -138,11 +141,45 @@ def test_intervals_must_be_positive(name: str) -> None:
 def test_state_dict_keeps_the_epoch_numbering() -> None:
     printer, out = plain()
     make_test_learner(printer, n_batches=2).fit(2)
-    assert printer.state_dict() == {"epochs": {"train": 2, "valid": 2}}
+    assert printer.state_dict() == {"epochs": {"train": 2, "valid": 2}, "batches": {}}
     resumed, out = plain()
     resumed.load_state_dict(printer.state_dict())
     make_test_learner(resumed, n_batches=2).fit(1)
     assert out.getvalue().startswith("train epoch 3: 2/2 batches")
+
+
+def mid_epoch_checkpoint(folder: Path) -> Path:
+    """A checkpoint after 8 of the 16 training batches of epoch 2."""
+    printer, _ = plain()
+    make_test_learner(printer, Checkpointer(folder, every_steps=4, keep_last=100)).fit(2)
+    return next(p for p in list_checkpoints(folder) if p.name.endswith("epoch1-batch8.pt"))
+
+
+def test_a_mid_epoch_resume_goes_on_with_the_epoch_number_and_batches_done(tmp_path: Path) -> None:
+    path = mid_epoch_checkpoint(tmp_path)
+    printer, out = plain()
+    make_test_learner(printer, Checkpointer(tmp_path / "again")).fit(2, resume=path)
+    lines = out.getvalue().splitlines()
+    assert re.fullmatch(LINE.format("train", 2, "16/16"), lines[0])
+    assert re.fullmatch(LINE.format("valid", 2, "16/16"), lines[1]) and len(lines) == 2
+
+
+def test_a_mid_epoch_resume_keeps_the_bar_open(tmp_path: Path) -> None:
+    path = mid_epoch_checkpoint(tmp_path)
+    printer, out = terminal(transient=False, refresh_seconds=60)  # drawn at EpochEnd only
+    seen: list[tuple[bool, str, float]] = []
+
+    class Peek(Callback):
+        @on(BatchEnd, phase=TrainingPhase)
+        def peek(self, event: Any, phase: Any, learner: Any) -> None:
+            progress = printer._progress
+            task = progress.tasks[0] if progress is not None else None
+            seen.append((progress is not None and progress.live.is_started, task.description if task else "", task.completed if task else -1))
+
+    make_test_learner(printer, Peek(), Checkpointer(tmp_path / "again")).fit(2, resume=path)
+    assert seen[0] == (True, "train epoch 2", 8)  # the batch after the checkpoint, before the printer drew it
+    assert len(seen) == 8 and all(started for started, *_ in seen)
+    assert "train epoch 2" in out.getvalue() and "16/16" in out.getvalue() and printer._progress is None
 
 
 def test_a_table_printed_on_the_same_console_appears_with_the_bars() -> None:

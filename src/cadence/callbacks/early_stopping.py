@@ -34,7 +34,9 @@ class EarlyStopping(Callback):
     callback handles the last epoch's ``EpochEnd`` (printers print, checkpoints save), and
     validation still runs after the training epoch that decided. A stop decided in the last
     epoch of a ``fit`` changes nothing. Counters persist across ``fit`` calls and through
-    ``state_dict``; a NaN value counts as no improvement.
+    ``state_dict``, and so does a pending stop: a run resumed from a checkpoint taken after
+    the deciding epoch stops where the uninterrupted run did. A NaN value counts as no
+    improvement.
 
     Example:
         >>> from cadence import Metrics
@@ -131,12 +133,18 @@ class EarlyStopping(Callback):
             )
 
     def state_dict(self) -> dict[str, Any]:
-        """The best value, its epoch, and the epochs waited since."""
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "seen": self._seen}
+        """The best value, its epoch, the epochs waited since, the values judged, and the
+        reason of a stop decided but not yet raised (None when there is none)."""
+        return {
+            "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "seen": self._seen, "stop": self._stop,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
-        best = state["best"]
+        """Restore what ``state_dict`` returned; a pending stop is raised at the next training
+        ``EpochBegin``. (Resuming restores after ``FitBegin``, which clears the stop of a
+        previous ``fit``.)"""
+        best, stop = state["best"], state.get("stop")  # no "stop" in older checkpoints
         self.best = None if best is None else float(best)
         self.best_epoch, self.wait = int(state["best_epoch"]), int(state["wait"])
         self._seen = int(state["seen"])
+        self._stop = None if stop is None else str(stop)

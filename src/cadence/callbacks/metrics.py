@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cadence import READ, WRITE, Callback, on
+from cadence import READ, WRITE, Callback, CheckpointError, on
 from cadence.events import BatchEnd, EpochBegin, EpochEnd, Event
 from cadence.phases import Phase
 
@@ -115,31 +115,87 @@ def _default_name(metric: object) -> str:
     return name if name.isidentifier() else ""
 
 
+Specs = list[tuple[str, frozenset[str] | None, Any]]
+
+
+def _phase_metrics(name: str, specs: Specs) -> list[tuple[str, Any]]:
+    """The ``(key, metric)`` pairs that phase ``name`` tracks, besides the loss."""
+    return [(f"{name}/{n}", m) for n, phases, m in specs if phases is None or name in phases]
+
+
 class _Tracker:
     """One phase's accumulators. On CPU the sums are Python floats (reading a CPU tensor costs
-    no sync); elsewhere they are tensors on the loss's device, read once at ``EpochEnd``."""
+    no sync); elsewhere they are tensors on the loss's device, read once at ``EpochEnd``.
 
-    __slots__ = ("loss_key", "functions", "stateful", "on_cpu", "sums", "count")
+    ``open`` is true from ``EpochBegin`` to ``EpochEnd``; ``resumed`` holds a running state
+    restored from a checkpoint (``running_state()``'s format), put back at the next batch by
+    ``start`` (which every epoch's first batch runs anyway), so a batch costs nothing more.
+    """
 
-    def __init__(self, kind: type[Phase], specs: list[tuple[str, frozenset[str] | None, Any]]) -> None:
-        mine = [(f"{kind.name}/{n}", m) for n, phases, m in specs if phases is None or kind.name in phases]
-        self.loss_key = f"{kind.name}/loss"
+    __slots__ = ("name", "loss_key", "functions", "stateful", "on_cpu", "devices", "sums", "count", "open", "resumed")
+
+    def __init__(self, kind: type[Phase], specs: Specs) -> None:
+        mine = _phase_metrics(kind.name, specs)
+        self.name, self.loss_key = kind.name, f"{kind.name}/loss"
         self.functions = [(k, m) for k, m in mine if not _stateful(m)]
         self.stateful = [(k, copy.deepcopy(m)) for k, m in mine if _stateful(m)]
         self.on_cpu = True
+        self.devices = ("cpu", "cpu")  # of the sums and of the metrics' states
         self.sums: list[Any] = [0.0] * (1 + len(self.functions))
         self.count = 0
+        self.open = False
+        self.resumed: dict[str, Any] | None = None
 
     def start(self, loss: Any, y_pred: Any) -> None:
-        """First batch of an epoch: choose where to accumulate and move metrics there."""
+        """First batch of an epoch (or of a resumed one): choose where to accumulate, put a
+        restored running state back there, and move the metrics there."""
         device = loss.device if isinstance(loss, torch.Tensor) else torch.device("cpu")
         self.on_cpu = device.type == "cpu"
         dtype = torch.float32 if device.type == "mps" else torch.float64
-        self.sums = [0.0 if self.on_cpu else torch.zeros((), dtype=dtype, device=device) for _ in self.sums]
+        resumed, self.resumed = self.resumed, None
+        if resumed is None:
+            self.sums = [0.0 if self.on_cpu else torch.zeros((), dtype=dtype, device=device) for _ in self.sums]
+        else:
+            saved = resumed["sums"]
+            self.sums = [
+                float(saved[k]) if self.on_cpu else torch.as_tensor(saved[k], dtype=dtype).to(device, copy=True)
+                for k in self.keys()
+            ]
+            self.count = int(resumed["count"])
+            for key, metric in self.stateful:
+                _load_metric(metric, resumed["metrics"][key])
         target = y_pred.device if isinstance(y_pred, torch.Tensor) else device
+        self.devices = (str(device), str(target))
         for _, metric in self.stateful:
             if callable(getattr(metric, "to", None)):
                 metric.to(target)
+
+    def start_resumed(self) -> None:
+        """Put back a running state that no batch came to put back (the checkpoint was taken
+        after the epoch's last batch), on the devices it was saved from where they exist, so
+        that ``compute()`` runs where it would have."""
+        assert self.resumed is not None
+        device, target = (_available(str(d)) for d in self.resumed.get("devices", ("cpu", "cpu")))
+        self.start(torch.empty(0, device=device), torch.empty(0, device=target))
+
+    def keys(self) -> list[str]:
+        """The keys of ``sums``, in order: the loss, then the functions."""
+        return [self.loss_key, *(k for k, _ in self.functions)]
+
+    def running_state(self) -> dict[str, Any] | None:
+        """The epoch under way so far, as tensors (on the CPU) and plain data; None outside an
+        epoch or before its first batch."""
+        if self.resumed is not None:
+            return self.resumed
+        if not (self.open and self.count):
+            return None
+        sums = self.sums if self.on_cpu else [s.detach().to("cpu", copy=True) for s in self.sums]
+        return {
+            "count": self.count,
+            "devices": list(self.devices),
+            "sums": dict(zip(self.keys(), sums)),
+            "metrics": {key: _metric_state(key, metric) for key, metric in self.stateful},
+        }
 
     def update(self, y_pred: Any, y: Any, size: int, step: dict[str, Any]) -> None:
         if isinstance(y_pred, torch.Tensor):
@@ -154,8 +210,7 @@ class _Tracker:
             metric.update(y_pred, y)
 
     def values(self) -> dict[str, float]:
-        keys = [self.loss_key, *(k for k, _ in self.functions)]
-        found = {k: float(s) / self.count for k, s in zip(keys, self.sums)}
+        found = {k: float(s) / self.count for k, s in zip(self.keys(), self.sums)}
         for key, metric in self.stateful:
             value = metric.compute()
             if isinstance(value, torch.Tensor) and value.numel() != 1:
@@ -168,8 +223,67 @@ class _Tracker:
         return found
 
 
+def _metric_state(key: str, metric: Any) -> dict[str, Any]:
+    """A stateful metric's accumulated state, copied to the CPU: a torchmetrics ``Metric``'s
+    states (all of them; its ``state_dict()`` holds only the persistent ones) and update
+    count, or another metric's own ``state_dict()``."""
+    defaults = getattr(metric, "_defaults", None)
+    if isinstance(defaults, dict):
+        states = {name: _copy(getattr(metric, name), "cpu") for name in defaults}
+        return {"states": states, "update_count": int(getattr(metric, "_update_count", 0))}
+    if callable(getattr(metric, "state_dict", None)) and callable(getattr(metric, "load_state_dict", None)):
+        return {"state_dict": metric.state_dict()}
+    raise CheckpointError(
+        f"Metrics cannot save the running state of {key} for a checkpoint in the middle of an "
+        f"epoch: {type(metric).__name__} is not a torchmetrics Metric and has no state_dict(). "
+        f"Give it state_dict() and load_state_dict() methods (tensors and plain data), or save "
+        f"checkpoints at epoch ends only: Checkpointer(folder, every_steps=None)."
+    )
+
+
+def _load_metric(metric: Any, saved: dict[str, Any]) -> None:
+    if "states" in saved:
+        for name, value in saved["states"].items():
+            setattr(metric, name, _copy(value, None))  # a copy: updates work in place
+        metric._update_count = int(saved["update_count"])
+        metric._computed = None  # a cached compute() of the state before
+    else:
+        metric.load_state_dict(saved["state_dict"])
+
+
+def _copy(value: Any, device: str | None) -> Any:
+    """A copy of a metric state (a tensor or a list of tensors), on ``device`` if given."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device, copy=True) if device else value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return [_copy(v, device) for v in value]
+    return value
+
+
+def _available(name: str) -> torch.device:
+    """The device ``name``, or the CPU where this machine has no such device."""
+    try:
+        return torch.empty(0, device=name).device
+    except (RuntimeError, AssertionError):  # not compiled in, no such index, not a device
+        return torch.device("cpu")
+
+
+def _check_running(name: str, saved: Any, specs: Specs) -> None:
+    """A saved running state of phase ``name`` holds what this ``Metrics`` tracks there."""
+    mine = _phase_metrics(name, specs)
+    expected = ({f"{name}/loss", *(k for k, m in mine if not _stateful(m))}, {k for k, m in mine if _stateful(m)})
+    shape_ok = isinstance(saved, dict) and isinstance(saved.get("count"), int)
+    found = (set(saved.get("sums", ())), set(saved.get("metrics", ()))) if shape_ok else (set(), set())
+    if not shape_ok or found != expected:
+        raise ValueError(
+            f"Metrics cannot restore the running state of the {name} epoch under way: the checkpoint "
+            f"holds {sorted(found[0] | found[1]) or 'no valid state'}; this Metrics tracks "
+            f"{sorted(expected[0] | expected[1])}. Resume with the metrics the checkpoint was taken with."
+        )
+
+
 class _Trackers(dict[type[Phase], _Tracker]):
-    def __init__(self, specs: list[tuple[str, frozenset[str] | None, Any]]) -> None:
+    def __init__(self, specs: Specs) -> None:
         super().__init__()
         self.specs = specs
 
@@ -194,6 +308,11 @@ class Metrics(Callback):
     Step values (``cbstate.metrics.step``): the loss and functions, as device tensors. A
     torchmetrics metric only gets ``update()`` per batch: its per-batch value (``forward``)
     would cost a second update and often a sync, so it has no step value.
+
+    Checkpoints: ``state_dict()`` holds the epoch values and the running state of an epoch
+    under way (count, sums, the metrics' accumulated states), so that an epoch resumed in its
+    middle ends with the same values as one that ran through. A stateful metric other than a
+    torchmetrics ``Metric`` needs ``state_dict()``/``load_state_dict()`` for that.
 
     Example:
         >>> from cadence.testing import make_test_learner
@@ -242,6 +361,7 @@ class Metrics(Callback):
         self._values = learner.cbstate.metrics
         tracker = self._trackers[phase.__class__]
         tracker.count = 0
+        tracker.open, tracker.resumed = True, None
         for _, metric in tracker.stateful:
             metric.reset()
 
@@ -268,16 +388,47 @@ class Metrics(Callback):
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
         tracker = self._trackers[phase.__class__]
+        tracker.open = False
+        if tracker.resumed is not None:  # resumed after its last batch
+            tracker.start_resumed()
         if tracker.count:
             epochs = learner.cbstate.metrics.epochs
             for key, value in tracker.values().items():
                 epochs.setdefault(key, []).append(value)
 
     def state_dict(self) -> dict[str, Any]:
-        """Every epoch's values, as ``{"epochs": {key: [float, ...]}}``."""
-        return {"epochs": {k: list(v) for k, v in self._values.epochs.items()}}
+        """Every epoch's values, ``{"epochs": {key: [float, ...]}}``, and under ``"running"``,
+        per phase name with an epoch under way, its state so far: ``count``, ``sums`` (the
+        loss's and functions', floats or CPU tensors), ``metrics`` (each stateful metric's
+        accumulated state, as CPU tensors) and ``devices`` (where the sums and the metrics
+        were, as strings).
+
+        Raises:
+            CheckpointError: mid-epoch, for a stateful metric whose state cannot be saved.
+        """
+        running = {}
+        for tracker in self._trackers.values():
+            state = tracker.running_state()
+            if state is not None:
+                running[tracker.name] = state
+        return {"epochs": {k: list(v) for k, v in self._values.epochs.items()}, "running": running}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned (before or after joining a learner)."""
+        """Restore what ``state_dict`` returned (before or after joining a learner).
+
+        A running state is restored into its phase's epoch under way (a resume in the middle of
+        an epoch restores after that epoch's ``EpochBegin``) and moved to the device at its next
+        batch; with no epoch of that phase under way (a resume at an epoch boundary) it is
+        dropped, and the next ``EpochBegin`` starts afresh.
+
+        Raises:
+            ValueError: a running state of other metrics than this ``Metrics`` tracks.
+        """
+        running = state.get("running", {})
+        for name, saved in running.items():
+            _check_running(str(name), saved, self._specs)
         self._values.epochs.clear()
         self._values.epochs.update({str(k): [float(x) for x in v] for k, v in state["epochs"].items()})
+        for tracker in self._trackers.values():
+            if tracker.open and tracker.name in running:
+                tracker.resumed = running[tracker.name]

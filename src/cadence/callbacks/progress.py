@@ -19,12 +19,13 @@ __all__ = ["ProgressPrinter"]
 
 
 class _Bar:
-    """One running phase epoch: batches done and when to look at the clock next."""
+    """One running phase epoch: batches done (``resumed`` of them before a resume, which the
+    rate leaves out) and when to look at the clock next."""
 
-    __slots__ = ("label", "total", "n", "start", "next_check", "next_draw", "task")
+    __slots__ = ("label", "total", "n", "resumed", "start", "next_check", "next_draw", "task")
 
     def __init__(self, label: str, total: int | None, start: float, interval: float) -> None:
-        self.label, self.total, self.n, self.start = label, total, 0, start
+        self.label, self.total, self.n, self.resumed, self.start = label, total, 0, 0, start
         self.next_check, self.next_draw = 1, start + interval
         self.task: TaskID | None = None
 
@@ -100,8 +101,7 @@ class ProgressPrinter(Callback):
         except TypeError:
             total = None
         interval = self.refresh_seconds if self._live else self.line_seconds
-        label = f"{phase.name} epoch {self._epochs[phase.name]}"
-        bar = self._bars[type(phase)] = _Bar(label, total, time.monotonic(), interval)
+        bar = self._bars[type(phase)] = _Bar(self._label(phase.name), total, time.monotonic(), interval)
         if self._live:
             progress, started = self._progress, self._progress is not None
             if progress is None:
@@ -130,12 +130,12 @@ class ProgressPrinter(Callback):
             self._draw(bar, learner.batch.loss, now)
             bar.next_draw = now + interval
         # Look at the clock about four times per interval at the speed seen so far.
-        rate = bar.n / max(now - bar.start, 1e-9)
+        rate = (bar.n - bar.resumed) / max(now - bar.start, 1e-9)
         bar.next_check = bar.n + max(1, min(1000, int(rate * interval / 4)))
 
     def _draw(self, bar: _Bar, loss: Any, now: float) -> None:
         shown = "-" if loss is None or not bar.n else f"{float(loss):.4f}"
-        rate = f"{bar.n / max(now - bar.start, 1e-9):.1f} batches/s"
+        rate = f"{(bar.n - bar.resumed) / max(now - bar.start, 1e-9):.1f} batches/s"
         if self._progress is not None and bar.task is not None:
             self._progress.update(bar.task, completed=bar.n, loss=shown, rate=rate, refresh=True)
         else:
@@ -164,10 +164,24 @@ class ProgressPrinter(Callback):
             progress, self._progress = self._progress, None
             progress.stop()
 
+    def _label(self, phase_name: str) -> str:
+        return f"{phase_name} epoch {self._epochs[phase_name]}"
+
     def state_dict(self) -> dict[str, Any]:
-        """Epochs begun per phase name, so that numbering goes on after a resume."""
-        return {"epochs": dict(self._epochs)}
+        """Epochs begun per phase name, so that numbering goes on after a resume, and the
+        batches done in each epoch under way, so that its bar goes on from there."""
+        batches = {kind.name: bar.n for kind, bar in self._bars.items()}
+        return {"epochs": dict(self._epochs), "batches": batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
+        """Restore what ``state_dict`` returned. A bar already open (a resume in the middle of
+        an epoch restores after its ``EpochBegin``) stays open and goes on with the saved
+        epoch number and batches done."""
         self._epochs = Counter({str(k): int(v) for k, v in state["epochs"].items()})
+        batches = state.get("batches", {})  # no "batches" in older checkpoints
+        for kind, bar in self._bars.items():
+            bar.label = self._label(kind.name)
+            if kind.name in batches:
+                bar.n = bar.resumed = int(batches[kind.name])
+            if self._progress is not None and bar.task is not None:
+                self._progress.update(bar.task, description=bar.label, completed=bar.n, refresh=True)
