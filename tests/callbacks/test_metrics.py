@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.regression import MeanAbsoluteError
 
 from cadence import Callback, Learner, Metrics, on, READ
-from cadence.callbacks import metrics as metrics_module
+from cadence.callbacks import metric_state
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.metrics import MetricSpec, MetricValues
 from cadence.checkpoint import CheckpointError, check_plain, list_checkpoints, load_checkpoint, write_checkpoint
@@ -176,7 +176,7 @@ def test_a_metric_that_computes_several_numbers_is_an_error_naming_the_fix() -> 
 
 def test_device_accumulation_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tensor accumulation used on accelerators, exercised on CPU tensors."""
-    start = metrics_module._Tracker.start
+    start = metric_state._Tracker.start
 
     def on_device(self: Any, loss: Any, y_pred: Any) -> None:
         start(self, loss, y_pred)
@@ -185,7 +185,7 @@ def test_device_accumulation_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
     reference = classifier(Metrics(accuracy_fn))
     reference.fit(2)
-    monkeypatch.setattr(metrics_module._Tracker, "start", on_device)
+    monkeypatch.setattr(metric_state._Tracker, "start", on_device)
     learner = classifier(Metrics(accuracy_fn))
     learner.fit(2)
     for key, values in reference.cbstate.metrics.epochs.items():
@@ -315,14 +315,14 @@ def test_a_resumed_epoch_ends_with_the_values_of_the_uninterrupted_run(tmp_path:
 
 def test_a_resumed_epoch_ends_with_the_same_values_on_the_device_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The accelerator path (tensor sums, saved as CPU tensors), exercised on CPU tensors."""
-    start = metrics_module._Tracker.start
+    start = metric_state._Tracker.start
 
     def on_device(self: Any, loss: Any, y_pred: Any) -> None:
         start(self, loss, y_pred)  # puts a restored running state back as floats
         self.on_cpu = False
         self.sums = [torch.as_tensor(s, dtype=torch.float64) for s in self.sums]
 
-    monkeypatch.setattr(metrics_module._Tracker, "start", on_device)
+    monkeypatch.setattr(metric_state._Tracker, "start", on_device)
     resume_from_every_checkpoint(tmp_path)
     saved = load_checkpoint(next(p for p in list_checkpoints(tmp_path) if p.name.endswith("epoch1-batch2.pt")))
     sums = saved.state["callbacks"]["Metrics"]["running"]["train"]["sums"]
