@@ -41,7 +41,7 @@ class Workload:
 
 
 TINY = Workload("tiny", (64, 128, 10), 32, 2000)
-MODERATE = Workload("moderate", (784, 512, 512, 10), 128, 400)
+MODERATE = Workload("moderate", (784, 512, 512, 10), 128, 1000)
 
 
 def make_model(sizes: tuple[int, ...]) -> nn.Module:

@@ -120,6 +120,7 @@ class CallbackGraph:
     def _run_after_edges(self) -> list[dict[int, str]]:
         """Per callback, the callbacks its ``run_after`` names (its direct predecessors)."""
         after: list[dict[int, str]] = [{} for _ in self.callbacks]
+        instances: dict[type, list[int]] = {}  # each named type's instances, found once
         for i, cb in enumerate(self.callbacks):
             types = cb.run_after
             if not isinstance(types, (tuple, list)) or not all(isinstance(t, type) for t in types):
@@ -127,9 +128,12 @@ class CallbackGraph:
                     f"{self.labels[i]}.run_after must be a tuple of callback classes, e.g. "
                     f"run_after = (Recorder,); got {types!r}."
                 )
-            for j, other in enumerate(self.callbacks):
-                if i != j and isinstance(other, tuple(types)):
-                    after[i][j] = f"{self.labels[i]}.run_after includes {type(other).__name__}"
+            for kind in types:
+                if kind not in instances:
+                    instances[kind] = [j for j, other in enumerate(self.callbacks) if isinstance(other, kind)]
+                for j in instances[kind]:
+                    if i != j:
+                        after[i][j] = f"{self.labels[i]}.run_after includes {type(self.callbacks[j]).__name__}"
         return after
 
     def _closure(self) -> list[set[int]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -284,14 +286,16 @@ class Learner:
     def _install(self, callbacks: Sequence[Callback], joining: Sequence[Callback]) -> None:
         """Validate and plan ``callbacks``; commit only if everything succeeds, then run the
         joining callbacks' ``init`` (producers first)."""
-        graph = CallbackGraph(callbacks)
-        views = [LearnerView(self, label, access) for label, access in zip(graph.labels, graph.accesses)]
-        plans = {kind: _plans_for(graph, kind, views) for kind in self._phases}
+        with _collector_paused():
+            graph = CallbackGraph(callbacks)
+            views = [LearnerView(self, label, access) for label, access in zip(graph.labels, graph.accesses)]
+            plans = {kind: _plans_for(graph, kind, views) for kind in self._phases}
         previous = (self._callbacks, self._graph_state())
         self._callbacks, self._graph, self._views, self._plans = tuple(callbacks), graph, views, plans
+        joining_ids = {id(cb) for cb in joining}
         try:
             for i in graph.init_order():
-                if any(callbacks[i] is cb for cb in joining):
+                if id(callbacks[i]) in joining_ids:
                     callbacks[i].init(views[i])
         except BaseException as exc:
             self._callbacks = previous[0]
@@ -341,6 +345,19 @@ class Learner:
     def __repr__(self) -> str:
         names = ", ".join(type(cb).__name__ for cb in self._callbacks)
         return f"Learner({type(self.model).__name__}, callbacks=[{names}])"
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    # Building allocates many small, acyclic objects (edges, reasons); with hundreds of
+    # callbacks the cyclic collector's full passes over the process made it superlinear.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _plans_for(graph: CallbackGraph, kind: type[Phase], views: Sequence[LearnerView]) -> dict[type[Event], Plan | None]:
