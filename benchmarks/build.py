@@ -3,7 +3,8 @@
 The callbacks form a realistic mix: every one handles several events; each writes a cbstate
 entry of its own that the next few read (writer→reader edges), one writes a batch field that others
 read, a tenth declare run_after, and pairs that write the same state answer
-resolve_conflict.
+resolve_conflict. A second table builds a linear run_after chain (each callback runs after the
+previous one's type, every one handles the same events), the worst case for transitive edges.
 
     python benchmarks/build.py
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -72,26 +74,40 @@ def make_callbacks(n: int) -> list[Callback]:
     return callbacks
 
 
-def build_time(n: int, repeats: int) -> float:
+def make_chain(n: int) -> list[Callback]:
+    kinds: list[type[Callback]] = []
+    for i in range(n):
+        kinds.append(type(f"Link{i}", (Synthetic,), {"run_after": tuple(kinds[-1:])}))
+    return [kind() for kind in reversed(kinds)]  # listed last to first: the order must come from run_after
+
+
+def build_time(n: int, repeats: int, make: Callable[[int], list[Callback]] = make_callbacks) -> float:
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     times = []
     for _ in range(repeats):
-        callbacks = make_callbacks(n)
+        callbacks = make(n)
         start = time.perf_counter()
         Learner(model, torch.nn.functional.mse_loss, optimizer, callbacks=callbacks, default_callbacks=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def main() -> None:
+def report(sizes: tuple[int, ...], make: Callable[[int], list[Callback]]) -> None:
     print("callbacks  build time (median)  per callback")
     previous = None
-    for n in (10, 50, 100, 200, 400):
-        seconds = build_time(n, repeats=7 if n <= 200 else 3)
+    for n in sizes:
+        seconds = build_time(n, repeats=7 if n <= 200 else 3, make=make)
         growth = f"  ×{seconds / previous[1]:.1f} for ×{n / previous[0]:.0f} callbacks" if previous else ""
         print(f"{n:>9}  {seconds * 1e3:>10.1f} ms  {seconds / n * 1e6:>9.0f} µs{growth}")
         previous = (n, seconds)
+
+
+def main() -> None:
+    print("A realistic mix:")
+    report((10, 50, 100, 200, 400), make_callbacks)
+    print("\nA linear run_after chain:")
+    report((10, 50, 200), make_chain)
 
 
 if __name__ == "__main__":

@@ -111,10 +111,11 @@ def test_declaration_errors_are_value_errors() -> None:
 
 
 def view_of(state_access: dict[str, Any]) -> Any:
-    """The protected view a callback with ``state_access`` receives, after one fit."""
+    """The protected view a callback with ``state_access`` receives, after one training step
+    (``fit`` clears the batch when it ends)."""
     probe = Probe(state_access)
     learner = make_test_learner(probe, n_batches=1)
-    learner.fit(1)
+    learner.step(TrainingPhase(), learner.data[0][0])  # type: ignore[index]
     return probe.view
 
 

@@ -28,7 +28,7 @@ from cadence import (
     Unresolvable,
     on,
 )
-from cadence.events import BatchEnd, EpochBegin, Event, FitBegin, FitEnd, LossBegin
+from cadence.events import BackwardEnd, BatchEnd, EpochBegin, Event, FitBegin, FitEnd, LossBegin
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner
 
@@ -86,6 +86,41 @@ def test_run_after_is_transitive_through_callbacks_that_do_not_handle_the_event(
     learner = make_test_learner(Last(), Middle(), A())
     assert names(learner) == ["A", "Last"]
     assert "after A: run_after chain A → Middle → Last" in learner.explain(BatchEnd, TrainingPhase)
+
+
+def test_run_after_chain_of_handlers_keeps_only_the_nearest_edges() -> None:
+    class Middle(Handles):
+        run_after = (A,)
+
+    class Last(Handles):
+        run_after = (Middle,)
+
+    learner = make_test_learner(Last(), Middle(), A())
+    assert learner.explain(BatchEnd, TrainingPhase) == (
+        "BatchEnd in TrainingPhase:\n"
+        "  1. A.batch_end\n"
+        "  2. Middle.batch_end\n"
+        "       after A: Middle.run_after includes A\n"
+        "  3. Last.batch_end\n"
+        "       after Middle: Last.run_after includes Middle"
+    )
+
+
+def long_chain(n: int) -> list[Callback]:
+    """``n`` callbacks, each declaring run_after on the previous one's type; every other one
+    handles BatchEnd."""
+    kinds: list[type[Callback]] = []
+    for i in range(n):
+        base = Handles if i % 2 == 0 else Callback
+        kinds.append(type(f"Link{i}", (base,), {"run_after": tuple(kinds[-1:])}))
+    return [kind() for kind in reversed(kinds)]
+
+
+def test_a_long_run_after_chain_plans_one_edge_per_handler() -> None:
+    learner = make_test_learner(*long_chain(200))
+    assert names(learner) == [f"Link{i}" for i in range(0, 200, 2)]
+    reasons = re.findall(r"^       (after .*)$", learner.explain(BatchEnd, TrainingPhase), flags=re.MULTILINE)
+    assert reasons == [f"after Link{i}: run_after chain Link{i} → Link{i + 1} → Link{i + 2}" for i in range(0, 198, 2)]
 
 
 def test_run_after_is_global_across_events_and_phases() -> None:
@@ -146,6 +181,63 @@ def test_run_after_cycle_through_a_callback_without_handlers_is_found() -> None:
             make_test_learner(A(), Middle(), First())
     finally:
         A.run_after = ()
+
+
+# ---- handlers that can never fire ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "phase", "fix"),
+    [
+        (FitBegin, TrainingPhase, "FitBegin fires with the plain Phase(); use @on(FitBegin)."),
+        (FitEnd, ValidationPhase, "FitEnd fires with the plain Phase(); use @on(FitEnd)."),
+        (BackwardEnd, ValidationPhase, "BackwardEnd fires in TrainingPhase; use @on(BackwardEnd, phase=TrainingPhase)."),
+    ],
+)
+def test_a_handler_that_never_fires_is_rejected(event: type[Event], phase: type[Phase], fix: str) -> None:
+    class Printer(Callback):
+        @on(event, phase=phase)
+        def start(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    expected = f"Printer.start handles {event.__name__} in {phase.__name__}, which never fires: {fix}"
+    with pytest.raises(DeclarationError, match=f"^{re.escape(expected)}$"):
+        make_test_learner(Printer())
+
+
+def test_a_handler_for_an_event_no_phase_lists_is_rejected() -> None:
+    class Unlisted(Event):
+        __slots__ = ()
+
+    class Listener(Callback):
+        @on(Unlisted)
+        def hear(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    expected = (
+        "Listener.hear handles Unlisted in Phase, which never fires: no phase lists Unlisted in its "
+        "events. Add it to the events of the phase that fires it."
+    )
+    with pytest.raises(DeclarationError, match=f"^{re.escape(expected)}$"):
+        make_test_learner(Listener())
+
+
+def test_a_handler_for_an_event_of_a_phase_subclass_is_accepted() -> None:
+    class Swap(Event):
+        __slots__ = ()
+
+    @dataclass(frozen=True)
+    class Swapping(TrainingPhase):
+        name: ClassVar[str] = "swapping"
+        events: ClassVar[tuple[type[Event], ...]] = (*TrainingPhase.events, Swap)
+
+    class OnSwap(Callback):
+        @on(Swap, phase=TrainingPhase)  # fires in Swapping, a TrainingPhase
+        def swap(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+        @on(Event, phase=ValidationPhase)  # a base event: some of its subclasses fire
+        def any_validation_event(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    learner = make_test_learner(OnSwap())
+    assert "OnSwap.any_validation_event" in learner.explain(phase=ValidationPhase)
 
 
 # ---- automatic edges -----------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from cadence.events import (
     LossBegin,
 )
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
+from cadence.state import Batch
 from cadence.testing import make_test_learner
 
 TRAIN_BATCH = [BatchBegin, LossBegin, BackwardBegin, BackwardEnd, BatchEnd]
@@ -219,6 +221,82 @@ def test_step_processes_one_batch(log: list[Entry]) -> None:
     assert [event for event, _, _ in log] == TRAIN_BATCH
 
 
+def test_step_in_validation_runs_in_eval_mode_without_gradients() -> None:
+    seen: list[tuple[bool, bool, bool]] = []
+
+    class Mode(Callback):
+        state_access = {"model": READ, "batch.y_pred": READ}
+
+        @on(LossBegin, phase=ValidationPhase)
+        def check(self, event: Event, phase: Phase, learner: Any) -> None:
+            seen.append((learner.model.training, torch.is_grad_enabled(), learner.batch.y_pred.requires_grad))
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(1), torch.nn.Linear(1, 1))
+    norm = model[0]
+    assert isinstance(norm, torch.nn.BatchNorm1d)
+    learner = Learner(model, torch.nn.functional.mse_loss, callbacks=[Mode()], default_callbacks=False)
+    running_mean = norm.running_mean.clone()  # type: ignore[union-attr]
+    learner.step(ValidationPhase(), (torch.randn(8, 1) + 5, torch.randn(8, 1)))
+    assert seen == [(False, False, False)]
+    assert torch.equal(norm.running_mean, running_mean)  # type: ignore[arg-type]
+    assert norm.num_batches_tracked == 0
+    assert model.training and torch.is_grad_enabled()
+
+
+class LastBatch(Callback):
+    """Keeps the loss that FitEnd handlers see; optionally fails at the first training BatchEnd."""
+
+    state_access = {"batch.loss": READ}
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.loss: Any = None
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def batch_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        if self.fail:
+            raise RuntimeError("boom")
+
+    @on(FitEnd)
+    def fit_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.loss = learner.batch.loss
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_fit_lets_go_of_the_last_batch_after_fit_end(fail: bool) -> None:
+    last = LastBatch(fail)
+    learner = make_test_learner(last, n_batches=2)
+    if fail:
+        with pytest.raises(RuntimeError, match="boom"):
+            learner.fit(1)
+    else:
+        learner.fit(1)
+    assert last.loss is not None  # FitEnd handlers still see the last batch
+    assert (learner.batch.x, learner.batch.y, learner.batch.y_pred, learner.batch.loss) == (None,) * 4
+
+
+def test_fit_resets_custom_batch_fields_to_their_defaults() -> None:
+    @dataclass(slots=True)
+    class TaggedBatch(Batch):
+        tag: str = "untagged"
+
+    @dataclass(frozen=True)
+    class Tagged(TrainingPhase):
+        name: ClassVar[str] = "tagged"
+        batch_type: ClassVar[type[Batch]] = TaggedBatch
+
+        def step(self, loop: Any, batch: object) -> None:
+            loop.batch.tag = "tagged"
+            super().step(loop, batch)
+
+    learner = make_test_learner(n_batches=2)
+    learner.epoch(Tagged(), learner.data[0])  # type: ignore[index]
+    assert learner.batch.tag == "tagged"  # type: ignore[attr-defined]
+    learner.fit(1)
+    assert learner.batch.tag == "untagged"  # type: ignore[attr-defined]
+    assert learner.batch.loss is None
+
+
 def test_make_test_learner_converges() -> None:
     learner = make_test_learner()
     learner.fit(5)
@@ -296,6 +374,16 @@ def test_firing_an_undeclared_event_says_where_to_declare_it() -> None:
     learner = make_test_learner()
     with pytest.raises(CadenceError, match=r"TrainingPhase fired Custom, which is not in TrainingPhase\.events; add it there so that its plan is built\."):
         learner.fire(Custom(), TrainingPhase())
+
+
+def test_firing_in_a_phase_without_plans_says_to_run_it_through_epoch_or_step() -> None:
+    @dataclass(frozen=True)
+    class Warmup(TrainingPhase):
+        name: ClassVar[str] = "warmup"
+
+    learner = make_test_learner()
+    with pytest.raises(CadenceError, match=r"^Warmup fired BatchEnd, but no plans exist for Warmup yet: they are built when its epoch starts\. Run it with learner\.epoch\(Warmup\(\), data\) or learner\.step\(Warmup\(\), batch\) instead of calling fire\(\) directly\.$"):
+        learner.fire(BatchEnd(), Warmup())
 
 
 def test_learner_state_and_repr() -> None:

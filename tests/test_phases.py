@@ -210,3 +210,21 @@ def test_a_handler_may_keep_the_model_in_eval_mode_for_training() -> None:
     learner = make_test_learner(Frozen(), n_batches=2)
     learner.fit(1, data=(learner.data[0], None))  # type: ignore[index]
     assert seen == [False, False]
+
+
+class PlainBatch(Batch):  # a Batch subclass that forgot @dataclass
+    noise: Any = None
+
+
+class NotABatch:
+    pass
+
+
+@pytest.mark.parametrize("batch_type", [NotABatch, PlainBatch, dict])
+def test_batch_type_must_be_a_dataclass_subclass_of_batch(batch_type: type) -> None:
+    expected = (
+        r"^BadPhase\.batch_type must be a dataclass subclass of Batch, e\.g\. @dataclass\(slots=True\) "
+        r"class GanBatch\(Batch\): fake: Any = None; got <class '.*"
+    )
+    with pytest.raises(TypeError, match=expected):
+        type("BadPhase", (TrainingPhase,), {"batch_type": batch_type})

@@ -53,6 +53,12 @@ def seen(log: list[Entry], name: str = "rec") -> list[tuple[type[Event], type[Ph
     return [(event, phase) for event, phase, who in log if who == name]
 
 
+SCOPE_HINT = (
+    "where it has nothing to cancel. CancelBatch works from BatchBegin to BackwardEnd (LossBegin in "
+    "validation), CancelEpoch from EpochBegin to EpochEnd, and CancelFit anywhere but FitEnd."
+)
+
+
 # ---- CancelBatch ---------------------------------------------------------------------------
 
 
@@ -91,11 +97,24 @@ def test_cancel_batch_in_validation(log: list[Entry]) -> None:
     assert learner.cbstate.history[ValidationPhase()].steps == 0
 
 
-def test_cancel_batch_at_batch_end_stops_the_remaining_handlers(log: list[Entry]) -> None:
-    learner = make_test_learner(Raiser(CancelBatch(), BatchEnd, TrainingPhase), Recorder(), RecordingCallback(log), n_batches=2)
-    learner.fit(1)
-    assert (BatchEnd, TrainingPhase) not in seen(log)
-    assert learner.cbstate.history[TrainingPhase()].steps == 0
+@pytest.mark.parametrize("phase", [TrainingPhase, ValidationPhase])
+def test_cancel_batch_at_batch_end_is_out_of_scope(log: list[Entry], phase: type[Phase]) -> None:
+    # At BatchEnd the optimizer step (or the evaluation) is done: nothing is left to cancel, and
+    # handlers before the raiser have already counted the batch.
+    learner = make_test_learner(Recorder(), Raiser(CancelBatch(), BatchEnd, phase), RecordingCallback(log), n_batches=2)
+    message = f"CancelBatch raised by Raiser.maybe_raise at BatchEnd of {phase.__name__}, {SCOPE_HINT}"
+    with pytest.raises(SignalScopeError, match=f"^{re.escape(message)}$") as info:
+        learner.fit(1)
+    assert isinstance(info.value.__cause__, CancelBatch)
+    assert (BatchEnd, phase) not in seen(log)
+    assert seen(log)[-1] == (FitEnd, Phase)
+
+
+def test_cancel_batch_at_batch_end_of_a_single_step_is_out_of_scope() -> None:
+    learner = make_test_learner(Raiser(CancelBatch(), BatchEnd, ValidationPhase))
+    with pytest.raises(SignalScopeError, match=r"^CancelBatch raised by Raiser\.maybe_raise at BatchEnd of ValidationPhase, where it has nothing to cancel\. CancelBatch works from BatchBegin to BackwardEnd \(LossBegin in validation\)"):
+        learner.step(ValidationPhase(), learner.data[0][0])  # type: ignore[index]
+    assert learner.model.training  # the epoch context still restored train mode
 
 
 # ---- CancelEpoch ---------------------------------------------------------------------------
@@ -203,12 +222,6 @@ class Bad(Callback):
     def begin(self, event: Event, phase: Phase, learner: Any) -> None:
         if isinstance(event, self.event) and not isinstance(phase, ValidationPhase):
             raise self.signal
-
-
-SCOPE_HINT = (
-    "where it has nothing to cancel. CancelBatch works from BatchBegin to BatchEnd, CancelEpoch from "
-    "EpochBegin to EpochEnd, and CancelFit anywhere but FitEnd."
-)
 
 
 @pytest.mark.parametrize(

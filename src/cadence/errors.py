@@ -90,8 +90,9 @@ class CancelSignal(Exception):
 
 
 class CancelBatch(CancelSignal):
-    """Skip the rest of the current batch: no optimizer step if it had not happened yet,
-    no ``BatchEnd``, and the batch is not counted."""
+    """Skip the rest of the current batch: no optimizer step, no ``BatchEnd``, and the batch is
+    not counted. Raise it from ``BatchBegin`` to ``BackwardEnd`` (``LossBegin`` in validation);
+    at ``BatchEnd`` the step is done and it is a ``SignalScopeError``."""
 
 
 class CancelEpoch(CancelSignal):

@@ -3,6 +3,8 @@
 Edges, for the callbacks that handle one (event, phase):
 
 - ``run_after``: global and transitive (also through callbacks that do not handle the event);
+  a plan keeps only the nearest ones (an edge from B to C, not from A to C, for a chain
+  A → B → C of handlers), so that long chains stay cheap to plan and to explain;
 - automatic: a callback that writes a path runs before one that only reads an overlapping path;
 - resolutions: two writers of overlapping paths that nothing else orders ask
   ``a.resolve_conflict(b)`` and ``b.resolve_conflict(a)``; no answer is a ``ConflictError``.
@@ -13,7 +15,7 @@ Callbacks with no constraint between them keep the order the user gave.
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,7 @@ from cadence.conflicts import Resolver
 from cadence.errors import CycleError, DeclarationError, MissingStateError
 from cadence.events import Event
 from cadence.ordering import find_cycle, reaches, topological
-from cadence.phases import Phase
+from cadence.phases import Phase, phases_firing
 
 __all__ = ["CallbackGraph", "Plan"]
 
@@ -110,7 +112,13 @@ class CallbackGraph:
         for owner, access in enumerate(self.accesses):
             for path in access.writes:
                 self._writes.add(owner, path)
+        self._check_handlers()
         self._after = self._run_after_edges()
+        # Per callback, those whose run_after names it: for the closure and the init order.
+        self._successors: list[list[int]] = [[] for _ in self.callbacks]
+        for i, preds in enumerate(self._after):
+            for j in preds:
+                self._successors[j].append(i)
         self._reach = self._closure()
         self._check_producers()
         self._resolver = Resolver(self.callbacks, self.labels)
@@ -136,13 +144,21 @@ class CallbackGraph:
                         after[i][j] = f"{self.labels[i]}.run_after includes {type(self.callbacks[j]).__name__}"
         return after
 
+    def _check_handlers(self) -> None:
+        """Reject handlers whose (event, phase) no phase defined so far fires."""
+        fires: dict[tuple[type[Event], type[Phase]], bool] = {}
+        for label, cb in zip(self.labels, self.callbacks):
+            for handler in cb.handlers:
+                key = (handler.event, handler.phase)
+                if key not in fires:
+                    fires[key] = bool(phases_firing(handler.event, handler.phase))
+                if not fires[key]:
+                    raise DeclarationError(_never_fires(f"{label}.{handler.name}", *key))
+
     def _closure(self) -> list[set[int]]:
         """Per callback, every callback that must run after it (transitively)."""
         n = len(self.callbacks)
-        successors: list[list[int]] = [[] for _ in range(n)]
-        for i, preds in enumerate(self._after):
-            for j in preds:
-                successors[j].append(i)
+        successors = self._successors
         order = topological(n, successors)
         if len(order) < n:
             cycle = find_cycle(set(range(n)) - set(order), successors)
@@ -180,10 +196,7 @@ class CallbackGraph:
     def init_order(self) -> list[int]:
         """Callback indices ordered so that producers of cbstate entries come before readers."""
         n = len(self.callbacks)
-        successors: list[list[int]] = [[] for _ in range(n)]
-        for i, preds in enumerate(self._after):
-            for j in preds:
-                successors[j].append(i)
+        successors = [list(after) for after in self._successors]
         for reader, access in enumerate(self.accesses):
             for path in access.reads:
                 if path[0] == "cbstate":
@@ -205,10 +218,8 @@ class CallbackGraph:
         edges: dict[tuple[int, int], list[str]] = defaultdict(list)
 
         for p, (i, _) in enumerate(members):
-            for j in self._reach[i]:
-                q = position.get(j)
-                if q is not None:
-                    edges[(p, q)].append(self._run_after_reason(i, j))
+            for j, reason in self._next_members(i, position):
+                edges[(position[j], p)].append(reason)
 
         local = _WriteIndex()
         for p, (i, _) in enumerate(members):
@@ -233,15 +244,17 @@ class CallbackGraph:
         for p, q in edges:
             successors[p].add(q)
         for (p, q), (path_p, path_q) in conflicts.items():
+            i, j = members[p][0], members[q][0]
+            if j in self._reach[i] or i in self._reach[j]:
+                continue  # run_after orders them: no need to search
             if reaches(successors, p, q) or reaches(successors, q, p):
                 continue
-            first = self._resolver.first(members[p][0], members[q][0], event, phase, path_p, path_q)
+            first = self._resolver.first(i, j, event, phase, path_p, path_q)
             if first is not None:
-                before, after = (p, q) if first == members[p][0] else (q, p)
-                i, j = members[before][0], members[after][0]
+                before, after = (p, q) if first == i else (q, p)
+                winner, loser = self.labels[members[before][0]], self.labels[members[after][0]]
                 edges[(before, after)].append(
-                    f"{self.labels[i]} and {self.labels[j]} both write {dotted(path_p)}; "
-                    f"resolve_conflict says RunFirst({self.labels[i]})"
+                    f"{winner} and {loser} both write {dotted(path_p)}; resolve_conflict says RunFirst({winner})"
                 )
                 successors[before].add(after)
 
@@ -270,23 +283,27 @@ class CallbackGraph:
             reasons=tuple(tuple(rs) for rs in reasons),
         )
 
-    def _run_after_reason(self, i: int, j: int) -> str:
-        if i in self._after[j]:
-            return self._after[j][i]
-        # Transitive: show the chain of run_after declarations from i to j.
-        parent: dict[int, int] = {i: i}
-        queue = deque([i])
+    def _next_members(self, target: int, members: Mapping[int, int]) -> Iterator[tuple[int, str]]:
+        """The ``members`` that ``run_after`` puts before ``target`` with no other member in
+        between, each with the reason: one declaration, or the shortest chain through
+        callbacks that are not members."""
+        before: dict[int, int] = {target: target}  # node -> the node after it, towards target
+        queue = deque([target])
         while queue:
             node = queue.popleft()
-            for nxt, preds in enumerate(self._after):
-                if node in preds and nxt not in parent:
-                    parent[nxt] = node
-                    queue.append(nxt)
-        chain = [j]
-        while chain[-1] != i:
-            chain.append(parent[chain[-1]])
-        names = " → ".join(self.labels[k] for k in reversed(chain))
-        return f"run_after chain {names}"
+            for prev in self._after[node]:
+                if prev in before:
+                    continue
+                before[prev] = node
+                if prev not in members:
+                    queue.append(prev)
+                elif node == target:
+                    yield prev, self._after[target][prev]
+                else:
+                    chain = [prev]
+                    while chain[-1] != target:
+                        chain.append(before[chain[-1]])
+                    yield prev, f"run_after chain {' → '.join(self.labels[k] for k in chain)}"
 
     def _raise_cycle(
         self,
@@ -309,3 +326,19 @@ class CallbackGraph:
             + "\nBreak one of these edges: remove a run_after entry, or narrow a state_access "
             "declaration (READ where the callback does not write)."
         )
+
+
+def _never_fires(handler: str, event: type[Event], phase: type[Phase]) -> str:
+    where = f"{handler} handles {event.__name__} in {phase.__name__}, which never fires: "
+    firing = phases_firing(event)
+    # The most general phases that fire it: handlers for a phase also run for its subclasses.
+    general = [kind for kind in firing if not any(base is not kind and issubclass(kind, base) for base in firing)]
+    if not general:
+        return (
+            f"{where}no phase lists {event.__name__} in its events. Add it to the events of the "
+            f"phase that fires it."
+        )
+    if general == [Phase]:
+        return f"{where}{event.__name__} fires with the plain Phase(); use @on({event.__name__})."
+    names = ", ".join(kind.__name__ for kind in general)
+    return f"{where}{event.__name__} fires in {names}; use @on({event.__name__}, phase={general[0].__name__})."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -13,11 +14,11 @@ import torch
 
 from cadence.access import LearnerView
 from cadence.callback import Callback
-from cadence.errors import CadenceError, CancelBatch, CancelEpoch, CancelFit, CancelSignal, SignalScopeError
+from cadence.errors import CadenceError, CancelBatch, CancelEpoch, CancelFit, CancelSignal
 from cadence.events import Event, FitBegin, FitEnd
 from cadence.executors import Executor, SerialExecutor
 from cadence.graph import CallbackGraph, Plan
-from cadence.phases import Phase, TrainingPhase, ValidationPhase
+from cadence.phases import Phase, TrainingPhase, ValidationPhase, scope_error
 from cadence.resume import FitRun
 from cadence.state import Batch, CallbackState
 
@@ -31,6 +32,7 @@ VALIDATION = ValidationPhase()
 _FIT_END = FitEnd()
 
 Data = tuple[Iterable[Any], Iterable[Any] | None]
+PhasePlans = dict[type[Event], Plan | None]
 
 
 class Learner:
@@ -99,7 +101,7 @@ class Learner:
         self._batch = Batch()
         self._cbstate = CallbackState()
         self._callbacks: tuple[Callback, ...] = ()
-        self._plans: dict[type[Phase], dict[type[Event], Plan | None]] = {}
+        self._plans: dict[type[Phase], PhasePlans] = {}
         self._phases: list[type[Phase]] = [Phase, TrainingPhase, ValidationPhase]
         chosen = _check_callbacks(callbacks)
         if default_callbacks:
@@ -157,7 +159,8 @@ class Learner:
 
         Returns:
             None when every epoch ran, or the ``CancelFit`` that stopped training (its
-            ``reason`` says why).
+            ``reason`` says why). Once ``FitEnd`` has run, ``learner.batch`` is reset, so that
+            the last batch's tensors do not outlive the fit.
 
         Raises:
             CheckpointError: the checkpoint is missing, corrupt or does not fit this learner.
@@ -180,7 +183,7 @@ class Learner:
             result = signal
             log.info("fit cancelled by %s: %s", signal.origin, signal.reason)
         except (CancelBatch, CancelEpoch) as signal:
-            error = _scope_error(signal, "at FitBegin")
+            error = scope_error(signal, "at FitBegin")
             self._end_fit(error, run)
             raise error from signal
         except BaseException as exc:
@@ -195,11 +198,13 @@ class Learner:
             try:
                 self.fire(_FIT_END, FIT_PHASE)
             except CancelSignal as signal:
-                raise _scope_error(signal, "at FitEnd") from signal
+                raise scope_error(signal, "at FitEnd") from signal
         except Exception as cleanup:
             if pending is None:
                 raise
             pending.add_note(f"FitEnd cleanup failed too: {type(cleanup).__name__}: {cleanup}")
+        finally:
+            _clear(self._batch)  # the last batch's tensors (activations, on a GPU) go now
 
     def epoch(self, phase: Phase, data: Iterable[Any]) -> None:
         """Run one epoch of ``phase`` over ``data``, firing its events.
@@ -212,12 +217,14 @@ class Learner:
         try:
             phase.run_epoch(self, data)
         except CancelBatch as signal:
-            raise _scope_error(signal, f"at EpochBegin or EpochEnd of {type(phase).__name__}") from signal
+            raise scope_error(signal, f"at EpochBegin or EpochEnd of {type(phase).__name__}") from signal
 
     def step(self, phase: Phase, batch: object) -> None:
-        """Process one ``(x, y)`` batch in ``phase``, firing its batch events."""
+        """Process one ``(x, y)`` batch in ``phase``, firing its batch events, in the phase's
+        epoch context (``ValidationPhase``: eval mode, no gradients)."""
         self._ensure_plans(phase)
-        phase.run_step(self, batch)
+        with phase.epoch_context(self):
+            phase.run_step(self, batch)
 
     def fire(self, event: Event, phase: Phase) -> None:
         """Run the handlers of (event, phase). Phases call this; so may custom phases."""
@@ -288,8 +295,7 @@ class Learner:
         joining callbacks' ``init`` (producers first)."""
         with _collector_paused():
             graph = CallbackGraph(callbacks)
-            views = [LearnerView(self, label, access) for label, access in zip(graph.labels, graph.accesses)]
-            plans = {kind: _plans_for(graph, kind, views) for kind in self._phases}
+            views, plans = self._plan_all(graph)
         previous = (self._callbacks, self._graph_state())
         self._callbacks, self._graph, self._views, self._plans = tuple(callbacks), graph, views, plans
         joining_ids = {id(cb) for cb in joining}
@@ -306,6 +312,11 @@ class Learner:
     def _graph_state(self) -> tuple[Any, Any, Any]:
         return getattr(self, "_graph", None), getattr(self, "_views", []), self._plans
 
+    def _plan_all(self, graph: CallbackGraph) -> tuple[list[LearnerView], dict[type[Phase], PhasePlans]]:
+        """Views of the learner for ``graph``'s callbacks, and every known phase's plans with them."""
+        views = [LearnerView(self, label, access) for label, access in zip(graph.labels, graph.accesses)]
+        return views, {kind: _plans_for(graph, kind, views) for kind in self._phases}
+
     def _ensure_plans(self, phase: Phase) -> None:
         if not isinstance(phase, Phase):
             raise TypeError(f"Expected a phase such as TrainingPhase(); got {type(phase).__name__}.")
@@ -313,9 +324,7 @@ class Learner:
             # A custom phase's batch has more fields. Views hold the batch: rebuild them, and the
             # plans that carry them, from the same graph.
             self._batch = phase.batch_type()
-            graph = self._graph
-            self._views = [LearnerView(self, label, access) for label, access in zip(graph.labels, graph.accesses)]
-            self._plans = {kind: _plans_for(graph, kind, self._views) for kind in self._phases}
+            self._views, self._plans = self._plan_all(self._graph)
         kind = type(phase)
         if kind not in self._plans:
             self._plans[kind] = _plans_for(self._graph, kind, self._views)
@@ -337,9 +346,16 @@ class Learner:
         return self.data
 
     def _not_fired(self, event: Event, phase: Phase) -> CadenceError:
+        name = type(phase).__name__
+        if type(phase) not in self._plans:
+            return CadenceError(
+                f"{name} fired {type(event).__name__}, but no plans exist for {name} yet: they are "
+                f"built when its epoch starts. Run it with learner.epoch({name}(), data) or "
+                f"learner.step({name}(), batch) instead of calling fire() directly."
+            )
         return CadenceError(
-            f"{type(phase).__name__} fired {type(event).__name__}, which is not in "
-            f"{type(phase).__name__}.events; add it there so that its plan is built."
+            f"{name} fired {type(event).__name__}, which is not in {name}.events; add it there so "
+            f"that its plan is built."
         )
 
     def __repr__(self) -> str:
@@ -360,11 +376,11 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _plans_for(graph: CallbackGraph, kind: type[Phase], views: Sequence[LearnerView]) -> dict[type[Event], Plan | None]:
+def _plans_for(graph: CallbackGraph, kind: type[Phase], views: Sequence[LearnerView]) -> PhasePlans:
     # Empty batch- and epoch-level plans are stored as None so that firing them costs one
     # lookup. Fit-level plans always reach the executor, so that executors see fit boundaries
     # (a thread pool can shut down at FitEnd, a timer can print its table).
-    plans: dict[type[Event], Plan | None] = {}
+    plans: PhasePlans = {}
     for event in kind.events:
         plan = graph.plan(event, kind, views)
         plans[event] = plan if plan.calls or kind is Phase else None
@@ -402,12 +418,14 @@ def _check_data(data: object, where: str) -> Data:
     return train, valid
 
 
-def _scope_error(signal: CancelSignal, where: str) -> SignalScopeError:
-    return SignalScopeError(
-        f"{type(signal).__name__} raised by {signal.origin or 'a handler'} {where}, where it has nothing "
-        f"to cancel. CancelBatch works from BatchBegin to BatchEnd, CancelEpoch from EpochBegin to "
-        f"EpochEnd, and CancelFit anywhere but FitEnd."
-    )
+def _clear(batch: Batch) -> None:
+    for field in dataclasses.fields(batch):
+        if field.default is not dataclasses.MISSING:
+            setattr(batch, field.name, field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            setattr(batch, field.name, field.default_factory())
+        else:
+            setattr(batch, field.name, None)
 
 
 def _describe(target: object) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -27,10 +27,19 @@ from cadence.events import (
     FitEnd,
     LossBegin,
 )
-from cadence.errors import CancelBatch, CancelEpoch
+from cadence.errors import CancelBatch, CancelEpoch, CancelSignal, SignalScopeError
 from cadence.state import Batch
 
-__all__ = ["Loop", "Phase", "TrainingPhase", "ValidationPhase", "known_batch_fields", "unpack"]
+__all__ = [
+    "Loop",
+    "Phase",
+    "TrainingPhase",
+    "ValidationPhase",
+    "known_batch_fields",
+    "phases_firing",
+    "scope_error",
+    "unpack",
+]
 
 # Batch-level events carry no data, so one shared instance of each is fired: no allocation.
 BATCH_BEGIN = BatchBegin()
@@ -46,6 +55,32 @@ _batch_fields: set[str] = {f.name for f in fields(Batch)}
 def known_batch_fields() -> frozenset[str]:
     """Return every ``batch.<field>`` name declared by a phase defined so far."""
     return frozenset(_batch_fields)
+
+
+def phases_firing(event: type[Event], within: type[Phase] | None = None) -> list[type[Phase]]:
+    """``within`` (``Phase`` by default) and its subclasses defined so far that list ``event``
+    or a subclass of it in their ``events``, base classes first."""
+    found: list[type[Phase]] = []
+    stack: list[type[Phase]] = [Phase if within is None else within]
+    seen: set[type[Phase]] = set()
+    while stack:
+        kind = stack.pop()
+        if kind in seen:
+            continue
+        seen.add(kind)
+        if any(issubclass(fired, event) for fired in kind.events):
+            found.append(kind)
+        stack.extend(reversed(kind.__subclasses__()))
+    return found
+
+
+def scope_error(signal: CancelSignal, where: str) -> SignalScopeError:
+    """The error for ``signal`` raised ``where`` (e.g. ``"at FitEnd"``), which it cannot cancel."""
+    return SignalScopeError(
+        f"{type(signal).__name__} raised by {signal.origin or 'a handler'} {where}, where it has nothing "
+        f"to cancel. CancelBatch works from BatchBegin to BackwardEnd (LossBegin in validation), "
+        f"CancelEpoch from EpochBegin to EpochEnd, and CancelFit anywhere but FitEnd."
+    )
 
 
 class Loop(Protocol):
@@ -84,8 +119,10 @@ class Phase:
         2. List the events it fires in ``events``; if its batches carry more than ``x``, ``y``,
            ``y_pred`` and ``loss``, subclass ``Batch`` and set ``batch_type``.
         3. Implement ``step(loop, batch)``: set the batch fields, call the model, and fire each
-           event with ``loop.fire(event, self)``. Override ``epoch_context`` for per-epoch setup
-           such as ``torch.no_grad()``.
+           event with ``loop.fire(event, self)``. ``CancelBatch`` raised by a handler ends the
+           batch; once there is nothing left to cancel (at ``BatchEnd``), turn it into
+           ``scope_error(signal, ...)`` as the built-in phases do. Override ``epoch_context`` for
+           per-epoch setup such as ``torch.no_grad()``.
     """
 
     name: ClassVar[str] = "fit"
@@ -94,7 +131,16 @@ class Phase:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _batch_fields.update(f.name for f in fields(cls.batch_type))
+        kind = cls.batch_type
+        # vars(), not is_dataclass alone: a Batch subclass without @dataclass inherits the
+        # marker, yet its new fields would be plain class attributes.
+        dataclass_batch = isinstance(kind, type) and issubclass(kind, Batch) and is_dataclass(kind)
+        if not (dataclass_batch and "__dataclass_fields__" in vars(kind)):
+            raise TypeError(
+                f"{cls.__name__}.batch_type must be a dataclass subclass of Batch, e.g. "
+                f"@dataclass(slots=True) class GanBatch(Batch): fake: Any = None; got {kind!r}."
+            )
+        _batch_fields.update(f.name for f in fields(kind))
 
     def epoch_context(self, loop: Loop) -> contextlib.AbstractContextManager[None]:
         """Return the context an epoch of this phase runs in (none by default)."""
@@ -108,7 +154,8 @@ class Phase:
         )
 
     def run_step(self, loop: Loop, batch: object) -> None:
-        """Run ``step``; ``CancelBatch`` ends the batch here."""
+        """Run ``step`` (outside an epoch: wrap it in ``epoch_context``); ``CancelBatch`` ends
+        the batch here."""
         try:
             self.step(loop, batch)
         except CancelBatch:
@@ -184,7 +231,10 @@ class TrainingPhase(Phase):
         state.loss = state.loss.detach()
         fire(BACKWARD_END, self)
         loop.optimizer.step()
-        fire(BATCH_END, self)
+        try:
+            fire(BATCH_END, self)
+        except CancelBatch as signal:  # the step is taken: nothing left to cancel
+            raise scope_error(signal, f"at BatchEnd of {type(self).__name__}") from signal
 
 
 @dataclass(frozen=True)
@@ -216,7 +266,10 @@ class ValidationPhase(Phase):
         state.y_pred = loop.model(state.x)
         fire(LOSS_BEGIN, self)
         state.loss = loop.loss_fn(state.y_pred, state.y)
-        fire(BATCH_END, self)
+        try:
+            fire(BATCH_END, self)
+        except CancelBatch as signal:  # the batch is evaluated: nothing left to cancel
+            raise scope_error(signal, f"at BatchEnd of {type(self).__name__}") from signal
 
 
 @contextlib.contextmanager
