@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
 from helpers import Entry
 
+import cadence
 from cadence import Callback, DeclarationError, NoConflict, RunFirst, Unresolvable, on
 from cadence.callback import Handler
 from cadence.events import BatchBegin, BatchEnd, EpochEnd, Event, FitBegin, LossBegin
@@ -233,3 +235,44 @@ def test_resolutions_compare_by_meaning() -> None:
     assert RunFirst(a) != RunFirst(b)
     assert hash(RunFirst(a)) == hash(RunFirst(a))
     assert NoConflict() != Unresolvable()
+
+
+def test_a_missing_entry_suggests_a_producer_that_can_be_built() -> None:
+    import cadence.callbacks.scheduler  # noqa: F401  (registers its entry)
+    from cadence import READ, MissingStateError, schedules
+    from cadence.callback import PRODUCERS
+
+    class Watcher(Callback):
+        state_access = {"cbstate.hyperparams": READ}
+
+    expected = "Watcher reads cbstate.hyperparams, but no callback writes it.\nAdd Scheduler(lr=cosine(0.1, 0.001)), which writes cbstate.hyperparams."
+    with pytest.raises(MissingStateError, match=f"^{re.escape(expected)}$"):
+        make_test_learner(Watcher())
+    namespace = {**vars(cadence), **vars(cadence.callbacks.scheduler), **vars(schedules)}
+    for entry, example in PRODUCERS.items():
+        if example.startswith("a "):
+            continue
+        reader = type("Reader", (Callback,), {"state_access": {f"cbstate.{entry}": READ}})
+        make_test_learner(eval(example, namespace), reader()).fit(1)  # the hint works as written
+
+
+def test_a_producer_needing_arguments_is_suggested_by_name() -> None:
+    from cadence import READ, WRITE, MissingStateError
+    from cadence.callback import PRODUCERS
+
+    class Needy(Callback):
+        __module__ = "cadence.callbacks.needy"  # as a built-in
+        state_access = {"cbstate.needy_notes": WRITE}
+
+        def __init__(self, folder: str, *, every: int = 1) -> None:
+            self.folder = folder
+
+    class Reader(Callback):
+        state_access = {"cbstate.needy_notes": READ}
+
+    try:
+        assert PRODUCERS["needy_notes"] == "a Needy callback"
+        with pytest.raises(MissingStateError, match=r"\nAdd a Needy callback, which writes cbstate\.needy_notes\.$"):
+            make_test_learner(Reader())
+    finally:
+        PRODUCERS.pop("needy_notes", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -112,6 +113,10 @@ class Callback:
     #: True for callbacks whose handlers must run on the thread that runs the training step
     #: (they change per-thread state such as autocast); ``ThreadedExecutor`` never moves them.
     thread_affine: ClassVar[bool] = False
+    #: For built-ins: how a fix hint writes this callback where it is missing, such as
+    #: ``"Scheduler(lr=cosine(0.1, 0.001))"``. None: ``"Name()"``, or ``"a Name callback"`` when
+    #: the constructor has required arguments.
+    producer_example: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -164,7 +169,15 @@ def _register_producer(cls: type[Callback]) -> None:
     access = parse_state_access(cls.__name__, cls.state_access) if cls.state_access else None
     for path in access.writes if access else ():
         if path[0] == "cbstate" and len(path) > 1:
-            PRODUCERS.setdefault(path[1], f"{cls.__name__}()")
+            PRODUCERS.setdefault(path[1], _producer_example(cls))
+
+
+def _producer_example(cls: type[Callback]) -> str:
+    if cls.producer_example is not None:
+        return cls.producer_example
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]  # after self
+    required = [p for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return f"a {cls.__name__} callback" if required else f"{cls.__name__}()"
 
 
 def _collect_handlers(cls: type[Callback]) -> tuple[Handler, ...]:

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from cadence import READ, WRITE, Callback, ConflictError, on
+from cadence.callbacks.accumulation import GradientAccumulation
 from cadence.callbacks.clipping import GradientClipping
-from cadence.events import BackwardEnd, Event
+from cadence.callbacks.lambda_callback import LambdaCallback
+from cadence.events import BackwardEnd, BatchEnd, Event
 from cadence.phases import Phase, TrainingPhase
 from cadence.testing import make_test_learner
 
@@ -60,6 +62,23 @@ def test_infinity_norm() -> None:
     learner = make_test_learner(GradientClipping(max_norm=0.02, norm_type=math.inf, foreach=False), probe)
     learner.fit(1)
     assert all(float(g.abs().max()) <= 0.02 * (1 + 1e-5) for g in probe.grads)
+
+
+def test_last_norm_is_the_last_clipped_norm_under_accumulation() -> None:
+    clipping = GradientClipping(max_norm=0.01)
+    norms: list[float | None] = []
+
+    def look(event: Event, phase: Phase, learner: Any) -> None:
+        norms.append(None if clipping.last_norm is None else float(clipping.last_norm))
+
+    learner = make_test_learner(
+        clipping, GradientAccumulation(4), LambdaCallback(look, BatchEnd, phase=TrainingPhase), n_batches=6
+    )
+    learner.fit(1)
+    assert norms[:3] == [None, None, None]  # held back: nothing clipped yet
+    assert norms[3] is not None and norms[3] > 0.01
+    assert norms[4] == norms[3]  # held back again: still the 4th batch's norm
+    assert norms[5] is not None and norms[5] != norms[3]  # the epoch's last batch closes its group
 
 
 def test_another_gradient_writer_must_be_ordered_by_the_user() -> None:

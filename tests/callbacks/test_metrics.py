@@ -96,6 +96,72 @@ def test_training_epoch_value_is_the_batch_size_weighted_mean() -> None:
     assert log.seen[-1][1] == 7  # the short last batch weighs less
 
 
+def unsupervised_loss(y_pred: torch.Tensor, y: None) -> torch.Tensor:
+    return y_pred.pow(2).mean()
+
+
+def test_data_without_targets_weighs_batches_by_the_predictions() -> None:
+    x, _ = classification_data()
+    batches = [(x[i : i + 10], None) for i in range(0, len(x), 10)]  # the last batch has 7
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    learner = Learner(
+        model, unsupervised_loss, torch.optim.SGD(model.parameters(), lr=0.0),
+        data=(batches, batches), callbacks=[Metrics()], default_callbacks=False,
+    )
+    learner.fit(1)
+    with torch.no_grad():
+        exact = float(unsupervised_loss(model(x), None))
+    assert learner.cbstate.metrics.last("valid/loss") == pytest.approx(exact, rel=1e-6)
+
+
+def detection_loss(y_pred: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    labels, boxes = y
+    return torch.nn.functional.cross_entropy(y_pred, labels) + 0.0 * boxes.sum()
+
+
+def label_accuracy(y_pred: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return accuracy_fn(y_pred, y[0])
+
+
+def test_tuple_targets_weigh_batches_by_their_first_tensor() -> None:
+    x, y = classification_data()
+    boxes = torch.zeros(len(x), 2, 4)
+    batches = [(x[i : i + 10], (y[i : i + 10], boxes[i : i + 10])) for i in range(0, len(x), 10)]
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, N_CLASSES)
+    learner = Learner(
+        model, detection_loss, torch.optim.SGD(model.parameters(), lr=0.0),
+        data=(batches, batches), callbacks=[Metrics(label_accuracy)], default_callbacks=False,
+    )
+    learner.fit(1)
+    with torch.no_grad():
+        y_pred = model(x)
+    values = learner.cbstate.metrics
+    exact_loss = float(torch.nn.functional.cross_entropy(y_pred, y))
+    assert len(batches[-1][1][0]) == 7  # the short last batch weighs less
+    assert values.last("valid/loss") == pytest.approx(exact_loss, rel=1e-6)
+    assert values.last("train/loss") == pytest.approx(exact_loss, rel=1e-6)
+    assert values.last("valid/label_accuracy") == pytest.approx(float(accuracy_fn(y_pred, y)), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("y", "y_pred", "x", "size"),
+    [
+        ((torch.zeros(5), torch.zeros(2, 4)), None, None, 5),
+        ([None, {"labels": torch.zeros(6)}], None, None, 6),
+        ({"mask": torch.zeros(())}, torch.zeros(3, 2), None, 3),  # a scalar has no batch dimension
+        ([{"boxes": torch.zeros(9, 4)}, {"boxes": torch.zeros(1, 4)}], None, None, 2),  # per-sample records
+        (None, {"logits": torch.zeros(4, 2)}, None, 4),
+        (None, None, [torch.zeros(8, 1)], 8),
+        (["a", "b"], None, None, 1),  # no tensor anywhere: counts as 1
+    ],
+)
+def test_the_batch_size_is_the_first_tensor_dimension_found(y: Any, y_pred: Any, x: Any, size: int) -> None:
+    batch = type("Batch", (), {"x": x, "y": y, "y_pred": y_pred})()
+    assert metric_state.batch_size(y, batch) == size
+
+
 def test_stateful_metrics_reset_every_epoch_and_keep_one_state_per_phase() -> None:
     learner = classifier(Metrics(MulticlassAccuracy(num_classes=N_CLASSES)), lr=2.0)
     learner.fit(3)
@@ -166,6 +232,16 @@ def test_two_metrics_with_one_name_are_refused() -> None:
 def test_unknown_phase_names_are_refused() -> None:
     with pytest.raises(ValueError, match=r"names unknown phases \['validation'\]; phases are .*'train'.*'valid'.*phases=\"valid\""):
         Metrics(MetricSpec(accuracy_fn, phases="validation"))
+
+
+@pytest.mark.parametrize("phases", [["valid", 3], 3, [Metrics], ValidationPhase()])
+def test_phases_of_the_wrong_type_are_refused(phases: Any) -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"MetricSpec\('accuracy_fn', phases=\.\.\.\) takes phase names or Phase classes, or a list of "
+        r"them; got .*\. Write e\.g\. phases=\"valid\" or phases=\[\"train\", ValidationPhase\]\.",
+    ):
+        Metrics(MetricSpec(accuracy_fn, phases=phases))
 
 
 def test_a_metric_that_computes_several_numbers_is_an_error_naming_the_fix() -> None:

@@ -131,6 +131,18 @@ def test_learner_step_outside_an_epoch_draws_nothing() -> None:
     assert out.getvalue() == ""
 
 
+def test_steps_outside_an_epoch_leave_no_count_behind() -> None:
+    printers = [plain()[0] for _ in range(2)]
+    learners = [make_test_learner(printer) for printer in printers]
+    for learner in learners:
+        for batch in regression_batches(3):
+            learner.step(TrainingPhase(), batch)
+    for printer in printers:
+        assert printer.state_dict() == {"epochs": {}, "batches": {}}
+        outside = printer._bars[TrainingPhase]
+        assert outside.n == 0 and outside is not printer._bars[TrainingPhase]
+
+
 @pytest.mark.parametrize("name", ["refresh_seconds", "line_seconds"])
 def test_intervals_must_be_positive(name: str) -> None:
     with pytest.raises(ValueError, match=rf"ProgressPrinter\({name}=...\) expects a positive number of seconds; got 0\."):

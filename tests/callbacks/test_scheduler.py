@@ -201,11 +201,17 @@ class Unsized:
         return iter(self.batches)
 
 
-def test_data_without_len_needs_total() -> None:
+def test_data_without_len_needs_total_before_any_epoch() -> None:
     batches = regression_batches(4, 8)
     learner = make_test_learner(Scheduler(lr=linear(0.1, 0.0)))
-    with pytest.raises(TypeError, match=r"training data has no len\(\)\. Pass Scheduler\(\.\.\., total=N\)"):
+    message = (
+        r"^Scheduler\(unit='step'\) cannot tell how many batches the run has: the training data has "
+        r"no len\(\)\. Pass Scheduler\(\.\.\., total=N\), N the number of batches the schedules span\."
+    )
+    with pytest.raises(TypeError, match=message) as info:
         learner.fit(1, data=(Unsized(batches), None))
+    # At FitBegin, before any epoch:
+    assert "Raised by Scheduler.fit_begin while handling FitBegin in Phase." in info.value.__notes__
     probe = OptimizerProbe()
     make_test_learner(Scheduler(lr=linear(0.1, 0.0), total=4), probe).fit(1, data=(Unsized(batches), None))
     assert probe.seen == pytest.approx([0.1, 0.0667, 0.0333, 0.0], abs=1e-4)

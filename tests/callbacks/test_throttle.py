@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -17,8 +18,10 @@ from cadence import (
     on,
 )
 from cadence.callbacks.lambda_callback import LambdaCallback
+from cadence.callbacks.precision import MixedPrecision
 from cadence.callbacks.throttle import Throttled, throttle
 from cadence.events import BatchBegin, BatchEnd, EpochBegin, EpochEnd, Event, FitBegin
+from cadence.executors import ThreadedExecutor
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner
 
@@ -195,6 +198,36 @@ def test_attributes_read_through_to_the_wrapped_callback() -> None:
     assert throttled.callback is writer and throttled.answer == "first"
     with pytest.raises(AttributeError):
         throttled.missing
+
+
+def test_thread_affinity_is_the_wrapped_callbacks() -> None:
+    assert throttle(MixedPrecision(), BatchEnd, every=2).thread_affine is True
+    assert throttle(Recorder(), BatchEnd, every=2).thread_affine is False
+
+
+def test_a_throttled_thread_affine_callback_stays_on_the_learners_thread() -> None:
+    seen: dict[str, set[int]] = {"pinned": set(), "free": set()}
+
+    class Pinned(Callback):
+        thread_affine = True
+
+        @on(BatchEnd)
+        def record(self, event: Event, phase: Phase, learner: Any) -> None:
+            seen["pinned"].add(threading.get_ident())
+
+    class Free(Callback):
+        @on(BatchEnd)
+        def record(self, event: Event, phase: Phase, learner: Any) -> None:
+            seen["free"].add(threading.get_ident())
+
+    class Free2(Free):
+        pass
+
+    pinned = throttle(Pinned(), BatchEnd, every=1)
+    executor = ThreadedExecutor(inline_below=0)
+    make_test_learner(pinned, Free(), Free2(), executor=executor, n_batches=8).fit(1)
+    assert seen["pinned"] == {threading.get_ident()}
+    assert seen["free"] - {threading.get_ident()}, "the free handlers did use worker threads"
 
 
 def test_a_lambda_callback_can_be_throttled() -> None:

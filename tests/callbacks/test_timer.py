@@ -135,6 +135,32 @@ def test_wraps_any_executor_with_one_timed_copy_per_plan() -> None:
     assert repr(timer) == "CallbackTimer(SerialExecutor())"
 
 
+def test_plans_keep_one_timed_copy_over_many_fits() -> None:
+    plans: dict[int, Plan] = {}
+    timed: dict[int, Plan] = {}
+
+    class Inner(SerialExecutor):
+        def run(self, plan: Plan, event: Event, phase: Phase) -> None:
+            timed.setdefault(id(plan), plan)
+            super().run(plan, event, phase)
+
+    timer = CallbackTimer(Inner(), print_report=False)
+
+    class Outer:
+        def run(self, plan: Plan, event: Event, phase: Phase) -> None:
+            plans.setdefault(id(plan), plan)
+            timer.run(plan, event, phase)
+
+    learner = make_test_learner(Recorder(), executor=Outer(), n_batches=2)
+    sizes = []
+    for _ in range(5):
+        learner.fit(1)
+        sizes.append(sum(len(plan.cache) for plan in plans.values()))
+        assert by_key(timer)[("Recorder.batch_end", "BatchEnd", "TrainingPhase")].calls == 2
+    assert sizes == [len(plans)] * 5  # one timed copy per plan, made at the first fit
+    assert len(timed) == len(plans)  # the inner executor is handed the same copies every fit
+
+
 def test_inner_must_be_an_executor() -> None:
     with pytest.raises(TypeError, match=r"CallbackTimer\(inner=\.\.\.\) expects an executor with run\(plan, event, phase\), such as SerialExecutor\(\); got str"):
         CallbackTimer("serial")  # type: ignore[arg-type]

@@ -20,7 +20,9 @@ class GradientClipping(Callback):
     value to ``[-max_value, max_value]`` (``clip_grad_value_``). Give exactly one.
 
     No host-device synchronisation: the norm stays on the device. The total norm of the last
-    clipped gradients (before clipping) is kept in ``last_norm``, a tensor.
+    clipped gradients (before clipping) is kept in ``last_norm``, a tensor (None before the
+    first). A batch without gradients, such as a micro-batch that ``GradientAccumulation``
+    holds back, is not clipped and leaves ``last_norm`` as it was.
 
     Ordering: clipping must see the true, summed gradients. ``MixedPrecision`` (which unscales
     them) and ``GradientAccumulation`` (which sums micro-batches) declare that they run first
@@ -75,7 +77,11 @@ class GradientClipping(Callback):
 
     @on(BackwardEnd, phase=TrainingPhase)
     def clip(self, event: Event, phase: Phase, learner: Any) -> None:
-        parameters = learner.model.parameters()
+        parameters = list(learner.model.parameters())  # torch makes this list anyway
+        # No gradient at all (a micro-batch that GradientAccumulation holds back): nothing to
+        # clip, and last_norm keeps the last clipped norm. Stops at the first gradient otherwise.
+        if not any(p.grad is not None for p in parameters):
+            return
         max_norm = self.max_norm
         if max_norm is not None:
             self.last_norm = torch.nn.utils.clip_grad_norm_(

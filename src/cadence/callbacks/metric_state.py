@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 from cadence.errors import CheckpointError
 from cadence.phases import Phase
 
-__all__ = ["MetricSpec", "MetricValues", "Trackers", "check_running", "phase_names"]
+__all__ = ["MetricSpec", "MetricValues", "Trackers", "batch_size", "check_running", "phase_names"]
 
 
 @dataclass(slots=True)
@@ -82,7 +82,15 @@ class MetricSpec:
             )
         if self.phases is None:
             return name, None
-        given = [self.phases] if isinstance(self.phases, (str, type)) else list(self.phases)
+        phases = self.phases
+        given = list(phases) if isinstance(phases, Iterable) and not isinstance(phases, str) else [phases]
+        bad = [p for p in given if not (isinstance(p, str) or (isinstance(p, type) and issubclass(p, Phase)))]
+        if bad:
+            raise TypeError(
+                f"MetricSpec({name!r}, phases=...) takes phase names or Phase classes, or a list of "
+                f"them; got {', '.join(repr(p) for p in bad)}. Write e.g. phases=\"valid\" or "
+                f"phases=[\"train\", ValidationPhase]."
+            )
         names = frozenset(p if isinstance(p, str) else p.name for p in given)
         unknown = names - phase_names()
         if unknown or not names:
@@ -91,6 +99,36 @@ class MetricSpec:
                 f"phases are {sorted(phase_names())}, e.g. phases=\"valid\"."
             )
         return name, names
+
+
+def batch_size(y: Any, batch: Any) -> int:
+    """The number of samples in ``batch``, whose targets ``y`` are not a tensor: the first
+    dimension of the first tensor in ``y``, else in ``batch.y_pred``, else in ``batch.x``; 1
+    where none has one (the epoch mean is then unweighted)."""
+    size = _first_dim(y)
+    if size is None:
+        size = _first_dim(batch.y_pred)
+    if size is None:
+        size = _first_dim(batch.x)
+    return 1 if size is None else size
+
+
+def _first_dim(value: Any) -> int | None:
+    if isinstance(value, torch.Tensor):
+        return value.shape[0] if value.ndim else None
+    if isinstance(value, (tuple, list)):
+        if value and isinstance(value[0], Mapping):
+            return len(value)  # per-sample records, as torchvision's detection targets
+        items: Iterable[Any] = value
+    elif isinstance(value, Mapping):
+        items = value.values()
+    else:
+        return None
+    for item in items:
+        size = _first_dim(item)
+        if size is not None:
+            return size
+    return None
 
 
 def phase_names() -> set[str]:

@@ -7,7 +7,14 @@ from typing import Any
 import torch
 
 from cadence import READ, WRITE, Callback, on
-from cadence.callbacks.metric_state import MetricSpec, MetricValues, Trackers, check_running, phase_names
+from cadence.callbacks.metric_state import (
+    MetricSpec,
+    MetricValues,
+    Trackers,
+    batch_size,
+    check_running,
+    phase_names,
+)
 from cadence.events import BatchEnd, EpochBegin, EpochEnd, Event
 from cadence.phases import Phase
 
@@ -23,9 +30,13 @@ class Metrics(Callback):
             functions ``(y_pred, y) -> scalar tensor``, or ``MetricSpec`` for a custom name or
             a subset of phases. The loss is always tracked, as ``"loss"``.
 
-    Epoch values: the loss and functions are averaged over the epoch weighted by batch size
-    (``len(batch.y)``), which is exact for mean-reduced values; a stateful metric's is its
-    ``compute()`` over the whole epoch. On an accelerator nothing is read back before
+    Epoch values: the loss and functions are averaged over the epoch weighted by batch size,
+    which is exact for mean-reduced values; a stateful metric's is its ``compute()`` over the
+    whole epoch. The batch size is the first dimension of the first tensor found in
+    ``batch.y`` (looking into tuples, lists and dicts, so ``(labels, boxes)`` counts labels),
+    else in ``batch.y_pred``, else in ``batch.x``; a list of dicts (per-sample records, as
+    torchvision's detection targets) counts by its length. Where none holds a tensor with a
+    batch dimension, each batch counts as 1: the epoch value is then an unweighted mean. On an accelerator nothing is read back before
     ``EpochEnd`` (no sync per batch); on CPU, where reading costs no sync, sums are floats.
     Step values (``cbstate.metrics.step``): the loss and functions, as device tensors. A
     torchmetrics metric only gets ``update()`` per batch: its per-batch value (``forward``)
@@ -48,7 +59,13 @@ class Metrics(Callback):
         True
     """
 
-    state_access = {"batch.loss": READ, "batch.y": READ, "batch.y_pred": READ, "cbstate.metrics": WRITE}
+    state_access = {
+        "batch.loss": READ,
+        "batch.x": READ,
+        "batch.y": READ,
+        "batch.y_pred": READ,
+        "cbstate.metrics": WRITE,
+    }
 
     def __init__(self, *metrics: Any) -> None:
         specs = [m if isinstance(m, MetricSpec) else MetricSpec(m) for m in metrics]
@@ -93,7 +110,8 @@ class Metrics(Callback):
         batch = learner.batch
         loss = batch.loss
         y = batch.y
-        size = y.shape[0] if isinstance(y, torch.Tensor) else len(y)  # Tensor.__len__ is slow Python
+        # Tensor.__len__ is slow Python; other targets are rarer and take the slower path.
+        size = y.shape[0] if isinstance(y, torch.Tensor) else batch_size(y, batch)
         if not tracker.count:
             tracker.start(loss, batch.y_pred)
         if loss.requires_grad:  # a custom phase may hand over an attached loss

@@ -30,13 +30,12 @@ class _Bar:
         self.task: TaskID | None = None
 
 
-_OUTSIDE = _Bar("", None, 0.0, 0.0)
-_OUTSIDE.next_check = sys.maxsize  # batches outside any epoch (learner.step) are never drawn
-
-
 class _Bars(dict[type[Phase], _Bar]):
     def __missing__(self, kind: type[Phase]) -> _Bar:
-        return _OUTSIDE
+        # A batch outside any epoch (learner.step): a throwaway bar, never kept nor drawn.
+        outside = _Bar("", None, 0.0, 0.0)
+        outside.next_check = sys.maxsize
+        return outside
 
 
 class ProgressPrinter(Callback):

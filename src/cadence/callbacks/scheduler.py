@@ -50,7 +50,7 @@ class Scheduler(Callback):
         unit: ``"step"`` (per training batch) or ``"epoch"``.
         param_groups: Indices of the param groups to set; ``None`` means all.
         total: The length of the run in units; needed for step units when the training data
-            has no ``len()``.
+            has no ``len()`` (checked at ``FitBegin``, before any epoch).
         **named: Schedules by hyperparameter name, e.g. ``lr=cosine(0.1, 0.001)``.
 
     Example:
@@ -63,6 +63,7 @@ class Scheduler(Callback):
     """
 
     state_access = {"optimizer": WRITE, "cbstate.hyperparams": WRITE}
+    producer_example = "Scheduler(lr=cosine(0.1, 0.001))"  # Scheduler() has nothing to schedule
 
     def __init__(
         self,
@@ -133,12 +134,14 @@ class Scheduler(Callback):
         # The run's length, not what is left of it: a resumed fit restores the position after this.
         self._n_epochs = event.n_epochs
         self._run_total = self.total or (None if self._per_step else event.n_epochs)
+        if self._run_total is None and event.data is not None:  # checked before any epoch runs
+            self._run_total = event.n_epochs * _length(event.data[0])
 
     @on(EpochBegin, phase=TrainingPhase)
     def epoch_begin(self, event: EpochBegin, phase: Phase, learner: Any) -> None:
         if not self._per_step:
             self._apply(learner)
-        elif self._run_total is None:
+        elif self._run_total is None:  # a FitBegin fired without its data
             self._run_total = self._n_epochs * _length(event.data)
 
     @on(BatchBegin, phase=TrainingPhase)

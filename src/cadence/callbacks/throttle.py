@@ -26,9 +26,10 @@ def throttle(
     across epochs and ``fit`` calls. Its other handlers run as before.
 
     The wrapper is the callback as far as the learner can tell: it declares the same
-    ``state_access`` and ``run_after``, answers ``resolve_conflict`` and ``init`` through it,
-    passes ``isinstance(throttled, type(callback))`` (so ``run_after = (Recorder,)`` elsewhere
-    still orders after a throttled ``Recorder``), and is labelled by the callback's type name.
+    ``state_access``, ``run_after`` and ``thread_affine``, answers ``resolve_conflict`` and
+    ``init`` through it, passes ``isinstance(throttled, type(callback))`` (so
+    ``run_after = (Recorder,)`` elsewhere still orders after a throttled ``Recorder``), and is
+    labelled by the callback's type name.
     Its throttled handler shows as e.g. ``Recorder.batch_end[every 2]`` in ``explain()``.
 
     Args:
@@ -103,6 +104,11 @@ class Throttled(Callback):
     @property  # type: ignore[misc]
     def __class__(self) -> type[Any]:
         return self.callback.__class__
+
+    # Read through, so ThreadedExecutor keeps e.g. a throttled MixedPrecision on its thread.
+    @property
+    def thread_affine(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.callback, "thread_affine", False))
 
     def handler_for(self, event: type[Event], phase: type[Phase]) -> str | None:
         name = self.callback.handler_for(event, phase)

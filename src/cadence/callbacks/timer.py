@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,11 +48,13 @@ class HandlerTime:
 
 @dataclass(slots=True)
 class _Clocks:
-    """Per-position totals of one plan; the timed handlers add to them."""
+    """Per-position totals of one plan since ``generation``'s reset; the timed handlers add to
+    them."""
 
     plan: Plan
     ns: list[int]
     calls: list[int]
+    generation: int
 
 
 class CallbackTimer:
@@ -89,15 +92,24 @@ class CallbackTimer:
             )
         self.inner: Executor = SerialExecutor() if inner is None else inner
         self.print_report = print_report
+        # One key for the timer's life: each plan gets one timed copy, whatever the number of fits.
+        self._key = f"cadence.CallbackTimer:{next(_TIMER_IDS)}"
+        self._clocks: list[_Clocks] = []
         self._generation = 0
-        self.reset()
 
     def run(self, plan: Plan, event: Event, phase: Phase) -> None:
         if plan.event is FitBegin:
             self.reset()
-        timed = plan.cache.get(self._key)
-        if timed is None:
-            timed = self._time(plan)
+        cached = plan.cache.get(self._key)
+        if cached is None:
+            timed, clocks = self._time(plan)
+        else:
+            timed, clocks = cached
+            if clocks.generation != self._generation:  # first run since a reset: start from zero
+                clocks.ns[:] = [0] * len(clocks.ns)
+                clocks.calls[:] = [0] * len(clocks.calls)
+                clocks.generation = self._generation
+                self._clocks.append(clocks)
         try:
             self.inner.run(timed, event, phase)
         finally:
@@ -106,10 +118,9 @@ class CallbackTimer:
 
     def reset(self) -> None:
         """Forget the totals so far (done at every ``FitBegin``)."""
-        self._clocks: list[_Clocks] = []
+        self._clocks = []
+        # Each plan's clocks are zeroed in place the next time it runs, and counted again.
         self._generation += 1
-        # A new cache key makes every plan get fresh clocks the next time it runs.
-        self._key = f"cadence.CallbackTimer:{id(self)}:{self._generation}"
 
     def totals(self) -> list[HandlerTime]:
         """Every handler that ran since the last ``FitBegin``, the most time first."""
@@ -152,19 +163,20 @@ class CallbackTimer:
             table.add_row(*_cells(r))
         console.print(table)
 
-    def _time(self, plan: Plan) -> Plan:
+    def _time(self, plan: Plan) -> tuple[Plan, _Clocks]:
         size = len(plan.calls)
-        clocks = _Clocks(plan, [0] * size, [0] * size)
+        clocks = _Clocks(plan, [0] * size, [0] * size, self._generation)
         calls = tuple((_clocked(handler, clocks, i), view) for i, (handler, view) in enumerate(plan.calls))
         timed = dataclasses.replace(plan, calls=calls, cache={})
-        plan.cache[self._key] = timed
+        plan.cache[self._key] = (timed, clocks)
         self._clocks.append(clocks)
-        return timed
+        return timed, clocks
 
     def __repr__(self) -> str:
         return f"CallbackTimer({self.inner!r})"
 
 
+_TIMER_IDS = itertools.count()
 _HEADER = ("handler", "event", "phase", "calls", "total ms", "mean µs")
 
 
