@@ -55,6 +55,46 @@ def test_an_error_gets_a_note_naming_handler_event_and_phase() -> None:
     assert info.value.__notes__ == ["Raised by Writer.batch_end while handling BatchEnd in TrainingPhase."]
 
 
+# Every loop that runs a plan in order: SerialExecutor.run, and ThreadedExecutor's timed runs
+# (a plan's first calls) and inline runs (later calls of a plan whose handlers are cheap).
+SERIAL_LOOPS = [(SerialExecutor, 0), (ThreadedExecutor, 0), (ThreadedExecutor, 2 * ThreadedExecutor.warmup)]
+
+
+@pytest.mark.parametrize(("make_executor", "calls_before"), SERIAL_LOOPS, ids=["serial", "timed", "inline"])
+@pytest.mark.parametrize("failure", [ZeroDivisionError, CancelBatch])
+def test_every_serial_loop_reports_a_failure_alike(
+    make_executor: type[Executor], calls_before: int, failure: type[Exception]
+) -> None:
+    calls: list[str] = []
+    failing = Writer("b", calls)
+    learner = make_test_learner(Step("a", calls), failing, Step("c", calls), executor=make_executor())
+    for _ in range(calls_before):
+        learner.fire(BatchEnd(), TrainingPhase())
+    calls.clear()
+    failing.error = failure("x")
+    with pytest.raises(failure) as info:
+        learner.fire(BatchEnd(), TrainingPhase())
+    assert calls == ["a"]
+    if isinstance(info.value, CancelBatch):
+        assert info.value.origin == "Writer.batch_end" and not hasattr(info.value, "__notes__")
+    else:
+        assert info.value.__notes__ == ["Raised by Writer.batch_end while handling BatchEnd in TrainingPhase."]
+
+
+class FailingAtFitEnd(Callback):
+    @on(FitEnd)
+    def fit_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        raise ZeroDivisionError("late")
+
+
+@pytest.mark.parametrize("executor", [SerialExecutor(), ThreadedExecutor()])
+def test_a_failure_at_fit_end_gets_the_same_note(executor: Executor) -> None:
+    learner = make_test_learner(FailingAtFitEnd(), executor=executor, n_batches=1)
+    with pytest.raises(ZeroDivisionError, match="late") as info:
+        learner.fit(1)
+    assert info.value.__notes__ == ["Raised by FailingAtFitEnd.fit_end while handling FitEnd in Phase."]
+
+
 def test_add_handler_note_names_the_handler_at_a_position() -> None:
     learner = make_test_learner(Recorder())
     plan = learner._plans[TrainingPhase][BatchEnd]

@@ -3,9 +3,12 @@ failures and signals handled as in serial execution."""
 
 from __future__ import annotations
 
+import _thread
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -26,7 +29,7 @@ from cadence import (
     SerialExecutor,
     on,
 )
-from cadence.events import BackwardEnd, BatchBegin, BatchEnd, EpochEnd, Event
+from cadence.events import BackwardEnd, BatchBegin, BatchEnd, EpochEnd, Event, FitEnd
 from cadence.executors import Executor, ThreadedExecutor
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner
@@ -313,10 +316,12 @@ class Scenario:
     def __init__(self, raise_: Callable[[], BaseException], event: type[Event] = BatchEnd) -> None:
         self.started: list[str] = []
         self.finished: list[str] = []
+        self.threads: dict[str, str] = {}
         slow_started, raised = threading.Event(), threading.Event()
 
         def slow(*_: Any) -> None:
             self.started.append("slow")
+            self.threads["slow"] = thread_name()
             slow_started.set()
             raised.wait(5)
             time.sleep(0.05)  # still running when the failure is seen
@@ -324,6 +329,7 @@ class Scenario:
 
         def failing(*_: Any) -> None:
             self.started.append("failing")
+            self.threads["failing"] = thread_name()
             slow_started.wait(5)
             raised.set()
             raise raise_()
@@ -411,6 +417,108 @@ def test_cancel_fit_from_a_worker_is_returned_by_fit_with_its_origin() -> None:
     assert isinstance(result, CancelFit)
     assert (result.reason, result.origin) == ("enough", "Stopper.handle")
     assert not worker_threads()
+
+
+def test_ctrl_c_in_a_handler_on_the_learners_thread_waits_for_the_workers() -> None:
+    scenario = Scenario(KeyboardInterrupt)
+    # One worker: Slow goes to it, and Failing runs on the learner's thread.
+    learner = make_test_learner(*scenario.callbacks, executor=forced(max_workers=2))
+    with pytest.raises(KeyboardInterrupt) as info:
+        learner.fire(BatchEnd(), TrainingPhase())
+    assert scenario.threads["failing"] == thread_name() != scenario.threads["slow"]
+    assert scenario.finished == ["slow"]
+    assert sorted(scenario.started) == ["failing", "slow"]
+    assert not hasattr(info.value, "__notes__")  # as in serial execution: no handler note
+
+
+def test_fit_end_never_overlaps_a_handler_that_ctrl_c_left_running() -> None:
+    scenario = Scenario(KeyboardInterrupt)
+    seen_at_fit_end: list[list[str]] = []
+    watcher = handler_class("Watcher", {}, [FitEnd], lambda *_: seen_at_fit_end.append(list(scenario.finished)))
+    learner = make_test_learner(*scenario.callbacks, watcher(), executor=forced(max_workers=2))
+    with pytest.raises(KeyboardInterrupt):
+        learner.fit(1)
+    assert seen_at_fit_end == [["slow"]]
+    assert not worker_threads()
+
+
+class WaitingScenario:
+    """Slow and Sender run in workers while the learner's thread waits; Sender interrupts the
+    learner's thread (a real SIGINT, or ``_thread.interrupt_main``) while Slow still runs, and
+    Slow then fails. After (after Sender) must never start."""
+
+    def __init__(self, how: str) -> None:
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        sent = threading.Event()
+
+        def slow(*_: Any) -> None:
+            self.started.append("slow")
+            sent.wait(5)
+            time.sleep(0.05)  # still running when the interrupt is raised
+            self.finished.append("slow")
+            raise ValueError("late")
+
+        def sender(*_: Any) -> None:
+            self.started.append("sender")
+            if how == "signal":
+                main = threading.main_thread().ident
+                assert main is not None
+                signal.pthread_kill(main, signal.SIGINT)
+            else:
+                _thread.interrupt_main()
+            sent.set()
+
+        slow_cls = handler_class("Slow", {"cbstate.slow": WRITE}, [BatchEnd], slow)
+        sender_cls = handler_class("Sender", {"cbstate.sender": WRITE}, [BatchEnd], sender)
+        after_cls = handler_class(
+            "After", {}, [BatchEnd], lambda *_: self.started.append("after"), run_after=(sender_cls,)
+        )
+        self.callbacks = [slow_cls(), sender_cls(), after_cls()]
+
+
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the main thread, where the learner runs."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are handled on the main thread only")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_raises")
+@pytest.mark.parametrize("how", ["signal", "interrupt_main"])
+def test_ctrl_c_while_waiting_for_workers_lets_them_finish_first(how: str) -> None:
+    scenario = WaitingScenario(how)
+    learner = make_test_learner(*scenario.callbacks, executor=forced(max_workers=3))
+    with pytest.raises(KeyboardInterrupt) as info:
+        learner.fire(BatchEnd(), TrainingPhase())
+    assert scenario.finished == ["slow"]
+    assert sorted(scenario.started) == ["sender", "slow"]
+    assert info.value.__notes__ == [
+        "Slow.handle raised ValueError: late at the same event, running at the same time (ThreadedExecutor)."
+    ]
+    assert not worker_threads()  # joined; they start again on demand
+
+
+@pytest.mark.usefixtures("sigint_raises")
+def test_a_second_ctrl_c_does_not_cut_the_wait_for_the_workers_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_shutdown = ThreadPoolExecutor.shutdown
+    again: list[bool] = []
+
+    def shutdown(self: ThreadPoolExecutor, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if not again:
+            again.append(True)
+            raise KeyboardInterrupt  # as if pressed again as the executor starts waiting
+        real_shutdown(self, wait, cancel_futures=cancel_futures)
+
+    monkeypatch.setattr(ThreadPoolExecutor, "shutdown", shutdown)
+    scenario = WaitingScenario("interrupt_main")
+    learner = make_test_learner(*scenario.callbacks, executor=forced(max_workers=3))
+    with pytest.raises(KeyboardInterrupt):
+        learner.fire(BatchEnd(), TrainingPhase())
+    assert again and scenario.finished == ["slow"]
 
 
 # ---- inline decisions, threads, torch state -----------------------------------------------------

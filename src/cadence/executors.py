@@ -136,6 +136,8 @@ class SerialExecutor:
     """
 
     def run(self, plan: Plan, event: Event, phase: Phase) -> None:
+        # ThreadedExecutor copies this loop (its inline path, and a timed variant) instead of
+        # sharing one function: the call would add 20 to 40 ns, over a tenth of a two-handler event.
         position = 0
         try:
             for handler, view in plan.calls:
