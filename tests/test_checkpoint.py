@@ -80,7 +80,7 @@ def test_a_failed_write_removes_its_temporary_file_and_keeps_the_previous(tmp_pa
 def test_a_truncated_file_is_an_error_naming_it(tmp_path: Path) -> None:
     path = write(tmp_path, 1)
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match=rf"{path.name} is truncated or corrupt: it has 100 bytes.*resume=\"latest\""):
+    with pytest.raises(CheckpointError, match=rf"{path.name} is truncated or corrupt: it has 100 bytes.*{USE_ANOTHER}"):
         load_checkpoint(path)
 
 
@@ -89,23 +89,63 @@ def test_a_flipped_byte_is_caught_by_the_hash(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=rf"{path.name} is corrupt: its SHA-256 does not match"):
+    with pytest.raises(CheckpointError, match=rf"{path.name} is corrupt: its SHA-256 does not match its metadata. {USE_ANOTHER}"):
         load_checkpoint(path)
+
+
+USE_ANOTHER = r'Use another checkpoint, e.g. fit\(..., resume="latest"\) falls back to the newest intact one.'
 
 
 def test_corrupt_metadata_is_an_error_naming_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, 1)
     path.with_suffix(".json").write_text('{"format": "cadence-checkp')
-    with pytest.raises(CheckpointError, match=r"checkpoint-000001-epoch0-batch1.json is corrupt"):
+    with pytest.raises(CheckpointError, match=rf"checkpoint-000001-epoch0-batch1.json is corrupt \(.*\). {USE_ANOTHER}"):
         load_checkpoint(path)
 
 
 def test_missing_metadata_means_not_committed(tmp_path: Path) -> None:
     path = write(tmp_path, 1)
     path.with_suffix(".json").unlink()
-    with pytest.raises(CheckpointError, match=r"is not a committed cadence checkpoint: .*\.json is missing"):
+    with pytest.raises(CheckpointError, match=rf"is not a committed cadence checkpoint: .*\.json is missing .*{USE_ANOTHER}"):
         load_checkpoint(path)
     assert list_checkpoints(tmp_path) == []
+
+
+def forge(path: Path, payload: bytes) -> None:
+    """Write ``payload`` as ``path`` with metadata that matches it, so loading gets past the hash."""
+    path.write_bytes(payload)
+    meta = {"format": "cadence-checkpoint", "version": 1, "bytes": len(payload),
+            "sha256": __import__("hashlib").sha256(payload).hexdigest()}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def test_metadata_of_something_else_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 1)
+    path.with_suffix(".json").write_text('{"format": "other"}')
+    with pytest.raises(CheckpointError, match=rf'checkpoint-000001-epoch0-batch1.json is not cadence checkpoint metadata \(no "format": "cadence-checkpoint"\). Pass a checkpoint a Checkpointer wrote \(its .pt or .json file\). {USE_ANOTHER}'):
+        load_checkpoint(path)
+
+
+def test_a_missing_tensor_file_with_its_metadata_is_incomplete(tmp_path: Path) -> None:
+    path = write(tmp_path, 1)
+    path.unlink()
+    with pytest.raises(CheckpointError, match=rf"{path.name} is missing; its metadata file exists but the checkpoint is incomplete. {USE_ANOTHER}"):
+        load_checkpoint(path)
+
+
+def test_a_file_torch_cannot_read_is_corrupt_or_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint-000001-epoch0-batch0.pt"
+    forge(path, b"PK\x03\x04" + b"not a zip archive" * 4)
+    with pytest.raises(CheckpointError, match=rf"{path.name} is corrupt or not a checkpoint: RuntimeError: PytorchStreamReader failed .*[^.]\. {USE_ANOTHER}$"):
+        load_checkpoint(path)
+
+
+def test_a_file_that_holds_no_dict_is_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint-000001-epoch0-batch0.pt"
+    torch.save([1, 2], path)
+    forge(path, path.read_bytes())
+    with pytest.raises(CheckpointError, match=rf"{path.name} holds a list, not a checkpoint's dict: it was not written by a Checkpointer. {USE_ANOTHER}"):
+        load_checkpoint(path)
 
 
 def test_a_newer_format_version_says_to_upgrade(tmp_path: Path) -> None:

@@ -18,15 +18,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
-from cadence import READ, Callback, Learner, Recorder, on
+from cadence import READ, WRITE, Callback, CycleError, DeclarationError, Learner, Recorder, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
 from cadence.callbacks.scheduler import Scheduler
 from cadence.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
-from cadence.events import BatchEnd, Event, FitBegin, FitEnd
+from cadence.events import BatchEnd, EpochBegin, Event, FitBegin, FitEnd
 from cadence.phases import Phase, TrainingPhase
+from cadence.saver import CheckpointSaver, check_savers
 from cadence.schedules import cosine
 from cadence.testing import make_test_learner
 
@@ -244,12 +245,12 @@ def test_a_missing_path_names_it(tmp_path: Path) -> None:
 
 
 def test_an_empty_folder_is_an_error_when_named(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"the folder has no checkpoint"):
+    with pytest.raises(CheckpointError, match=r"the folder has no checkpoint. Pass the folder a Checkpointer saved to, or leave out resume= to start from the beginning."):
         make_test_learner().fit(1, resume=tmp_path)
 
 
 def test_resume_must_be_a_path() -> None:
-    with pytest.raises(TypeError, match=r'fit\(resume=...\) expects "latest", a checkpoint\'s path or a folder of checkpoints; got int'):
+    with pytest.raises(TypeError, match=r'fit\(resume=...\) expects "latest", a checkpoint\'s path or a folder of checkpoints; got int. Pass e.g. resume="latest" \(with a Checkpointer\), resume="checkpoints" or resume="checkpoints/checkpoint-000012-epoch3-batch40.pt".'):
         make_test_learner().fit(1, resume=3)  # type: ignore[arg-type]
 
 
@@ -280,6 +281,28 @@ def test_a_different_optimizer_is_an_error(tmp_path: Path, checkpoint: Path) -> 
     learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)
     with pytest.raises(CheckpointError, match=r"holds the state of a torch.optim.adam.Adam, but the learner's optimizer is a torch.optim.sgd.SGD"):
         learner.fit(2, resume=checkpoint)
+
+
+def test_a_cbstate_entry_the_learner_lacks_is_an_error_with_the_fix(tmp_path: Path) -> None:
+    class Tally:
+        def __init__(self) -> None:
+            self.count = 0
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"count": self.count}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.count = state["count"]
+
+    class Tallier(Callback):
+        state_access = {"cbstate.tally": WRITE}
+
+        def init(self, learner: Any) -> None:
+            learner.cbstate.tally = Tally()
+
+    make_test_learner(Tallier(), Checkpointer(tmp_path), n_batches=2).fit(1)
+    with pytest.raises(CheckpointError, match=r"checkpoint-000001-epoch1-batch0.pt holds cbstate.tally, but this learner has no such entry; add the callback that creates it in its init\(\) \(the checkpoint was taken with Tallier, Checkpointer\)."):
+        make_test_learner(Checkpointer(tmp_path), n_batches=2).fit(2, resume="latest")
 
 
 def test_a_checkpoint_past_the_end_is_an_error(tmp_path: Path, checkpoint: Path) -> None:
@@ -423,3 +446,77 @@ def test_an_optimizer_over_other_parameters_is_an_error(tmp_path: Path, checkpoi
     learner.optimizer = torch.optim.Adam(learner.model[0].parameters())  # type: ignore[index]
     with pytest.raises(CheckpointError, match=r"holds an optimizer over parameter groups of sizes \[4\], but the learner's has \[2\]"):
         learner.fit(2, resume=checkpoint)
+
+
+# ---- EpochBegin.data, and the saver seen from the core ----------------------------------------
+
+
+class SetEpoch(Callback):
+    """What a DistributedSampler needs at every epoch: ``event.data.sampler.set_epoch(epoch)``."""
+
+    def __init__(self) -> None:
+        self.epoch, self.lengths = 0, []
+
+    @on(EpochBegin, phase=TrainingPhase)
+    def set_epoch(self, event: Event, phase: Phase, learner: Any) -> None:
+        event.data.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        self.lengths.append(len(event.data))  # type: ignore[arg-type]
+        self.epoch += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+
+
+def distributed_learner(folder: Path) -> Learner:
+    torch.manual_seed(0)
+    x = torch.randn(N, 3, generator=torch.Generator().manual_seed(1))
+    dataset = TensorDataset(x, x.sum(1, keepdim=True))
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=2)
+    train = DataLoader(dataset, batch_size=6, sampler=sampler)
+    model = torch.nn.Linear(3, 1)
+    callbacks = [LossLog(), SetEpoch(), Checkpointer(folder, every_steps=1, keep_last=100)]
+    return Learner(model, torch.nn.functional.mse_loss, torch.optim.SGD(model.parameters(), lr=0.05), data=(train, None), callbacks=callbacks)
+
+
+def test_epoch_begin_data_reads_through_to_the_data_with_a_checkpointer(tmp_path: Path) -> None:
+    reference = distributed_learner(tmp_path / "run")
+    reference.fit(3)
+    set_epoch = reference.get_callback(SetEpoch)
+    assert isinstance(set_epoch, SetEpoch) and set_epoch.lengths == [4, 4, 4]
+    losses = reference.get_callback(LossLog).losses  # type: ignore[union-attr]
+    assert losses[:4] != losses[4:8]  # set_epoch reshuffled
+    path = next(p for p in list_checkpoints(tmp_path / "run") if p.name.endswith("epoch1-batch2.pt"))
+    resumed = distributed_learner(tmp_path / "again")
+    resumed.fit(3, resume=path)
+    assert resumed.get_callback(LossLog).losses == losses  # type: ignore[union-attr]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), reference.model.parameters()))
+
+
+def test_the_core_modules_do_not_import_the_callbacks() -> None:
+    import ast
+
+    for name in ("resume", "saver", "snapshot", "checkpoint", "replay", "rng"):
+        tree = ast.parse((HERE.parent / "src" / "cadence" / f"{name}.py").read_text())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith("cadence.callbacks")], name
+    assert isinstance(Checkpointer("checkpoints"), CheckpointSaver)
+
+
+def test_a_second_saver_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DeclarationError, match=r"A learner takes one Checkpointer; got Checkpointer#1\('.*a'\), Checkpointer#2\('.*b'\). Keep one: it saves the whole learner \(model, optimizer, every callback's state\), and its every_epochs and every_steps can both be set, e.g. Checkpointer\(\"checkpoints\", every_epochs=1, every_steps=500\)."):
+        check_savers([Recorder(), Checkpointer(tmp_path / "a"), Checkpointer(tmp_path / "b")])
+
+
+@pytest.mark.parametrize("named", [Checkpointer, Callback])
+def test_running_after_the_checkpointer_is_refused_with_the_fix(tmp_path: Path, named: type) -> None:
+    class Upload(Callback):
+        run_after = (named,)
+
+    with pytest.raises(CycleError, match=rf"Upload.run_after includes {named.__name__}, which matches the Checkpointer, but Checkpointer.run_after includes Callback: it runs after every other callback, so that a checkpoint holds what they all did at that event; Upload cannot also run after it. Remove {named.__name__} from Upload.run_after; to use a checkpoint it saved, handle a later event \(the next BatchBegin, or FitEnd\) and look in Checkpointer.folder."):
+        check_savers([Checkpointer(tmp_path), Upload()])
+    check_savers([Checkpointer(tmp_path), Recorder()])  # the usual case passes
+    check_savers([Upload()])  # and so does a learner without a saver

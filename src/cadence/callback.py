@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -12,7 +13,16 @@ from cadence.errors import DeclarationError
 from cadence.events import Event
 from cadence.phases import Phase
 
-__all__ = ["Callback", "Handler", "NoConflict", "Resolution", "RunFirst", "Unresolvable", "on"]
+__all__ = [
+    "Callback",
+    "Handler",
+    "NoConflict",
+    "Resolution",
+    "RunFirst",
+    "Unresolvable",
+    "callback_labels",
+    "on",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MARK = "__cadence_on__"
@@ -240,3 +250,15 @@ def _pick_from(
         return best[0].name
     a, b = best[:2]
     raise DeclarationError(_ambiguity(owner, event, phase, a, b))
+
+
+def callback_labels(callbacks: Iterable[Callback]) -> list[str]:
+    """Labels as errors and ``explain()`` show them: the class name, numbered when repeated
+    (``["Recorder", "Printer#1", "Printer#2"]``). Checkpoints match callback states by label."""
+    names = [type(cb).__name__ for cb in callbacks]
+    counts, seen = Counter(names), Counter[str]()
+    labels = []
+    for name in names:
+        seen[name] += 1
+        labels.append(name if counts[name] == 1 else f"{name}#{seen[name]}")
+    return labels

@@ -52,6 +52,7 @@ FORMAT = "cadence-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d+)(-|\.)")
 _REFUSED = re.compile(r"GLOBAL (\S+)")
+_USE_ANOTHER = 'Use another checkpoint, e.g. fit(..., resume="latest") falls back to the newest intact one.'
 
 StrPath = str | os.PathLike[str]
 
@@ -169,15 +170,17 @@ def _read_meta(meta_file: Path, tensors: Path) -> dict[str, Any]:
     if not meta_file.is_file():
         raise CheckpointError(
             f"{tensors} is not a committed cadence checkpoint: {meta_file.name} is missing (a crash "
-            f"between writing the two files leaves this). Use another checkpoint, e.g. "
-            f'fit(..., resume="latest").'
+            f"between writing the two files leaves this). {_USE_ANOTHER}"
         )
     try:
         meta = json.loads(meta_file.read_text())
     except (ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{meta_file} is corrupt ({error}); use another checkpoint.") from None
+        raise CheckpointError(f"{meta_file} is corrupt ({error}). {_USE_ANOTHER}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_file} is not cadence checkpoint metadata (no \"format\": \"{FORMAT}\").")
+        raise CheckpointError(
+            f"{meta_file} is not cadence checkpoint metadata (no \"format\": \"{FORMAT}\"). Pass a "
+            f"checkpoint a Checkpointer wrote (its .pt or .json file). {_USE_ANOTHER}"
+        )
     if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
         raise CheckpointError(
             f"{meta_file} has format version {meta.get('version')!r}; this cadence reads version "
@@ -189,20 +192,20 @@ def _read_meta(meta_file: Path, tensors: Path) -> dict[str, Any]:
 def _verify(tensors: Path, meta: Mapping[str, Any]) -> None:
     if not tensors.is_file():
         raise CheckpointError(
-            f"{tensors} is missing; its metadata file exists but the checkpoint is incomplete."
+            f"{tensors} is missing; its metadata file exists but the checkpoint is incomplete. "
+            f"{_USE_ANOTHER}"
         )
     size = tensors.stat().st_size
     if size != meta.get("bytes"):
         raise CheckpointError(
             f"{tensors} is truncated or corrupt: it has {size} bytes, its metadata says "
-            f"{meta.get('bytes')}. Use another checkpoint, e.g. fit(..., resume=\"latest\")."
+            f"{meta.get('bytes')}. {_USE_ANOTHER}"
         )
     with open(tensors, "rb") as file:
         digest = hashlib.file_digest(file, "sha256").hexdigest()
     if digest != meta.get("sha256"):
         raise CheckpointError(
-            f"{tensors} is corrupt: its SHA-256 does not match its metadata. Use another "
-            f'checkpoint, e.g. fit(..., resume="latest").'
+            f"{tensors} is corrupt: its SHA-256 does not match its metadata. {_USE_ANOTHER}"
         )
 
 
@@ -227,8 +230,9 @@ def load_tensors(path: StrPath) -> Any:
             f"by cadence; a state_dict() must hold tensors, numbers, strings, lists and dicts."
         ) from None
     except Exception as error:
-        problem = f"{type(error).__name__}: {error}"
-        raise CheckpointError(f"{path} is corrupt or not a checkpoint: {problem}") from None
+        lines = str(error).strip().splitlines()
+        problem = f"{type(error).__name__}: {lines[0].rstrip('.')}" if lines else type(error).__name__
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint: {problem}. {_USE_ANOTHER}") from None
 
 
 def load_checkpoint(path: StrPath) -> Checkpoint:
@@ -244,7 +248,10 @@ def load_checkpoint(path: StrPath) -> Checkpoint:
     _verify(tensors, meta)
     state = load_tensors(tensors)
     if not isinstance(state, dict):
-        raise CheckpointError(f"{tensors} holds a {type(state).__name__}, not a checkpoint's dict.")
+        raise CheckpointError(
+            f"{tensors} holds a {type(state).__name__}, not a checkpoint's dict: it was not written "
+            f"by a Checkpointer. {_USE_ANOTHER}"
+        )
     return Checkpoint(tensors, meta, state)
 
 

@@ -14,13 +14,13 @@ Callbacks with no constraint between them keep the order the user gave.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict, deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cadence.access import AccessSet, Path, dotted, parse_state_access
-from cadence.callback import PRODUCERS, Callback
+from cadence.callback import PRODUCERS, Callback, callback_labels
 from cadence.conflicts import Resolver
 from cadence.errors import CycleError, DeclarationError, MissingStateError
 from cadence.events import Event
@@ -83,17 +83,6 @@ class _WriteIndex:
         return found
 
 
-def _labels(callbacks: Sequence[Callback]) -> tuple[str, ...]:
-    counts = Counter(type(cb).__name__ for cb in callbacks)
-    seen: Counter[str] = Counter()
-    labels = []
-    for cb in callbacks:
-        name = type(cb).__name__
-        seen[name] += 1
-        labels.append(name if counts[name] == 1 else f"{name}#{seen[name]}")
-    return tuple(labels)
-
-
 class CallbackGraph:
     """Validates a list of callbacks and builds their plans.
 
@@ -104,7 +93,7 @@ class CallbackGraph:
 
     def __init__(self, callbacks: Sequence[Callback]) -> None:
         self.callbacks = tuple(callbacks)
-        self.labels = _labels(self.callbacks)
+        self.labels = tuple(callback_labels(self.callbacks))
         self.accesses = tuple(
             parse_state_access(label, cb.state_access) for label, cb in zip(self.labels, self.callbacks)
         )

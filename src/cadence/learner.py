@@ -20,6 +20,7 @@ from cadence.executors import Executor, SerialExecutor
 from cadence.graph import CallbackGraph, Plan
 from cadence.phases import Phase, TrainingPhase, ValidationPhase, scope_error
 from cadence.resume import FitRun
+from cadence.saver import check_savers
 from cadence.state import Batch, CallbackState
 
 __all__ = ["Learner"]
@@ -293,6 +294,7 @@ class Learner:
     def _install(self, callbacks: Sequence[Callback], joining: Sequence[Callback]) -> None:
         """Validate and plan ``callbacks``; commit only if everything succeeds, then run the
         joining callbacks' ``init`` (producers first)."""
+        check_savers(callbacks)
         with _collector_paused():
             graph = CallbackGraph(callbacks)
             views, plans = self._plan_all(graph)

@@ -2,21 +2,22 @@
 iteration at a given batch without loading the batches before it.
 
 A DataLoader with ``shuffle=True`` draws its order from torch's global RNG (or from its
-``generator``) when an epoch's iterator starts. Restoring those RNG states as they were when the
-epoch started, then creating the iterator, gives the same order again; ``skip_batches`` then
-drops the first batches at the index level, so their samples are never loaded.
+``generator``) when an epoch's iterator starts; a ``DistributedSampler`` from its seed and the
+epoch last given to its ``set_epoch``. Restoring those as they were when the epoch started, then
+creating the iterator, gives the same order again; ``skip_batches`` then drops the first batches
+at the index level, so their samples are never loaded.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-__all__ = ["data_generators", "skip_batches"]
+__all__ = ["data_generators", "sampler_epochs", "set_sampler_epochs", "skip_batches"]
 
 
 def data_generators(data: object) -> dict[str, torch.Generator]:
@@ -47,6 +48,48 @@ def data_generators(data: object) -> dict[str, torch.Generator]:
 
 def _generator(sampler: object) -> object:
     return getattr(sampler, "generator", None)
+
+
+def _epoch_samplers(data: object) -> dict[str, Any]:
+    """A DataLoader's samplers that take ``set_epoch`` and keep an int ``epoch``, by path."""
+    found: dict[str, Any] = {}
+    if not isinstance(data, DataLoader):
+        return found
+    batch_sampler = data.batch_sampler
+    candidates = [
+        ("sampler", data.sampler),
+        ("batch_sampler", batch_sampler),
+        ("batch_sampler.sampler", getattr(batch_sampler, "sampler", None)),
+    ]
+    for name, sampler in candidates:
+        if (
+            callable(getattr(sampler, "set_epoch", None))
+            and type(getattr(sampler, "epoch", None)) is int
+            and not any(sampler is s for s in found.values())
+        ):
+            found[name] = sampler
+    return found
+
+
+def sampler_epochs(data: object) -> dict[str, int]:
+    """The ``epoch`` of each sampler of a DataLoader that takes ``set_epoch`` (a
+    ``DistributedSampler`` draws its order from its seed and that epoch), by attribute path.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, DistributedSampler
+        >>> sampler = DistributedSampler(range(8), num_replicas=1, rank=0)
+        >>> sampler.set_epoch(3)
+        >>> sampler_epochs(DataLoader(range(8), sampler=sampler))
+        {'sampler': 3}
+    """
+    return {name: sampler.epoch for name, sampler in _epoch_samplers(data).items()}
+
+
+def set_sampler_epochs(data: object, epochs: Mapping[str, int]) -> None:
+    """Give each sampler the epoch ``sampler_epochs`` found, through its ``set_epoch``."""
+    for name, sampler in _epoch_samplers(data).items():
+        if name in epochs:
+            sampler.set_epoch(int(epochs[name]))
 
 
 class _Remaining:

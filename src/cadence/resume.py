@@ -3,18 +3,24 @@ holds, and how a resumed fit gets back to exactly that point.
 
 The learner makes a ``FitRun`` per ``fit``. It counts the training batches drawn (only when
 there is a ``Checkpointer`` or a mid-epoch resume: the training data is then wrapped, which
-costs one generator step per batch), records the RNG states when each training epoch's
-iterator is created, and turns SIGTERM and Ctrl-C into a checkpoint at the next consistent
-point.
+costs one generator step per batch; the wrapper is what ``EpochBegin.data`` holds, and it
+forwards attribute reads and ``len()`` to the data, so ``event.data.sampler.set_epoch(epoch)``
+works as without it), records the RNG states when each training epoch's iterator is created,
+and turns SIGTERM and Ctrl-C into a checkpoint at the next consistent point.
+
+The callback that saves checkpoints is found by what it does, not by its class: any callback
+implementing ``cadence.saver.CheckpointSaver`` (``Checkpointer`` does), so that this core
+module does not depend on ``cadence.callbacks``.
 
 Resuming replays the events that lead to the checkpoint's position, then puts every piece of
 state back as it was there:
 
 - a checkpoint at an epoch boundary is restored right after ``FitBegin``;
 - a checkpoint in the middle of a training epoch is restored after that epoch's
-  ``EpochBegin``: the RNGs are set as they were when the epoch's iterator was created, the
-  iterator is created again (same shuffle), the batches already done are skipped
-  (``cadence.replay.skip_batches``), and the RNGs are set as they were at the checkpoint.
+  ``EpochBegin``: the RNGs (and a ``DistributedSampler``'s epoch) are set as they were when
+  the epoch's iterator was created, the iterator is created again (same shuffle), the batches
+  already done are skipped (``cadence.replay.skip_batches``), and the RNGs are set as they were
+  at the checkpoint.
 
 So ``FitBegin`` and ``EpochBegin`` handlers run as usual, and whatever they change that a
 checkpoint holds is then overwritten with the saved state.
@@ -26,21 +32,18 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cadence.callback import Callback
 from cadence.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint
 from cadence.errors import CancelFit
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
-from cadence.replay import data_generators, length, skip_batches
+from cadence.replay import data_generators, length, sampler_epochs, set_sampler_epochs, skip_batches
 from cadence.rng import capture_rng, restore_rng
+from cadence.saver import CheckpointSaver, find_saver
 from cadence.snapshot import capture_state, check_fits, restore_state
-
-if TYPE_CHECKING:
-    from cadence.callbacks.checkpointer import Checkpointer
 
 __all__ = ["FitRun"]
 
@@ -53,7 +56,8 @@ class FitRun:
     """Position, capture and restore for one ``fit``; built by the learner before ``FitBegin``.
 
     Attributes:
-        epoch: Index of the current training epoch (from 0, within this ``fit``).
+        epoch: Index of the current training epoch, from 0, counted over the whole run: a
+            ``fit`` resumed in its third epoch starts at 2, as ``range(n_epochs)`` does.
         batch: Training batches drawn so far in that epoch.
         step: Training batches drawn so far in the run (carried over by a resume).
         validates: Whether each training epoch is followed by validation.
@@ -65,9 +69,10 @@ class FitRun:
         self, learner: Any, n_epochs: int, train: Iterable[Any], validates: bool, resume: Resume | None
     ) -> None:
         self.learner, self.n_epochs, self.train, self.validates = learner, n_epochs, train, validates
-        self.checkpointer = _find_checkpointer(learner.callbacks)
+        self.checkpointer: CheckpointSaver | None = find_saver(learner.callbacks)
         self.epoch = self.batch = self.step = 0
         self.epoch_rng: dict[str, Any] | None = None
+        self.epoch_samplers: dict[str, int] = {}
         self.generators = data_generators(train)
         self.interrupted: str | None = None
         self.saved: Path | None = None
@@ -82,7 +87,7 @@ class FitRun:
         self._handlers: dict[int, Any] = {}
         self._install_signal_handlers()
         if self.checkpointer is not None:
-            self.checkpointer.attach(self)
+            self.checkpointer.attach_run(self)
 
     # ---- the learner's calls ------------------------------------------------------------------
 
@@ -109,12 +114,12 @@ class FitRun:
         return self._data
 
     def close(self) -> None:
-        """Before ``FitEnd``: put the previous signal handlers back and detach the Checkpointer."""
+        """Before ``FitEnd``: put the previous signal handlers back and detach the saver."""
         for signum, previous in self._handlers.items():
             signal.signal(signum, previous)
         self._handlers.clear()
         if self.checkpointer is not None:
-            self.checkpointer.detach(self)
+            self.checkpointer.detach_run(self)
 
     def outcome(self, result: CancelFit | None) -> CancelFit | None:
         """``fit``'s return value, unless a signal interrupted it: then, after ``FitEnd``, raise
@@ -147,10 +152,11 @@ class FitRun:
         state["rng"] = {"now": capture_rng(self.generators)}
         if not epoch_end:
             state["rng"]["epoch"] = self.epoch_rng
+            state["rng"]["samplers"] = self.epoch_samplers
         meta.update(position={"epoch": epoch, "batch": batch, "step": self.step}, n_epochs=self.n_epochs)
         return state, meta
 
-    def _extra(self) -> dict[str, Any]:
+    def _extra(self) -> Mapping[str, Any]:
         return self.checkpointer.extra if self.checkpointer is not None else {}
 
     # ---- resuming -----------------------------------------------------------------------------
@@ -170,12 +176,16 @@ class FitRun:
         if not isinstance(resume, (str, os.PathLike)):
             raise TypeError(
                 f'fit(resume=...) expects "latest", a checkpoint\'s path or a folder of checkpoints; '
-                f"got {type(resume).__name__}."
+                f'got {type(resume).__name__}. Pass e.g. resume="latest" (with a Checkpointer), '
+                f'resume="checkpoints" or resume="checkpoints/checkpoint-000012-epoch3-batch40.pt".'
             )
         if Path(resume).is_dir():
             found = latest_checkpoint(resume)
             if found is None:
-                raise CheckpointError(f"fit(resume={str(resume)!r}): the folder has no checkpoint.")
+                raise CheckpointError(
+                    f"fit(resume={str(resume)!r}): the folder has no checkpoint. Pass the folder a "
+                    f"Checkpointer saved to, or leave out resume= to start from the beginning."
+                )
             return found
         return load_checkpoint(resume)
 
@@ -216,7 +226,9 @@ class FitRun:
         self._resuming = None
         self._restore(checkpoint)
         rng = checkpoint.state["rng"]
-        self.epoch_rng = rng["epoch"]
+        self.epoch_rng, self.epoch_samplers = rng["epoch"], dict(rng.get("samplers", {}))
+        # An EpochBegin handler calling sampler.set_epoch ran before the restore, from fresh state.
+        set_sampler_epochs(self.train, self.epoch_samplers)
         restore_rng(rng["epoch"], self.generators)
         return skip_batches(self.train, self.batch, lambda: restore_rng(rng["now"], self.generators))
 
@@ -259,12 +271,20 @@ class _Tracked:
             iterator = run.resume_mid_epoch()
         else:
             run.epoch_rng = capture_rng(run.generators)
+            run.epoch_samplers = sampler_epochs(self.data)
             run.batch = 0
             iterator = iter(self.data)
         for batch in iterator:
             run.batch += 1
             run.step += 1
             yield batch
+
+    def __getattr__(self, name: str) -> Any:
+        # EpochBegin.data is this wrapper: handlers read the data's attributes through it
+        # (event.data.sampler.set_epoch(epoch) for a DistributedSampler).
+        if name in ("data", "run"):  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.data, name)
 
     def __repr__(self) -> str:
         return f"{self.data!r} (batches counted for checkpoints)"
@@ -293,9 +313,3 @@ def _check_structure(checkpoint: Checkpoint) -> None:
             f"{checkpoint.path} is not a checkpoint of a fit: {', '.join(broken)} missing or malformed. "
             f"Resume from a checkpoint a Checkpointer wrote."
         )
-
-
-def _find_checkpointer(callbacks: Iterable[Callback]) -> Checkpointer | None:
-    from cadence.callbacks.checkpointer import Checkpointer
-
-    return next((cb for cb in callbacks if isinstance(cb, Checkpointer)), None)

@@ -16,25 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from cadence.access import parse_state_access
-from cadence.callback import Callback
+from cadence.callback import Callback, callback_labels
 from cadence.checkpoint import Checkpoint, CheckpointError, check_plain
 
-__all__ = ["callback_labels", "capture_state", "check_fits", "restore_state"]
+__all__ = ["capture_state", "check_fits", "restore_state"]
 
 log = logging.getLogger(__name__)
-
-
-def callback_labels(callbacks: Iterable[Callback]) -> list[str]:
-    """Labels as errors and ``explain()`` show them: the class name, numbered when repeated
-    (``["Recorder", "Printer#1", "Printer#2"]``). Checkpoints match callback states by label."""
-    callbacks = list(callbacks)
-    names = [type(cb).__name__ for cb in callbacks]
-    seen: dict[str, int] = {}
-    labels = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        labels.append(name if names.count(name) == 1 else f"{name}#{seen[name]}")
-    return labels
 
 
 def _qualname(obj: object) -> str:
@@ -57,7 +44,10 @@ def capture_state(learner: Any, extra: Mapping[str, Any]) -> tuple[dict[str, Any
         states[label] = callback.state_dict()
         if not isinstance(states[label], dict):
             kind = type(states[label]).__name__
-            raise CheckpointError(f"{label}.state_dict() returned a {kind}; return a dict.")
+            raise CheckpointError(
+                f"{label}.state_dict() returned a {kind}; return a dict, e.g. "
+                f"{{\"count\": self.count}}, or {{}} when it keeps no state."
+            )
         check_plain(states[label], f"{label}.state_dict()")
     saved_extra = {}
     for name, obj in extra.items():
@@ -113,7 +103,7 @@ def restore_state(checkpoint: Checkpoint, learner: Any, extra: Mapping[str, Any]
     state, path = checkpoint.state, checkpoint.path
     learner.model.load_state_dict(state["model"])
     learner.optimizer.load_state_dict(state["optimizer"])
-    _restore_cbstate(path, learner.cbstate, state["cbstate"])
+    _restore_cbstate(path, learner.cbstate, state["cbstate"], checkpoint.meta["callbacks"])
     for label, callback in _matching(checkpoint, list(learner.callbacks)).items():
         if label in state["callbacks"]:
             try:
@@ -161,14 +151,15 @@ def _capture_cbstate(cbstate: Any, callbacks: list[Callback], labels: list[str])
     return {"plain": plain, "objects": objects}
 
 
-def _restore_cbstate(path: Path, cbstate: Any, saved: dict[str, Any]) -> None:
+def _restore_cbstate(path: Path, cbstate: Any, saved: dict[str, Any], callbacks: Iterable[str]) -> None:
     for name, value in saved["plain"].items():
         setattr(cbstate, name, value)
     for name, state in saved["objects"].items():
         if name not in cbstate:
             raise CheckpointError(
                 f"{path} holds cbstate.{name}, but this learner has no such entry; add the callback "
-                f"that creates it."
+                f"that creates it in its init() (the checkpoint was taken with "
+                f"{', '.join(callbacks) or 'no callbacks'})."
             )
         getattr(cbstate, name).load_state_dict(state)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from cadence import READ, WRITE, Callback, CycleError, Metrics, Recorder, on
+from cadence import READ, WRITE, Callback, CycleError, DeclarationError, Metrics, Recorder, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from cadence.events import BatchEnd, EpochEnd, Event, FitEnd
@@ -93,9 +93,19 @@ def test_it_runs_after_every_other_callback(tmp_path: Path) -> None:
     assert "after Metrics: Checkpointer.run_after includes Metrics" in learner.explain(BatchEnd, TrainingPhase)
 
 
-def test_two_checkpointers_are_a_cycle_at_build(tmp_path: Path) -> None:
-    with pytest.raises(CycleError, match=r"Checkpointer#1 runs before Checkpointer#2: Checkpointer#2.run_after includes Checkpointer"):
+def test_two_checkpointers_are_refused_at_build(tmp_path: Path) -> None:
+    with pytest.raises(DeclarationError, match=r"A learner takes one Checkpointer; got Checkpointer#1\('.*a'\), Checkpointer#2\('.*b'\). Keep one: .* e.g. Checkpointer\(\"checkpoints\", every_epochs=1, every_steps=500\)."):
         make_test_learner(Checkpointer(tmp_path / "a"), Checkpointer(tmp_path / "b"))
+
+
+def test_a_callback_cannot_run_after_the_checkpointer(tmp_path: Path) -> None:
+    class Upload(Callback):
+        run_after = (Checkpointer,)
+
+    learner = make_test_learner(Checkpointer(tmp_path))
+    with pytest.raises(CycleError, match=r"Upload.run_after includes Checkpointer, which matches the Checkpointer, but Checkpointer.run_after includes Callback: .* Remove Checkpointer from Upload.run_after"):
+        learner.add_callback(Upload())
+    assert [type(cb) for cb in learner.callbacks] == [Checkpointer]
 
 
 def test_epochs_run_outside_fit_save_nothing(tmp_path: Path) -> None:
@@ -127,6 +137,16 @@ def test_a_callback_state_that_is_not_plain_data_names_the_callback(tmp_path: Pa
         learner.fit(1)
 
 
+def test_a_callback_state_that_is_not_a_dict_is_refused_with_the_fix(tmp_path: Path) -> None:
+    class Listed(Callback):
+        def state_dict(self) -> Any:
+            return [1, 2]
+
+    learner = make_test_learner(Listed(), Checkpointer(tmp_path), n_batches=2)
+    with pytest.raises(CheckpointError, match=r'Listed.state_dict\(\) returned a list; return a dict, e.g. \{"count": self.count\}, or \{\} when it keeps no state.'):
+        learner.fit(1)
+
+
 def test_a_cbstate_entry_nobody_saves_names_the_entry_and_its_writer(tmp_path: Path) -> None:
     class Thing:
         pass
@@ -138,7 +158,7 @@ def test_a_cbstate_entry_nobody_saves_names_the_entry_and_its_writer(tmp_path: P
             learner.cbstate.thing = Thing()
 
     learner = make_test_learner(Writer(), Checkpointer(tmp_path), n_batches=2)
-    with pytest.raises(CheckpointError, match=r"cbstate.thing holds a Thing, .* and Writer does not implement state_dict\(\). Save the entry"):
+    with pytest.raises(CheckpointError, match=r"cbstate.thing holds a Thing, which a checkpoint cannot save as is, and Writer does not implement state_dict\(\). Save the entry in that callback's state_dict\(\) and restore it in load_state_dict\(\), or give Thing state_dict\(\) and load_state_dict\(\) methods."):
         learner.fit(1)
 
 

@@ -4,13 +4,18 @@ per batch on an accelerator."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from cadence import CancelFit, Learner
+from cadence import WRITE, Callback, CancelFit, Learner, on
+from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.nan import StopOnNaNLoss
+from cadence.checkpoint import list_checkpoints
+from cadence.events import BackwardEnd, Event
+from cadence.phases import Phase, TrainingPhase
 from cadence.testing import make_test_learner, regression_batches
 
 
@@ -87,11 +92,58 @@ def test_state_dict_keeps_the_step_numbering() -> None:
     first = make_test_learner(StopOnNaNLoss())
     first.fit(1, data=(regression_batches(4, 4), None))
     state = first.get_callback(StopOnNaNLoss).state_dict()  # type: ignore[union-attr]
-    assert state == {"steps": 4, "epochs": 1}
+    assert state == {"steps": 4, "epochs": 1, "epoch_start": 0}
     callback = StopOnNaNLoss()
     callback.load_state_dict(state)
     result = make_test_learner(callback).fit(1, data=(poisoned({0: math.nan}), None))
     assert result is not None and "at step 5 (epoch 2, batch 1)" in result.reason
+
+
+def test_after_a_mid_epoch_resume_the_reason_names_the_batch_of_the_epoch(tmp_path: Path) -> None:
+    clean = regression_batches(4, 4)
+    make_test_learner(StopOnNaNLoss(), Checkpointer(tmp_path, every_steps=1, keep_last=100)).fit(2, data=(clean, None))
+    path = next(p for p in list_checkpoints(tmp_path) if p.name.endswith("epoch1-batch2.pt"))
+    resumed = make_test_learner(StopOnNaNLoss(), Checkpointer(tmp_path / "again"))
+    # The same data, but the last batch of the second epoch is poisoned.
+    result = resumed.fit(2, data=(poisoned({3: math.nan}, n_batches=4), None), resume=path)
+    assert result is not None
+    assert result.reason == "StopOnNaNLoss: the training loss is nan at step 8 (epoch 2, batch 4)."
+
+
+def test_a_state_saved_without_the_epoch_start_counts_batches_from_the_checkpoint() -> None:
+    callback = StopOnNaNLoss()
+    callback.load_state_dict({"steps": 6, "epochs": 2})
+    assert callback._epoch_start == 6
+
+
+class Unreduced(Callback):
+    """Hands StopOnNaNLoss a per-sample loss (the step itself ran on the scalar)."""
+
+    state_access = {"batch.loss": WRITE}
+
+    def __init__(self, shapes: list[int]) -> None:
+        self.shapes = shapes
+
+    @on(BackwardEnd, phase=TrainingPhase)
+    def widen(self, event: Event, phase: Phase, learner: Any) -> None:
+        learner.batch.loss = learner.batch.loss.expand(self.shapes.pop(0))
+
+
+SCALAR_FIX = r'Reduce the loss to a scalar in loss_fn, e.g. reduction="mean" or loss_fn=lambda y_pred, y: per_sample\(y_pred, y\).mean\(\).'
+
+
+@pytest.mark.parametrize(
+    ("callback", "shapes", "what"),
+    [
+        (StopOnNaNLoss(), [4], r"a tensor of shape \(4,\)"),
+        (OnDevice(check_every=2), [4, 4], r"a tensor of shape \(4,\)"),  # same shapes: they stack
+        (OnDevice(check_every=2), [4, 3], r"a tensor of shape \(3,\) and a tensor of shape \(4,\)"),
+    ],
+)
+def test_a_loss_that_is_not_a_scalar_is_a_clear_error(callback: StopOnNaNLoss, shapes: list[int], what: str) -> None:
+    learner = make_test_learner(Unreduced(shapes), callback)
+    with pytest.raises(ValueError, match=rf"StopOnNaNLoss checks one number per training batch, but batch.loss is {what}, not a scalar. {SCALAR_FIX}"):
+        learner.fit(1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

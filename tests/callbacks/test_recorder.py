@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from cadence import WRITE, CancelBatch, Callback, History, Recorder, on
 from cadence.events import BatchBegin, Event
@@ -69,3 +72,28 @@ def test_replacing_the_recorder_keeps_the_history() -> None:
 def test_history_is_slotted_and_small() -> None:
     assert not hasattr(History(), "__dict__")
     assert Recorder.state_access == {"cbstate.history": WRITE}
+
+
+@dataclass(frozen=True)
+class GanPhase(TrainingPhase):
+    mode: str = "d"
+
+
+@dataclass(frozen=True)
+class NeedsMode(TrainingPhase):
+    mode: str
+
+
+def test_two_phases_of_one_class_with_different_fields_cannot_be_saved_and_the_error_says_what_to_do() -> None:
+    recorder = Recorder()
+    learner = make_test_learner(recorder)
+    learner.cbstate.history[GanPhase("d")].steps = 1
+    learner.cbstate.history[GanPhase("g")].steps = 1
+    with pytest.raises(ValueError, match=r"Recorder.state_dict: cbstate.history has two GanPhase phases with different fields, GanPhase\(mode='d'\) and GanPhase\(mode='g'\); a checkpoint keeps one history per phase class, restored to GanPhase\(\). Give each variant a class of its own whose fields default to its values, e.g. @dataclass\(frozen=True\) class OtherGanPhase\(GanPhase\): mode: str = 'g'; and run OtherGanPhase\(\)."):
+        recorder.state_dict()
+
+
+def test_a_phase_that_needs_arguments_cannot_be_restored_and_the_error_says_what_to_do() -> None:
+    key = f"{NeedsMode.__module__}.{NeedsMode.__qualname__}"
+    with pytest.raises(ValueError, match=rf"Recorder.load_state_dict: the history names the phase {key}, which cannot be created without arguments \(.*missing 1 required positional argument: 'mode'\); Recorder restores each phase's history to NeedsMode\(\). Give every field of NeedsMode a default value."):
+        Recorder().load_state_dict({"history": {key: [1, 2, 3]}})

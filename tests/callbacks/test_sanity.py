@@ -1,17 +1,19 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from cadence import CadenceError, CancelFit, Learner
+from cadence import READ, CadenceError, Callback, CancelFit, Learner, on
 from cadence.callbacks.lambda_callback import LambdaCallback
 from cadence.callbacks.sanity import SanityCheck, SanityCheckError
-from cadence.events import Event, FitBegin
-from cadence.phases import Phase
+from cadence.events import BatchBegin, Event, FitBegin
+from cadence.phases import Phase, TrainingPhase
 from cadence.testing import make_test_learner, regression_batches
 
 BATCHES = regression_batches(4, 8)
@@ -232,3 +234,40 @@ def test_every_problem_in_one_message_and_nothing_trained() -> None:
     text = problems(learner)
     assert text.count("\n  ") == 2 and "1. train: model(x)" in text and "2. valid: Each batch" in text
     assert torch.equal(learner.model.weight, before)
+
+
+class Noisy1d(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Samples with noise from Python's and NumPy's RNGs, as random augmentation would add."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.tensor([index + random.random() + float(np.random.rand())])
+        return x, x.clone()
+
+
+def test_training_sees_the_same_batches_in_the_same_order_as_without_it() -> None:
+    from torch.utils.data import DataLoader, RandomSampler
+
+    def batches(*callbacks: Callback) -> list[list[float]]:
+        seen: list[list[float]] = []
+
+        class Order(Callback):
+            state_access = {"batch.x": READ}
+
+            @on(BatchBegin, phase=TrainingPhase)
+            def see(self, event: Event, phase: Phase, learner: Any) -> None:
+                seen.append(learner.batch.x.flatten().tolist())
+
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        # The training order comes from the loader's generator, the validation order from its
+        # sampler's own generator.
+        train = DataLoader(Noisy1d(), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3))
+        valid = DataLoader(Noisy1d(), batch_size=4, sampler=RandomSampler(Noisy1d(), generator=torch.Generator().manual_seed(4)))
+        learner = make_test_learner(Order(), *callbacks)
+        learner.data = (train, valid)
+        learner.fit(2)
+        return seen
+
+    assert batches(SanityCheck()) == batches()

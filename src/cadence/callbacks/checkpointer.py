@@ -39,7 +39,9 @@ class Checkpointer(Callback):
     see ``cadence.checkpoint`` for the files and ``cadence.resume`` for what a resume does.
 
     It runs after every other callback (``run_after = (Callback,)``), so a checkpoint holds
-    what they all did at that event; a learner has one ``Checkpointer``.
+    what they all did at that event. A learner takes one ``Checkpointer``, and no callback may
+    name it in its ``run_after``; both are refused when the learner is built. It implements
+    ``cadence.saver.CheckpointSaver``, through which ``fit`` drives it.
 
     Args:
         folder: Where the checkpoints go; created at the first save.
@@ -110,12 +112,12 @@ class Checkpointer(Callback):
         self._run: FitRun | None = None
         self._warned = False
 
-    def attach(self, run: FitRun) -> None:
-        """Called by the learner when ``fit`` starts: the run this callback saves."""
+    def attach_run(self, run: FitRun) -> None:
+        """Called by ``fit`` when it starts, before ``FitBegin``: the run this callback saves."""
         self._run = run
 
-    def detach(self, run: FitRun) -> None:
-        """Called by the learner when ``fit`` ends."""
+    def detach_run(self, run: FitRun) -> None:
+        """Called by ``fit`` when it ends, before ``FitEnd``."""
         if self._run is run:
             self._run = None
 

@@ -14,6 +14,20 @@ from cadence.phases import Phase, TrainingPhase
 __all__ = ["StopOnNaNLoss"]
 
 
+def _show(loss: object) -> str:
+    if isinstance(loss, torch.Tensor):
+        return f"a tensor of shape {tuple(loss.shape)}"
+    return f"a {type(loss).__name__}"
+
+
+def _not_a_scalar(what: str) -> ValueError:
+    return ValueError(
+        f"StopOnNaNLoss checks one number per training batch, but batch.loss is {what}, not a "
+        f"scalar. Reduce the loss to a scalar in loss_fn, e.g. reduction=\"mean\" or "
+        f"loss_fn=lambda y_pred, y: per_sample(y_pred, y).mean()."
+    )
+
+
 class StopOnNaNLoss(Callback):
     """Ends ``fit`` with ``CancelFit`` when a training batch's loss is NaN or infinite; the
     reason names the first such step.
@@ -61,7 +75,11 @@ class StopOnNaNLoss(Callback):
         if self._on_host is None:
             self._on_host = self._readable_at_once(loss)
         if self._on_host:
-            if not math.isfinite(loss):
+            try:
+                finite = math.isfinite(loss)
+            except (TypeError, ValueError, RuntimeError):  # no check on the normal path
+                raise _not_a_scalar(_show(loss)) from None
+            if not finite:
                 raise CancelFit(self._reason(self._steps, float(loss)))
             return
         pending = self._pending
@@ -83,7 +101,12 @@ class StopOnNaNLoss(Callback):
         if not pending:
             return
         first = self._steps - len(pending) + 1
-        losses = torch.stack(pending).float()
+        try:
+            losses = torch.stack(pending).float()
+        except RuntimeError:  # tensors of different shapes
+            raise _not_a_scalar(" and ".join(sorted({_show(p) for p in pending}))) from None
+        if losses.ndim != 1:
+            raise _not_a_scalar(_show(pending[0]))
         pending.clear()
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
@@ -97,9 +120,12 @@ class StopOnNaNLoss(Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The step and epoch counters, so that steps are named alike after a resume."""
-        return {"steps": self._steps, "epochs": self._epochs}
+        """The step and epoch counters and the step the current epoch began at, so that steps
+        and batches are named alike after a resume, mid-epoch too."""
+        return {"steps": self._steps, "epochs": self._epochs, "epoch_start": self._epoch_start}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
+        """Restore what ``state_dict`` returned. A state saved without ``epoch_start`` (before it
+        was saved) counts the batches of the resumed epoch from the checkpoint on."""
         self._steps, self._epochs = int(state["steps"]), int(state["epochs"])
+        self._epoch_start = int(state.get("epoch_start", self._steps))

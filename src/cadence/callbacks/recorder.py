@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from cadence import WRITE, Callback, on
@@ -77,13 +77,12 @@ class Recorder(Callback):
             [1, 2, 2]
         """
         saved: dict[str, list[int]] = {}
+        first: dict[str, Phase] = {}
         for phase, history in self._history.items():
             key = _name(type(phase))
             if key in saved:
-                raise ValueError(
-                    f"Recorder.state_dict: cbstate.history has two {type(phase).__name__} phases with "
-                    f"different fields; a checkpoint keeps one history per phase class."
-                )
+                raise ValueError(_two_phases(first[key], phase))
+            first[key] = phase
             saved[key] = [history.epochs, history.steps, history.steps_in_epoch]
         return {"history": saved}
 
@@ -97,13 +96,43 @@ class Recorder(Callback):
                     f"Recorder.load_state_dict: the history names the phase {key}, which is not "
                     f"defined; import the module that defines it before loading."
                 )
-            restored[classes[key]()] = History(int(epochs), int(steps), int(steps_in_epoch))
+            restored[_make(classes[key])] = History(int(epochs), int(steps), int(steps_in_epoch))
         self._history.clear()
         self._history.update(restored)
 
 
 def _name(kind: type) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _two_phases(a: Phase, b: Phase) -> str:
+    name = type(a).__name__
+    differing = [f for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+    example = "..."
+    if differing:
+        field = differing[0]
+        example = f"{field.name}: {_type_name(field.type)} = {getattr(b, field.name)!r}"
+    return (
+        f"Recorder.state_dict: cbstate.history has two {name} phases with different fields, {a!r} "
+        f"and {b!r}; a checkpoint keeps one history per phase class, restored to {name}(). Give "
+        f"each variant a class of its own whose fields default to its values, e.g. "
+        f"@dataclass(frozen=True) class Other{name}({name}): {example}; and run Other{name}()."
+    )
+
+
+def _type_name(annotation: object) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
+
+
+def _make(kind: type[Phase]) -> Phase:
+    try:
+        return kind()
+    except TypeError as error:
+        raise ValueError(
+            f"Recorder.load_state_dict: the history names the phase {_name(kind)}, which cannot be "
+            f"created without arguments ({error}); Recorder restores each phase's history to "
+            f"{kind.__name__}(). Give every field of {kind.__name__} a default value."
+        ) from None
 
 
 def _phase_classes() -> dict[str, type[Phase]]:

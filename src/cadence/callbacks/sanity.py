@@ -12,6 +12,8 @@ import torch
 from cadence import READ, CadenceError, Callback, on
 from cadence.events import FitBegin
 from cadence.phases import Phase, unpack
+from cadence.replay import data_generators
+from cadence.rng import capture_rng, restore_rng
 
 __all__ = ["SanityCheck", "SanityCheckError"]
 
@@ -33,7 +35,9 @@ class SanityCheck(Callback):
 
     Nothing changes: gradients are computed with ``torch.autograd.grad`` (no ``.grad`` is
     written), buffers such as BatchNorm statistics, module train/eval modes and the random
-    number generators are restored, and the optimizer is not touched. The training batch runs
+    number generators (Python's, NumPy's, torch's, and the generators a ``DataLoader`` draws
+    its shuffle from) are restored, so training sees the same batches in the same order as
+    without it, and the optimizer is not touched. The training batch runs
     in the model's current mode, the validation batch in eval mode under ``torch.no_grad()``.
     Tensors in ``x`` and ``y`` (also inside lists, tuples and dicts) are moved to the model's
     device first, as a device-moving callback such as ``ToDevice`` would. Other callbacks' handlers do not
@@ -72,15 +76,30 @@ class SanityCheck(Callback):
             return
         model, loss_fn = learner.model, learner.loss_fn
         problems: list[str] = []
-        devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
-        with torch.random.fork_rng(devices=devices):
+        # Taking a batch draws from the data's generators (a DataLoader(shuffle=True,
+        # generator=g) advances g): put every RNG back, so the first epoch's order is unchanged.
+        # CUDA's states are in it once CUDA is in use, as it is for a model on the GPU.
+        generators = _generators(data)
+        rng = capture_rng(generators)
+        try:
             for name, part in zip(("train", "valid"), data):
                 if part is not None:
                     problems += _check_data(name, part, n_epochs, model, loss_fn)
+        finally:
+            restore_rng(rng, generators)
         if problems:
             lines = "\n".join(f"  {i}. {problem}" for i, problem in enumerate(problems, 1))
             count = f"{len(problems)} problem{'s' * (len(problems) > 1)}"
             raise SanityCheckError(f"SanityCheck found {count} before the first epoch:\n{lines}")
+
+
+def _generators(data: Iterable[Any]) -> dict[str, torch.Generator]:
+    found: dict[str, torch.Generator] = {}
+    for name, part in zip(("train", "valid"), data):
+        for path, generator in data_generators(part).items():
+            if not any(generator is g for g in found.values()):
+                found[f"{name}.{path}"] = generator
+    return found
 
 
 def _check_data(name: str, data: Iterable[Any], n_epochs: int, model: torch.nn.Module, loss_fn: Any) -> list[str]:

@@ -1,0 +1,107 @@
+"""The callback that saves a fit's checkpoints, as the core sees it: a protocol, so that
+``cadence.resume`` drives ``Checkpointer`` without importing ``cadence.callbacks``, and the
+checks that keep a learner to one such callback, run when the learner is built."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
+
+from cadence.callback import Callback, callback_labels
+from cadence.errors import CycleError, DeclarationError
+
+if TYPE_CHECKING:
+    from cadence.resume import FitRun
+
+__all__ = ["CheckpointSaver", "check_savers", "find_saver"]
+
+
+@runtime_checkable
+class CheckpointSaver(Protocol):
+    """The callback that saves a fit's checkpoints, as ``FitRun`` sees it (``Checkpointer``).
+
+    Extending:
+        1. Subclass ``Callback`` and give it a ``folder`` (where ``resume="latest"``
+           looks) and an ``extra`` (name -> object with ``state_dict()``/``load_state_dict()``,
+           saved and restored with the learner's state).
+        2. Implement ``attach_run(run)``: called when ``fit`` starts, before ``FitBegin``, with
+           the ``FitRun`` whose ``capture()`` the callback then saves.
+        3. Implement ``detach_run(run)``: called when ``fit`` ends, before ``FitEnd``.
+        4. A learner takes one saver (``check_savers``).
+    """
+
+    @property
+    def folder(self) -> Path: ...
+
+    @property
+    def extra(self) -> Mapping[str, Any]: ...
+
+    def attach_run(self, run: FitRun) -> None: ...
+
+    def detach_run(self, run: FitRun) -> None: ...
+
+
+def check_savers(callbacks: Sequence[Callback]) -> None:
+    """Refuse what a learner's checkpoint saver cannot be combined with, with the fix: a second
+    saver, and a callback whose ``run_after`` names the saver while the saver runs after it
+    (``Checkpointer`` runs after every other callback), which would otherwise surface as a
+    bare ``CycleError``.
+
+    Raises:
+        DeclarationError: more than one saver.
+        CycleError: a callback's ``run_after`` names a saver that runs after it.
+    """
+    savers = [(i, cb) for i, cb in enumerate(callbacks) if _is_saver(cb)]
+    if not savers:
+        return
+    if len(savers) > 1:
+        labels = callback_labels(callbacks)
+        found = ", ".join(f"{labels[i]}({str(cb.folder)!r})" for i, cb in savers)
+        kind = type(savers[0][1]).__name__
+        raise DeclarationError(
+            f"A learner takes one {kind}; got {found}. Keep one: it saves the whole learner "
+            f"(model, optimizer, every callback's state), and its every_epochs and every_steps "
+            f"can both be set, e.g. {kind}(\"checkpoints\", every_epochs=1, every_steps=500)."
+        )
+    index, saver = savers[0]
+    kind = type(saver).__name__
+    for i, callback in enumerate(callbacks):
+        named = next((t for t in _types(callback.run_after) if isinstance(saver, t)), None)
+        if i == index or named is None:
+            continue
+        back = next((t for t in _types(callbacks[index].run_after) if isinstance(callback, t)), None)
+        if back is None:
+            continue
+        labels = callback_labels(callbacks)
+        why = (
+            f"{kind}.run_after includes Callback: it runs after every other callback, so that a "
+            f"checkpoint holds what they all did at that event"
+            if back is Callback
+            else f"{kind}.run_after includes {back.__name__}"
+        )
+        raise CycleError(
+            f"{labels[i]}.run_after includes {named.__name__}, which matches the {kind}, but "
+            f"{why}; {labels[i]} cannot also run after it. Remove {named.__name__} from "
+            f"{labels[i]}.run_after; to use a checkpoint it saved, handle a later event (the next "
+            f"BatchBegin, or FitEnd) and look in {kind}.folder."
+        )
+
+
+def _is_saver(callback: object) -> TypeGuard[CheckpointSaver]:
+    # The attribute test first: a runtime Protocol check costs more, and builds run this per callback.
+    return hasattr(type(callback), "attach_run") and isinstance(callback, CheckpointSaver)
+
+
+def _types(run_after: object) -> tuple[type, ...]:
+    # A malformed run_after is the graph's to report, with its own message.
+    if not isinstance(run_after, (tuple, list)):
+        return ()
+    return tuple(t for t in run_after if isinstance(t, type))
+
+
+def find_saver(callbacks: Sequence[Callback]) -> CheckpointSaver | None:
+    """The learner's saver, or None; ``check_savers`` first (the learner checks at build, a fit
+    checks again, cheaply)."""
+    check_savers(callbacks)
+    return next((cb for cb in callbacks if _is_saver(cb)), None)
