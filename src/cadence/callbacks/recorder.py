@@ -57,7 +57,7 @@ class Recorder(Callback):
 
     @on(BatchEnd)
     def batch_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        history = learner.cbstate.history[phase]
+        history = self._history[phase]  # the dict behind cbstate.history, without the view
         history.steps += 1
         history.steps_in_epoch += 1
 
