@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from cadence import Callback, Learner, on
-from cadence.events import Event
-from cadence.phases import Phase
+from cadence import READ, Callback, Learner, on
+from cadence.events import BatchEnd, Event
+from cadence.phases import Phase, TrainingPhase
 
 Entry = tuple[type[Event], type[Phase], str]
 
@@ -67,3 +67,22 @@ def linear_batches(
         (torch.randn(n, n_features, generator=generator), torch.randn(n, 1, generator=generator))
         for n in sizes
     ]
+
+
+class LossLog(Callback):
+    """Every training step's loss, kept in checkpoints so that a resumed run has the whole list."""
+
+    state_access = {"batch.loss": READ}
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def record(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.losses.append(float(learner.batch.loss))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.losses = [float(x) for x in state["losses"]]

@@ -39,29 +39,11 @@ from cadence.checkpoint import latest_checkpoint
 from cadence.events import BackwardEnd, BatchEnd, Event
 from cadence.phases import Phase, TrainingPhase
 from cadence.schedules import cosine
+from helpers import LossLog  # tests/ is this script's folder
 
 N_EPOCHS = 4
 BATCH_SIZE = 8
 N_TRAIN = 48  # 6 batches per epoch, 24 steps in all
-
-
-class LossLog(Callback):
-    """Every training step's loss; kept in checkpoints, so a resumed run has the whole list."""
-
-    state_access = {"batch.loss": READ}
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    @on(BatchEnd, phase=TrainingPhase)
-    def record(self, event: Event, phase: Phase, learner: Any) -> None:
-        self.losses.append(float(learner.batch.loss))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"losses": list(self.losses)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.losses = [float(x) for x in state["losses"]]
 
 
 class KillAt(Callback):

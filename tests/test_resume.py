@@ -30,28 +30,10 @@ from cadence.phases import Phase, TrainingPhase
 from cadence.saver import CheckpointSaver, check_savers
 from cadence.schedules import cosine
 from cadence.testing import make_test_learner
+from helpers import LossLog
 
 HERE = Path(__file__).resolve().parent
 N = 24  # samples: 4 training batches of 6 per epoch
-
-
-class LossLog(Callback):
-    """Every training step's loss, kept in checkpoints."""
-
-    state_access = {"batch.loss": READ}
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    @on(BatchEnd, phase=TrainingPhase)
-    def record(self, event: Event, phase: Phase, learner: Any) -> None:
-        self.losses.append(float(learner.batch.loss))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"losses": list(self.losses)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.losses = list(state["losses"])
 
 
 class Indexed(Dataset[tuple[torch.Tensor, torch.Tensor]]):

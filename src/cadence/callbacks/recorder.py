@@ -45,6 +45,9 @@ class Recorder(Callback):
     def __init__(self) -> None:
         self._history: defaultdict[Phase, History] = defaultdict(History)
 
+    # Handlers count through ``self._history``: the very dict published as cbstate.history
+    # (shared in init, restored in place by load_state_dict), reached without the view.
+
     def init(self, learner: Any) -> None:
         if "history" not in learner.cbstate:
             learner.cbstate.history = self._history
@@ -53,17 +56,17 @@ class Recorder(Callback):
 
     @on(EpochBegin)
     def epoch_begin(self, event: Event, phase: Phase, learner: Any) -> None:
-        learner.cbstate.history[phase].steps_in_epoch = 0
+        self._history[phase].steps_in_epoch = 0
 
     @on(BatchEnd)
     def batch_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        history = self._history[phase]  # the dict behind cbstate.history, without the view
+        history = self._history[phase]
         history.steps += 1
         history.steps_in_epoch += 1
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        learner.cbstate.history[phase].epochs += 1
+        self._history[phase].epochs += 1
 
     def state_dict(self) -> dict[str, Any]:
         """Each phase's history as plain data: ``{"history": {"module.PhaseClass": [epochs,
