@@ -19,8 +19,8 @@ from cadence.events import Event, FitBegin, FitEnd
 from cadence.executors import Executor, SerialExecutor
 from cadence.graph import CallbackGraph, Plan
 from cadence.phases import Phase, TrainingPhase, ValidationPhase, scope_error
-from cadence.resume import FitRun
-from cadence.saver import check_savers
+from cadence.checkpointing.resume import FitRun
+from cadence.checkpointing.saver import check_savers
 from cadence.state import Batch, CallbackState
 
 __all__ = ["Learner"]
@@ -156,7 +156,7 @@ class Learner:
             resume: Continue from a checkpoint: ``"latest"`` (the newest intact checkpoint in
                 the ``Checkpointer``'s folder; none yet starts from the beginning), a
                 checkpoint's path, or a folder of checkpoints. Training continues at the batch
-                after the checkpoint, with the same data order (see ``cadence.resume``).
+                after the checkpoint, with the same data order (see ``cadence.checkpointing.resume``).
 
         Returns:
             None when every epoch ran, or the ``CancelFit`` that stopped training (its

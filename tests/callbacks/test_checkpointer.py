@@ -14,7 +14,7 @@ import torch
 
 from cadence import READ, WRITE, Callback, CycleError, DeclarationError, Metrics, Recorder, on
 from cadence.callbacks.checkpointer import Checkpointer
-from cadence.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from cadence.checkpointing.files import CheckpointError, list_checkpoints, load_checkpoint
 from cadence.events import BatchEnd, EpochEnd, Event, FitEnd
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner

@@ -14,7 +14,7 @@ from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
 from cadence.callbacks.metrics import MetricSpec, MetricValues
 from cadence.callbacks.nan import StopOnNaNLoss
-from cadence.checkpoint import list_checkpoints
+from cadence.checkpointing.files import list_checkpoints
 from cadence.events import EpochEnd
 from cadence.phases import Phase, ValidationPhase
 from cadence.testing import make_test_learner, regression_batches

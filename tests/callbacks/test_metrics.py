@@ -15,7 +15,7 @@ from cadence import Callback, Learner, Metrics, on, READ
 from cadence.callbacks import metric_state
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.metrics import MetricSpec, MetricValues
-from cadence.checkpoint import CheckpointError, check_plain, list_checkpoints, load_checkpoint, write_checkpoint
+from cadence.checkpointing.files import CheckpointError, check_plain, list_checkpoints, load_checkpoint, write_checkpoint
 from cadence.events import BatchEnd
 from cadence.phases import TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner

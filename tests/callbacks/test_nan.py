@@ -13,7 +13,7 @@ import torch
 from cadence import WRITE, Callback, CancelFit, Learner, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.nan import StopOnNaNLoss
-from cadence.checkpoint import list_checkpoints
+from cadence.checkpointing.files import list_checkpoints
 from cadence.events import BackwardEnd, Event
 from cadence.phases import Phase, TrainingPhase
 from cadence.testing import make_test_learner, regression_batches

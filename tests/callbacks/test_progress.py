@@ -16,7 +16,7 @@ from cadence.callbacks import progress as progress_module
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.metrics_printer import MetricsPrinter
 from cadence.callbacks.progress import ProgressPrinter
-from cadence.checkpoint import list_checkpoints
+from cadence.checkpointing.files import list_checkpoints
 from cadence.events import BatchEnd
 from cadence.phases import TrainingPhase
 from cadence.testing import make_test_learner, regression_batches

@@ -10,15 +10,13 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cadence import READ, Callback, CancelFit, on
-from cadence.checkpoint import list_checkpoints, sequence_of, write_checkpoint
+from cadence.checkpointing.files import list_checkpoints, sequence_of, write_checkpoint
+from cadence.checkpointing.saver import FitProgress
 from cadence.events import BatchEnd, EpochEnd, Event
 from cadence.phases import Phase, TrainingPhase
-
-if TYPE_CHECKING:
-    from cadence.resume import FitRun
 
 __all__ = ["Checkpointer"]
 
@@ -36,12 +34,13 @@ class Checkpointer(Callback):
 
     A checkpoint holds the model, the optimizer, every callback's ``state_dict()``, the
     ``cbstate`` entries, the ``extra`` objects, the RNG states and the position in the data;
-    see ``cadence.checkpoint`` for the files and ``cadence.resume`` for what a resume does.
+    see ``cadence.checkpointing.files`` for the files and ``cadence.checkpointing.resume`` for
+    what a resume does.
 
     It runs after every other callback (``run_after = (Callback,)``), so a checkpoint holds
     what they all did at that event. A learner takes one ``Checkpointer``, and no callback may
     name it in its ``run_after``; both are refused when the learner is built. It implements
-    ``cadence.saver.CheckpointSaver``, through which ``fit`` drives it.
+    ``cadence.checkpointing.saver.CheckpointSaver``, through which ``fit`` drives it.
 
     Args:
         folder: Where the checkpoints go; created at the first save.
@@ -109,14 +108,14 @@ class Checkpointer(Callback):
         self.every_epochs, self.every_steps = every_epochs, every_steps
         self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, monitor, mode
         self.extra: dict[str, Any] = extra
-        self._run: FitRun | None = None
+        self._run: FitProgress | None = None
         self._warned = False
 
-    def attach_run(self, run: FitRun) -> None:
+    def attach_run(self, run: FitProgress) -> None:
         """Called by ``fit`` when it starts, before ``FitBegin``: the run this callback saves."""
         self._run = run
 
-    def detach_run(self, run: FitRun) -> None:
+    def detach_run(self, run: FitProgress) -> None:
         """Called by ``fit`` when it ends, before ``FitEnd``."""
         if self._run is run:
             self._run = None
@@ -141,11 +140,11 @@ class Checkpointer(Callback):
         if self.every_epochs is not None and (run.epoch + 1) % self.every_epochs == 0:
             self._save(run, learner, epoch_end=True, reason=f"every {self.every_epochs} epochs")
 
-    def _stop(self, run: FitRun, learner: Any, *, epoch_end: bool) -> None:
+    def _stop(self, run: FitProgress, learner: Any, *, epoch_end: bool) -> None:
         path = self._save(run, learner, epoch_end=epoch_end, reason=run.interrupted or "")
         raise CancelFit(f"{run.interrupted}: checkpoint saved to {path}")
 
-    def _save(self, run: FitRun, learner: Any, *, epoch_end: bool, reason: str) -> Path:
+    def _save(self, run: FitProgress, learner: Any, *, epoch_end: bool, reason: str) -> Path:
         """Write a checkpoint of ``run`` now, then drop the ones no longer kept."""
         started = time.perf_counter()
         state, meta = run.capture(epoch_end=epoch_end)

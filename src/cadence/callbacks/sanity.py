@@ -12,8 +12,8 @@ import torch
 from cadence import READ, CadenceError, Callback, on
 from cadence.events import FitBegin
 from cadence.phases import Phase, unpack
-from cadence.replay import data_generators
-from cadence.rng import capture_rng, restore_rng
+from cadence.checkpointing.replay import data_generators
+from cadence.checkpointing.rng import capture_rng, restore_rng
 
 __all__ = ["SanityCheck", "SanityCheckError"]
 

@@ -1,4 +1,4 @@
-"""A small training run for tests/test_resume.py, run in a subprocess so that it can be killed.
+"""A small training run for tests/checkpointing/test_resume.py, run in a subprocess so that it can be killed.
 
     python resume_script.py FOLDER OUT [--resume] [--kill-at STEP] [--kill-in-write MODE:N]
 
@@ -24,6 +24,7 @@ import os
 import random
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,11 +36,13 @@ from cadence import READ, Callback, Learner, Metrics, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
 from cadence.callbacks.scheduler import Scheduler
-from cadence.checkpoint import latest_checkpoint
+from cadence.checkpointing.files import latest_checkpoint
 from cadence.events import BackwardEnd, BatchEnd, Event
 from cadence.phases import Phase, TrainingPhase
 from cadence.schedules import cosine
-from helpers import LossLog  # tests/ is this script's folder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
+from helpers import LossLog  # noqa: E402  (tests/, put on the path above)
 
 N_EPOCHS = 4
 BATCH_SIZE = 8

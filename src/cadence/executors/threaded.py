@@ -29,7 +29,8 @@ import torch
 
 from cadence.errors import CancelSignal
 from cadence.events import Event, FitEnd
-from cadence.executors import Schedule, SerialExecutor, add_handler_note
+from cadence.executors.protocol import Schedule, add_handler_note
+from cadence.executors.serial import SerialExecutor
 from cadence.graph import HandlerCall, Plan
 from cadence.phases import Phase
 
@@ -128,7 +129,7 @@ class ThreadedExecutor:
         self.inline_below = float(inline_below)
         self._pool: ThreadPoolExecutor | None = None
         # Each executor keeps its own state per plan: decisions depend on its settings.
-        self._key = f"cadence.threaded.{next(_KEYS)}"
+        self._key = f"cadence.executors.threaded.{next(_KEYS)}"
 
     def run(self, plan: Plan, event: Event, phase: Phase) -> None:
         """Run the handlers of ``plan``; see the class docstring for the guarantees."""

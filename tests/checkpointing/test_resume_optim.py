@@ -20,7 +20,7 @@ from cadence import READ, Callback, Learner, on
 from cadence.callbacks.accumulation import GradientAccumulation
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.scheduler import Scheduler
-from cadence.checkpoint import list_checkpoints, load_checkpoint
+from cadence.checkpointing.files import list_checkpoints, load_checkpoint
 from cadence.events import BackwardEnd, Event
 from cadence.phases import Phase, TrainingPhase
 from cadence.schedules import cosine, linear

@@ -17,7 +17,7 @@ from typing import Any
 
 from cadence.access import parse_state_access
 from cadence.callback import Callback, callback_labels
-from cadence.checkpoint import Checkpoint, CheckpointError, check_plain
+from cadence.checkpointing.files import Checkpoint, CheckpointError, check_plain
 
 __all__ = ["capture_state", "check_fits", "restore_state"]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cadence import CadenceError
-from cadence.checkpoint import (
+from cadence.checkpointing.files import (
     CheckpointError,
     check_plain,
     latest_checkpoint,
@@ -23,7 +23,7 @@ from cadence.checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
-from cadence.rng import capture_rng, restore_rng
+from cadence.checkpointing.rng import capture_rng, restore_rng
 
 STATE = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "steps": [1, 2], "note": None}
 
@@ -174,7 +174,7 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path: Path) -> N
 
 
 def test_a_plain_pickle_is_refused_too(tmp_path: Path) -> None:
-    from cadence.checkpoint import load_tensors
+    from cadence.checkpointing.files import load_tensors
 
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pkl"
@@ -209,7 +209,7 @@ def test_latest_falls_back_to_the_newest_intact_one_and_says_so(
     third = write(tmp_path, 3)
     third.write_bytes(b"")
     second.with_suffix(".json").write_text("not json")
-    with caplog.at_level(logging.WARNING, logger="cadence.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="cadence.checkpointing.files"):
         found = latest_checkpoint(tmp_path)
     assert found is not None and found.sequence == 1
     text = caplog.text
@@ -266,7 +266,7 @@ def test_cuda_states_are_skipped_with_a_warning_without_cuda(caplog: pytest.LogC
         pytest.skip("checks the warning on a machine without CUDA")
     state = capture_rng()
     state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
-    with caplog.at_level(logging.WARNING, logger="cadence.rng"):
+    with caplog.at_level(logging.WARNING, logger="cadence.checkpointing.rng"):
         restore_rng(state)
     assert "RNG states for 1 CUDA device(s), which this machine lacks" in caplog.text
 

@@ -1,7 +1,4 @@
-"""Executors run a plan: the handlers of one (event, phase), in an order the graph allows.
-
-``SerialExecutor`` (the default) runs them one after another; ``ThreadedExecutor`` (in
-``cadence.threaded``, re-exported here) runs independent ones at the same time.
+"""The executor protocol, and the helpers both built-in executors share.
 
 The protocol is one method, ``run(plan, event, phase)``. An executor must:
 
@@ -23,12 +20,11 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from cadence.access import AccessSet, overlaps
-from cadence.errors import CancelSignal
 from cadence.events import Event
 from cadence.graph import Plan
 from cadence.phases import Phase
 
-__all__ = ["Executor", "Schedule", "SerialExecutor", "ThreadedExecutor", "add_handler_note", "conflicting"]
+__all__ = ["Executor", "Schedule", "add_handler_note", "conflicting"]
 
 
 @runtime_checkable
@@ -123,36 +119,3 @@ class Schedule:
             if members >> j & 1 and members & ((1 << j) - 1) & ~self.ancestors[j]:
                 return True
         return False
-
-
-class SerialExecutor:
-    """Runs the handlers one after another in plan order (the default).
-
-    Example:
-        >>> from cadence.testing import make_test_learner
-        >>> learner = make_test_learner(executor=SerialExecutor())
-        >>> learner.fit(1) is None
-        True
-    """
-
-    def run(self, plan: Plan, event: Event, phase: Phase) -> None:
-        # ThreadedExecutor copies this loop (its inline path, and a timed variant) instead of
-        # sharing one function: the call would add 20 to 40 ns, over a tenth of a two-handler event.
-        position = 0
-        try:
-            for handler, view in plan.calls:
-                handler(event, phase, view)
-                position += 1
-        except CancelSignal as signal:
-            signal.origin = plan.labels[position]
-            raise
-        except Exception as exc:
-            add_handler_note(exc, plan, position, event, phase)
-            raise
-
-    def __repr__(self) -> str:
-        return "SerialExecutor()"
-
-
-# Last: cadence.threaded builds on the names above.
-from cadence.threaded import ThreadedExecutor  # noqa: E402

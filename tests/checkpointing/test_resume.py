@@ -24,10 +24,10 @@ from cadence import READ, WRITE, Callback, CycleError, DeclarationError, Learner
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
 from cadence.callbacks.scheduler import Scheduler
-from cadence.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
+from cadence.checkpointing.files import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 from cadence.events import BatchEnd, EpochBegin, Event, FitBegin, FitEnd
 from cadence.phases import Phase, TrainingPhase
-from cadence.saver import CheckpointSaver, check_savers
+from cadence.checkpointing.saver import CheckpointSaver, check_savers
 from cadence.schedules import cosine
 from cadence.testing import make_test_learner
 from helpers import LossLog
@@ -145,7 +145,7 @@ def test_latest_resumes_from_the_newest_intact_checkpoint(tmp_path: Path, caplog
     newest = list_checkpoints(folder)[-1]
     assert newest.name.endswith("epoch1-batch3.pt") and not newest.exists()
     resumed = make_learner(folder, seed=3)
-    with caplog.at_level(logging.WARNING, logger="cadence.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="cadence.checkpointing.files"):
         resumed.fit(2, resume="latest")
     assert f"Skipping checkpoint {newest}" in caplog.text
     assert "Resuming from" in caplog.text and "epoch1-batch2.pt" in caplog.text
@@ -154,7 +154,7 @@ def test_latest_resumes_from_the_newest_intact_checkpoint(tmp_path: Path, caplog
 
 def test_latest_with_no_checkpoint_yet_starts_from_the_beginning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     learner = make_learner(tmp_path / "new")
-    with caplog.at_level(logging.INFO, logger="cadence.resume"):
+    with caplog.at_level(logging.INFO, logger="cadence.checkpointing.resume"):
         assert learner.fit(1, resume="latest") is None
     assert "No checkpoint in" in caplog.text and "starting from the beginning" in caplog.text
     assert len(outcome(learner)["losses"]) == 4
@@ -246,7 +246,7 @@ def test_a_missing_callback_with_state_is_an_error(tmp_path: Path, checkpoint: P
 def test_a_new_callback_with_state_starts_afresh_with_a_warning(tmp_path: Path, checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
     learner = make_learner(tmp_path / "other")
     learner.add_callback(EarlyStopping(monitor="train/loss"))
-    with caplog.at_level(logging.WARNING, logger="cadence.snapshot"):
+    with caplog.at_level(logging.WARNING, logger="cadence.checkpointing.snapshot"):
         learner.fit(2, resume=checkpoint)
     assert f"EarlyStopping#2 has no state in {checkpoint}: it starts afresh." in caplog.text
 
@@ -408,7 +408,7 @@ def test_a_resumed_epoch_cancelled_at_its_epoch_begin_still_restores(tmp_path: P
     path = next(p for p in list_checkpoints(tmp_path / "run") if p.name.endswith("epoch0-batch2.pt"))
     resumed = make_learner(tmp_path / "again", seed=9)
     resumed.add_callback(CancelFirst())
-    with caplog.at_level(logging.WARNING, logger="cadence.resume"):
+    with caplog.at_level(logging.WARNING, logger="cadence.checkpointing.resume"):
         resumed.fit(2, resume=path)
     assert "The resumed epoch 1 ended before its first batch; its rest was skipped." in caplog.text
     assert outcome(resumed)["losses"][:2] == load_checkpoint(path).state["callbacks"]["LossLog"]["losses"]
@@ -416,7 +416,7 @@ def test_a_resumed_epoch_cancelled_at_its_epoch_begin_still_restores(tmp_path: P
 
 
 def test_a_checkpoint_that_is_not_of_a_fit_is_refused(tmp_path: Path) -> None:
-    from cadence.checkpoint import write_checkpoint
+    from cadence.checkpointing.files import write_checkpoint
 
     path = write_checkpoint(tmp_path, "checkpoint-000001", {"model": {}}, {"position": {"epoch": -1}})
     with pytest.raises(CheckpointError, match=r"checkpoint-000001.pt is not a checkpoint of a fit: position, optimizer class, callback classes, rng, optimizer, callbacks, cbstate, extra missing or malformed. Resume from a checkpoint a Checkpointer wrote."):
@@ -480,11 +480,11 @@ def test_epoch_begin_data_reads_through_to_the_data_with_a_checkpointer(tmp_path
 def test_the_core_modules_do_not_import_the_callbacks() -> None:
     import ast
 
-    for name in ("resume", "saver", "snapshot", "checkpoint", "replay", "rng"):
-        tree = ast.parse((HERE.parent / "src" / "cadence" / f"{name}.py").read_text())
+    for module in (HERE.parents[1] / "src" / "cadence" / "checkpointing").glob("*.py"):
+        tree = ast.parse(module.read_text())
         imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-        assert not [m for m in imported if m.startswith("cadence.callbacks")], name
+        assert not [m for m in imported if m.startswith("cadence.callbacks")], module.name
     assert isinstance(Checkpointer("checkpoints"), CheckpointSaver)
 
 

@@ -1,20 +1,43 @@
-"""The callback that saves a fit's checkpoints, as the core sees it: a protocol, so that
-``cadence.resume`` drives ``Checkpointer`` without importing ``cadence.callbacks``, and the
+"""The callback that saves a fit's checkpoints and the fit it saves, as each sees the other:
+two protocols, so that ``cadence.checkpointing.resume`` drives ``Checkpointer`` without importing
+``cadence.callbacks`` and ``Checkpointer`` reads the fit without importing ``resume``; and the
 checks that keep a learner to one such callback, run when the learner is built."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from cadence.callback import Callback, callback_labels
 from cadence.errors import CycleError, DeclarationError
+from cadence.phases import Phase
 
-if TYPE_CHECKING:
-    from cadence.resume import FitRun
+__all__ = ["CheckpointSaver", "FitProgress", "check_savers", "find_saver"]
 
-__all__ = ["CheckpointSaver", "check_savers", "find_saver"]
+
+class FitProgress(Protocol):
+    """One ``fit`` as its saver sees it (``cadence.checkpointing.resume.FitRun`` implements it).
+
+    Attributes:
+        epoch: Index of the current training epoch, from 0, over the whole run.
+        step: Training batches drawn so far in the run.
+        interrupted: ``"SIGTERM"`` or ``"SIGINT"`` once one arrived, else None.
+        saved: The last checkpoint written during this fit; the saver sets it.
+    """
+
+    epoch: int
+    step: int
+    interrupted: str | None
+    saved: Path | None
+
+    def ends_epoch(self, phase: Phase) -> bool:
+        """Whether ``EpochEnd`` of ``phase`` completes a whole epoch (validation included)."""
+        ...
+
+    def capture(self, *, epoch_end: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What a checkpoint taken now holds: ``(state, meta)``."""
+        ...
 
 
 @runtime_checkable
@@ -26,7 +49,7 @@ class CheckpointSaver(Protocol):
            looks) and an ``extra`` (name -> object with ``state_dict()``/``load_state_dict()``,
            saved and restored with the learner's state).
         2. Implement ``attach_run(run)``: called when ``fit`` starts, before ``FitBegin``, with
-           the ``FitRun`` whose ``capture()`` the callback then saves.
+           the ``FitProgress`` (a ``FitRun``) whose ``capture()`` the callback then saves.
         3. Implement ``detach_run(run)``: called when ``fit`` ends, before ``FitEnd``.
         4. A learner takes one saver (``check_savers``).
     """
@@ -37,9 +60,9 @@ class CheckpointSaver(Protocol):
     @property
     def extra(self) -> Mapping[str, Any]: ...
 
-    def attach_run(self, run: FitRun) -> None: ...
+    def attach_run(self, run: FitProgress) -> None: ...
 
-    def detach_run(self, run: FitRun) -> None: ...
+    def detach_run(self, run: FitProgress) -> None: ...
 
 
 def check_savers(callbacks: Sequence[Callback]) -> None:

@@ -9,7 +9,7 @@ works as without it), records the RNG states when each training epoch's iterator
 and turns SIGTERM and Ctrl-C into a checkpoint at the next consistent point.
 
 The callback that saves checkpoints is found by what it does, not by its class: any callback
-implementing ``cadence.saver.CheckpointSaver`` (``Checkpointer`` does), so that this core
+implementing ``cadence.checkpointing.saver.CheckpointSaver`` (``Checkpointer`` does), so that this core
 module does not depend on ``cadence.callbacks``.
 
 Resuming replays the events that lead to the checkpoint's position, then puts every piece of
@@ -19,7 +19,7 @@ state back as it was there:
 - a checkpoint in the middle of a training epoch is restored after that epoch's
   ``EpochBegin``: the RNGs (and a ``DistributedSampler``'s epoch) are set as they were when
   the epoch's iterator was created, the iterator is created again (same shuffle), the batches
-  already done are skipped (``cadence.replay.skip_batches``), and the RNGs are set as they were
+  already done are skipped (``cadence.checkpointing.replay.skip_batches``), and the RNGs are set as they were
   at the checkpoint.
 
 So ``FitBegin`` and ``EpochBegin`` handlers run as usual, and whatever they change that a
@@ -37,13 +37,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cadence.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint
+from cadence.checkpointing.files import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint
 from cadence.errors import CancelFit
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
-from cadence.replay import data_generators, length, sampler_epochs, set_sampler_epochs, skip_batches
-from cadence.rng import capture_rng, restore_rng
-from cadence.saver import CheckpointSaver, find_saver
-from cadence.snapshot import capture_state, check_fits, restore_state
+from cadence.checkpointing.replay import data_generators, length, sampler_epochs, set_sampler_epochs, skip_batches
+from cadence.checkpointing.rng import capture_rng, restore_rng
+from cadence.checkpointing.saver import CheckpointSaver, find_saver
+from cadence.checkpointing.snapshot import capture_state, check_fits, restore_state
 
 __all__ = ["FitRun"]
 

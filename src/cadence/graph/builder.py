@@ -21,10 +21,10 @@ from typing import Any
 
 from cadence.access import AccessSet, Path, dotted, parse_state_access
 from cadence.callback import PRODUCERS, Callback, callback_labels
-from cadence.conflicts import Resolver
+from cadence.graph.conflicts import Resolver
 from cadence.errors import CycleError, DeclarationError, MissingStateError
 from cadence.events import Event
-from cadence.ordering import find_cycle, reaches, topological
+from cadence.graph.ordering import find_cycle, reaches, topological
 from cadence.phases import Phase, phases_firing
 
 __all__ = ["CallbackGraph", "Plan"]

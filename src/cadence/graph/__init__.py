@@ -1,0 +1,13 @@
+"""The callback graph: from the callbacks' declarations to one ordered plan per (event, phase).
+
+- ``builder``: open this first. ``CallbackGraph`` validates the callbacks (paths, missing
+  state, handlers that never fire) and builds each ``Plan``: its handlers in run order, with
+  the reason for every edge.
+- ``conflicts``: asks two writers of the same state how to order themselves
+  (``resolve_conflict``), once per pair.
+- ``ordering``: the graph algorithms (stable topological order, reachability, cycles).
+"""
+
+from cadence.graph.builder import CallbackGraph, HandlerCall, Plan
+
+__all__ = ["CallbackGraph", "HandlerCall", "Plan"]
