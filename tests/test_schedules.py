@@ -45,30 +45,66 @@ def test_steps_bounds_a_schedule_then_it_holds_its_end() -> None:
     assert values(cosine(1.0, 0.0, steps=3), 5) == pytest.approx([1.0, 0.5, 0.0, 0.0, 0.0])
 
 
-def test_cosine_matches_torch_cosine_annealing() -> None:
-    total = 11
-    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total - 1, eta_min=0.001), total)
-    assert values(cosine(0.1, 0.001), total) == pytest.approx(expected, rel=1e-6)
+@pytest.mark.parametrize(("total", "start", "end"), [(2, 0.1, 0.0), (3, 0.5, 0.01), (11, 0.1, 0.001), (64, 1.0, 0.2)])
+def test_cosine_matches_torch_cosine_annealing_step_by_step(total: int, start: float, end: float) -> None:
+    scheduler = lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total - 1, eta_min=end)  # noqa: E731
+    assert values(cosine(start, end), total) == pytest.approx(torch_lrs(scheduler, total, start), rel=1e-9, abs=1e-15)
+    # steps= spans fewer steps than the run: torch's T_max is steps - 1 there, then it rises again.
+    bounded = values(cosine(start, end, steps=total), total + 3)
+    assert bounded[:total] == pytest.approx(torch_lrs(scheduler, total, start), rel=1e-9, abs=1e-15)
+    assert bounded[total:] == [end] * 3
 
 
-def test_step_decay_matches_torch_step_lr() -> None:
-    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5), 10)
-    assert values(step_decay(0.1, every=3, gamma=0.5), 10) == pytest.approx(expected, rel=1e-9)
+@pytest.mark.parametrize(("every", "gamma", "total"), [(1, 0.5, 6), (3, 0.5, 10), (4, 0.1, 17), (7, 0.9, 30)])
+def test_step_decay_matches_torch_step_lr_step_by_step(every: int, gamma: float, total: int) -> None:
+    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=every, gamma=gamma), total, 0.2)
+    assert values(step_decay(0.2, every=every, gamma=gamma), total) == pytest.approx(expected, rel=1e-12)
 
 
-def test_one_cycle_rises_to_peak_then_falls_to_end() -> None:
-    schedule = one_cycle(1.0, warmup=0.25)
-    found = values(schedule, 101)
-    assert found[0] == pytest.approx(1.0 / 25)
-    assert max(found) == pytest.approx(1.0) and found.index(max(found)) == 25
-    assert found[-1] == pytest.approx(1.0 / 25 / 1e4)
-    assert all(a <= b for a, b in zip(found[:25], found[1:26]))
-    assert all(a >= b for a, b in zip(found[25:], found[26:]))
+def torch_one_cycle(total: int, **kwargs: float) -> tuple[list[float], list[float]]:
+    """OneCycleLR's learning rate and momentum at each step of a run of ``total`` steps."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, total_steps=total, **kwargs)
+    lrs, momenta = [], []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        momenta.append(optimizer.param_groups[0]["momentum"])
+        optimizer.step()
+        scheduler.step()
+    return lrs, momenta
 
 
-def test_one_cycle_cycles_momentum_the_other_way() -> None:
-    found = values(one_cycle(0.85, start=0.95, end=0.95, warmup=0.5), 5)
-    assert found == pytest.approx([0.95, 0.9, 0.85, 0.9, 0.95])
+def test_one_cycle_defaults_are_torch_one_cycle_lr_for_ten_steps() -> None:
+    # The case from the issue: the peak at step 2 as in torch (it was at step 3), 0.052 at step 1.
+    lrs, _ = torch_one_cycle(10, max_lr=0.1)
+    found = values(one_cycle(0.1), 10)
+    assert found == lrs
+    assert found.index(max(found)) == 2 and found[1] == pytest.approx(0.052)
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 7, 10, 11, 33, 100, 257])
+@pytest.mark.parametrize(
+    ("peak", "warmup", "div_factor", "final_div_factor"),
+    [(0.1, 0.3, 25.0, 1e4), (1.0, 0.25, 10.0, 100.0), (3e-3, 0.5, 25.0, 1e4), (0.5, 0.05, 4.0, 2.0), (0.2, 0.9, 5.0, 1e3)],
+)
+def test_one_cycle_equals_torch_one_cycle_lr_at_every_step(
+    total: int, peak: float, warmup: float, div_factor: float, final_div_factor: float
+) -> None:
+    if warmup * total == 1:
+        pytest.skip("torch divides by zero when the rise ends at step 0")
+    lrs, momenta = torch_one_cycle(
+        total, max_lr=peak, pct_start=warmup, div_factor=div_factor, final_div_factor=final_div_factor
+    )
+    start = peak / div_factor
+    assert values(one_cycle(peak, start=start, end=start / final_div_factor, warmup=warmup), total) == lrs
+    # Momentum, which torch cycles from 0.95 down to 0.85 and back by default:
+    assert values(one_cycle(0.85, start=0.95, end=0.95, warmup=warmup), total) == momenta
+
+
+def test_one_cycle_holds_its_end_past_the_run_and_peaks_when_the_rise_is_one_step() -> None:
+    schedule = one_cycle(1.0, start=0.1, end=0.01, warmup=0.1)
+    assert schedule(10, 10) == schedule(50, 10) == pytest.approx(0.01)
+    assert schedule(0, 10) == 1.0  # the rise ends at step 0.1 * 10 - 1 = 0, where torch divides by zero
 
 
 def test_linear_warmup_then_a_schedule_over_the_rest_of_the_run() -> None:

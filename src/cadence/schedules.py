@@ -117,13 +117,16 @@ class _OneCycle:
     warmup: float
 
     def __call__(self, step: int, total: int) -> float:
-        last = max(total - 1, 1)
-        turn = self.warmup * last
-        if step < turn:
-            t, a, b = step / turn, self.start, self.peak
+        # torch's OneCycleLR, term for term: the rise ends at step warmup * total - 1 (a float),
+        # the fall at total - 1, and the cosine is evaluated in its order of operations.
+        turn = float(self.warmup * total) - 1
+        if step <= turn:
+            begin, span, a, b = 0.0, turn, self.start, self.peak
         else:
-            t, a, b = min((step - turn) / max(last - turn, 1e-12), 1.0), self.peak, self.end
-        return b + (a - b) * (1 + math.cos(math.pi * t)) / 2
+            begin, span, a, b = turn, total - 1 - turn, self.peak, self.end
+        # span == 0 (a rise of one step) divides by zero in torch; here the peak is that step.
+        t = min((step - begin) / span, 1.0) if span > 0 else 1.0
+        return b + (a - b) / 2.0 * (math.cos(math.pi * t) + 1)
 
     def __repr__(self) -> str:
         return f"one_cycle({self.peak}, start={self.start}, end={self.end}, warmup={self.warmup})"
@@ -171,6 +174,12 @@ def cosine(start: float, end: float = 0.0, *, steps: int | None = None) -> Sched
     """Cosine annealing from ``start`` (step 0) to ``end`` (the last step of the run, or step
     ``steps - 1``, after which it stays at ``end``).
 
+    Over steps ``0`` to ``total - 1`` (or ``steps - 1``) it equals torch's
+    ``CosineAnnealingLR(optimizer, T_max=total - 1, eta_min=end)`` with ``start`` as the
+    optimizer's learning rate: torch's ``T_max`` counts the steps between ``start`` and ``end``,
+    one fewer than the steps of the span. After the span it holds ``end``, where torch's rises
+    again along the cosine.
+
     Example:
         >>> [round(cosine(0.1, 0.001)(step, total=3), 4) for step in range(3)]
         [0.1, 0.0505, 0.001]
@@ -179,7 +188,9 @@ def cosine(start: float, end: float = 0.0, *, steps: int | None = None) -> Sched
 
 
 def step_decay(start: float, *, every: int, gamma: float = 0.1) -> Schedule:
-    """``start`` multiplied by ``gamma`` once every ``every`` steps (torch's ``StepLR``).
+    """``start`` multiplied by ``gamma`` once every ``every`` steps: at every step, torch's
+    ``StepLR(optimizer, step_size=every, gamma=gamma)`` with ``start`` as the optimizer's
+    learning rate (up to rounding: torch multiplies step by step, this takes the power).
 
     Example:
         >>> [step_decay(1.0, every=2, gamma=0.5)(step, total=6) for step in range(6)]
@@ -194,14 +205,22 @@ def one_cycle(
     peak: float, *, start: float | None = None, end: float | None = None, warmup: float = 0.3
 ) -> Schedule:
     """The one-cycle policy: cosine from ``start`` up to ``peak`` over the first ``warmup``
-    fraction of the run, then cosine down to ``end`` at the last step. The defaults are
-    torch's ``OneCycleLR``: ``start = peak / 25``, ``end = start / 1e4``. For momentum, which
-    cycles the other way, give all three: ``one_cycle(0.85, start=0.95, end=0.95)``.
+    fraction of the run, then cosine down to ``end`` at the last step.
+
+    At every step of a run of ``total`` steps it equals torch's
+    ``OneCycleLR(optimizer, max_lr=peak, total_steps=total, pct_start=warmup,
+    div_factor=peak / start, final_div_factor=start / end)`` (cosine annealing, two phases), and
+    the defaults are that scheduler's: ``start = peak / 25``, ``end = start / 1e4``. As there,
+    the rise ends at step ``warmup * total - 1``, which need not be a whole step, so the peak
+    itself may fall between two steps. Two differences, both where torch has no value: past the
+    last step the schedule holds ``end`` (torch raises), and when the rise ends at step 0 that
+    step is the peak (torch divides by zero). For momentum, which cycles the other way, give
+    all three: ``one_cycle(0.85, start=0.95, end=0.95)`` is ``OneCycleLR``'s momentum cycle.
 
     Example:
         >>> schedule = one_cycle(1.0, start=0.1, end=0.0, warmup=0.5)
         >>> [round(schedule(step, total=5), 3) for step in range(5)]
-        [0.1, 0.55, 1.0, 0.5, 0.0]
+        [0.1, 0.775, 0.905, 0.345, 0.0]
     """
     peak = _number("one_cycle", "peak", peak)
     first = peak / 25 if start is None else _number("one_cycle", "start", start)
