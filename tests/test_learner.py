@@ -331,8 +331,8 @@ def test_optimizer_defaults_to_adam_over_the_model() -> None:
         ({"callbacks": [Recorder]}, TypeError, r"callbacks\[0\] got the class Recorder; pass an instance: Recorder\(\)\."),
         ({"callbacks": [Recorder(), print]}, TypeError, r"callbacks\[1\] got a builtin_function_or_method, not a Callback; subclass cadence\.Callback\."),
         ({"data": [1]}, TypeError, r"Learner\(data=\.\.\.\) expects \(train, valid\), each an iterable of \(x, y\) batches, valid may be None; got list\. For training data alone write data=\(train, None\)\."),
-        ({"data": (None, None)}, TypeError, r"Learner\(data=\.\.\.\): train must be an iterable of \(x, y\) batches; got NoneType\."),
-        ({"data": ([], 5)}, TypeError, r"Learner\(data=\.\.\.\): valid must be an iterable of \(x, y\) batches; got int\."),
+        ({"data": (None, None)}, TypeError, r"Learner\(data=\.\.\.\): train must be an iterable of \(x, y\) batches; got None, which is not iterable\. Pass a list of \(x, y\) batches or a DataLoader\."),
+        ({"data": ([], 5)}, TypeError, r"Learner\(data=\.\.\.\): valid must be an iterable of \(x, y\) batches; got an int \(5\), which is not iterable\."),
         ({"executor": object()}, TypeError, r"Learner\(executor=\.\.\.\) expects an object with run\(plan, event, phase\), such as SerialExecutor\(\); got object\."),
     ],
 )
@@ -363,7 +363,7 @@ def test_epoch_checks_its_arguments() -> None:
     learner = make_test_learner()
     with pytest.raises(TypeError, match=r"Expected a phase such as TrainingPhase\(\); got type\."):
         learner.epoch(TrainingPhase, [])  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"epoch\(phase, data\) expects an iterable of \(x, y\) batches; got int\."):
+    with pytest.raises(TypeError, match=r"epoch\(phase, data\): data must be an iterable of \(x, y\) batches; got an int \(3\), which is not iterable\."):
         learner.epoch(TrainingPhase(), 3)  # type: ignore[arg-type]
 
 

@@ -1,7 +1,8 @@
-"""cadence's exceptions and control-flow signals.
+"""cadence's exceptions, control-flow signals and warnings.
 
-Two separate families. Errors say something is wrong and how to fix it; signals are how a
-callback changes the course of training and are never errors::
+Two separate families of exceptions. Errors say something is wrong and how to fix it; signals
+are how a callback changes the course of training and are never errors. Warnings say that a
+run goes on but probably not as meant::
 
     Exception
     ├── CadenceError                       anything cadence rejects
@@ -17,6 +18,9 @@ callback changes the course of training and are never errors::
         ├── CancelBatch                    skip the rest of this batch
         ├── CancelEpoch                    skip the rest of this epoch
         └── CancelFit                      end training; ``fit`` returns the signal
+
+    UserWarning
+    └── DataWarning                        an epoch drew no batches (empty or used-up data)
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "ConflictError",
     "CycleError",
+    "DataWarning",
     "DeclarationError",
     "MissingStateError",
     "ProtectedAccessError",
@@ -71,6 +76,12 @@ class SignalScopeError(CadenceError):
 
 class CheckpointError(CadenceError):
     """A checkpoint cannot be written, read or used; the message names the file and the fix."""
+
+
+class DataWarning(UserWarning):
+    """The data looks wrong, though training can go on: an epoch drew no batches, because the
+    data is empty or is an iterator that an earlier epoch used up. Turn it into an error with
+    ``warnings.simplefilter("error", DataWarning)``."""
 
 
 class CancelSignal(Exception):

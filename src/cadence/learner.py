@@ -14,6 +14,7 @@ import torch
 
 from cadence.access import LearnerView
 from cadence.callback import Callback
+from cadence.diagnostics import check_data
 from cadence.errors import CadenceError, CancelBatch, CancelEpoch, CancelFit, CancelSignal
 from cadence.events import Event, FitBegin, FitEnd
 from cadence.executors import Executor, SerialExecutor
@@ -213,8 +214,7 @@ class Learner:
         ``CancelFit`` raised inside propagates to the caller (``fit`` handles it).
         """
         self._ensure_plans(phase)
-        if not isinstance(data, Iterable):
-            raise TypeError(f"epoch(phase, data) expects an iterable of (x, y) batches; got {type(data).__name__}.")
+        check_data(data, "epoch(phase, data): data")
         try:
             phase.run_epoch(self, data)
         except CancelBatch as signal:
@@ -415,8 +415,7 @@ def _check_data(data: object, where: str) -> Data:
     for name, part in (("train", train), ("valid", valid)):
         if part is None and name == "valid":
             continue
-        if not isinstance(part, Iterable):
-            raise TypeError(f"{where}: {name} must be an iterable of (x, y) batches; got {type(part).__name__}.")
+        check_data(part, f"{where}: {name}")
     return train, valid
 
 

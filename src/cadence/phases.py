@@ -14,7 +14,9 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
+from torch import Tensor
 
+from cadence.diagnostics import check_backward, check_loss, note_step_error, warn_no_batches
 from cadence.events import (
     BackwardBegin,
     BackwardEnd,
@@ -48,6 +50,7 @@ BACKWARD_BEGIN = BackwardBegin()
 BACKWARD_END = BackwardEnd()
 BATCH_END = BatchEnd()
 EPOCH_END = EpochEnd()
+_NO_BATCH = object()  # the loop variable of an epoch that drew nothing
 
 _batch_fields: set[str] = {f.name for f in fields(Batch)}
 
@@ -160,27 +163,38 @@ class Phase:
             self.step(loop, batch)
         except CancelBatch:
             pass
+        except Exception as exc:
+            note_step_error(exc, self, loop, in_epoch=False)
+            raise
 
     def run_epoch(self, loop: Loop, data: Iterable[Any]) -> None:
         """Run one epoch over ``data``: ``EpochBegin``, every batch, ``EpochEnd``.
 
-        ``CancelEpoch`` skips the rest of the epoch; ``EpochEnd`` still fires.
+        ``CancelEpoch`` skips the rest of the epoch; ``EpochEnd`` still fires. An epoch that
+        draws no batch from ``data`` is a ``DataWarning``, after its ``EpochEnd``.
         """
+        batch: object = None
         with self.epoch_context(loop):
             try:
                 loop.fire(EpochBegin(data), self)
                 step = self.step
+                batch = _NO_BATCH
                 for batch in data:
                     try:  # run_step, inlined: this loop is the hot path
                         step(loop, batch)
                     except CancelBatch:
                         pass
+                    except Exception as exc:
+                        note_step_error(exc, self, loop, in_epoch=True)
+                        raise
             except CancelEpoch:
                 pass
             try:
                 loop.fire(EPOCH_END, self)
             except CancelEpoch:
                 pass
+        if batch is _NO_BATCH:
+            warn_no_batches(self, data)
 
 
 @dataclass(frozen=True)
@@ -226,8 +240,14 @@ class TrainingPhase(Phase):
         state.y_pred = loop.model(state.x)
         fire(LOSS_BEGIN, self)
         state.loss = loop.loss_fn(state.y_pred, state.y)
+        if state.loss.__class__ is not Tensor or state.loss.ndim:  # the full check only then
+            check_loss(state.loss, self)
         fire(BACKWARD_BEGIN, self)
-        state.loss.backward()
+        try:
+            state.loss.backward()
+        except RuntimeError as exc:
+            check_backward(state.loss, self, exc)  # a loss without a graph: say so; else re-raise
+            raise
         state.loss = state.loss.detach()
         fire(BACKWARD_END, self)
         loop.optimizer.step()
@@ -266,6 +286,8 @@ class ValidationPhase(Phase):
         state.y_pred = loop.model(state.x)
         fire(LOSS_BEGIN, self)
         state.loss = loop.loss_fn(state.y_pred, state.y)
+        if state.loss.__class__ is not Tensor or state.loss.ndim:  # the full check only then
+            check_loss(state.loss, self)
         try:
             fire(BATCH_END, self)
         except CancelBatch as signal:  # the batch is evaluated: nothing left to cancel

@@ -264,11 +264,15 @@ class _Tracked:
 
     def __init__(self, data: Iterable[Any], run: FitRun) -> None:
         self.data, self.run = data, run
+        self.__wrapped__ = data  # what warnings about the data describe
+        self.batches_skipped_by_resume = 0  # a resumed epoch may have no batch left: no warning
 
     def __iter__(self) -> Iterator[Any]:
         run = self.run
+        self.batches_skipped_by_resume = 0
         if run._resuming is not None:
             iterator = run.resume_mid_epoch()
+            self.batches_skipped_by_resume = run.batch
         else:
             run.epoch_rng = capture_rng(run.generators)
             run.epoch_samplers = sampler_epochs(self.data)
@@ -282,7 +286,7 @@ class _Tracked:
     def __getattr__(self, name: str) -> Any:
         # EpochBegin.data is this wrapper: handlers read the data's attributes through it
         # (event.data.sampler.set_epoch(epoch) for a DistributedSampler).
-        if name in ("data", "run"):  # not set yet (copy, pickle): no recursion
+        if name in ("data", "run", "__wrapped__", "batches_skipped_by_resume"):  # not set yet (copy, pickle)
             raise AttributeError(name)
         return getattr(self.data, name)
 
