@@ -12,6 +12,7 @@ from cadence.access import parse_state_access
 from cadence.errors import DeclarationError
 from cadence.events import Event
 from cadence.phases import Phase
+from cadence.signatures import check_handler, constructor_repr
 
 __all__ = [
     "Callback",
@@ -168,7 +169,9 @@ class Callback:
         return _pick(type(self), event, phase)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        """``Name(arg, key=value)``: the constructor arguments that differ from their defaults,
+        read from the same-named attributes (``self.patience`` or ``self._patience``)."""
+        return constructor_repr(self)
 
 
 # cbstate entry -> the built-in callback that writes it, for MissingStateError's suggestion.
@@ -200,6 +203,7 @@ def _collect_handlers(cls: type[Callback]) -> tuple[Handler, ...]:
                 marks[name] = list(own)
     found: list[Handler] = []
     for name, pairs in marks.items():
+        check_handler(cls, name, [f"@on({e.__name__}, phase={p.__name__})" for e, p in pairs])
         for event, phase in pairs:
             found.append(Handler(event, phase, name))
     for i, a in enumerate(found):

@@ -108,5 +108,6 @@ def test_constructor_errors(kwargs: dict[str, Any], error: type[Exception], mess
 
 
 def test_repr() -> None:
-    assert repr(GradientClipping(1)) == "GradientClipping(max_norm=1.0, norm_type=2.0)"
+    assert repr(GradientClipping(1)) == "GradientClipping(max_norm=1.0)"
+    assert repr(GradientClipping(1, norm_type=1)) == "GradientClipping(max_norm=1.0, norm_type=1.0)"
     assert repr(GradientClipping(max_value=0.5)) == "GradientClipping(max_value=0.5)"

@@ -227,7 +227,8 @@ def test_constructor_errors() -> None:
         MixedPrecision(torch.float32)
     with pytest.raises(ValueError, match=r"device_type=...\) expects a device type autocast supports, such as 'cuda' or 'cpu'"):
         MixedPrecision(device_type="tpu9")
-    assert repr(MixedPrecision()) == "MixedPrecision(torch.bfloat16)"
+    assert repr(MixedPrecision()) == "MixedPrecision()"
+    assert repr(MixedPrecision(torch.float16, device_type="cpu")) == "MixedPrecision(dtype=torch.float16, device_type='cpu')"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")

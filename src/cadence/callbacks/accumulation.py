@@ -160,9 +160,6 @@ class GradientAccumulation(Callback):
             return RunFirst(self)
         return NotImplemented
 
-    def __repr__(self) -> str:
-        return f"GradientAccumulation({self.n})"
-
 
 def _checked(state: dict[str, Any], n: int) -> tuple[int, int, list[torch.Tensor | None]]:
     """``(count, seen, stash)`` from a ``state_dict()``, or a ValueError that says what is wrong."""

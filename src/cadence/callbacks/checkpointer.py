@@ -201,9 +201,6 @@ class Checkpointer(Callback):
             elif entry.suffix == ".pt" and entry not in listed and 0 <= sequence_of(entry) < newest:
                 entry.unlink(missing_ok=True)  # its .json was never written: a crash between the two
 
-    def __repr__(self) -> str:
-        return f"Checkpointer({str(self.folder)!r})"
-
 
 def _value(path: Path, monitor: str) -> float | None:
     try:

@@ -90,7 +90,3 @@ class GradientClipping(Callback):
         elif self.max_value is not None:
             torch.nn.utils.clip_grad_value_(parameters, self.max_value, foreach=self.foreach)
 
-    def __repr__(self) -> str:
-        if self.max_norm is not None:
-            return f"GradientClipping(max_norm={self.max_norm}, norm_type={self.norm_type})"
-        return f"GradientClipping(max_value={self.max_value})"

@@ -11,6 +11,7 @@ from cadence.callback import Handler
 from cadence.events import Event
 from cadence.graph import HandlerCall
 from cadence.phases import Phase
+from cadence.signatures import check_handler_function
 
 __all__ = ["LambdaCallback"]
 
@@ -35,7 +36,8 @@ class LambdaCallback(Callback):
         run_after: Callback types this one runs after, e.g. ``(Recorder,)``.
 
     Raises:
-        TypeError: ``fn`` is not callable, or ``event``/``phase`` is not an event/phase class.
+        TypeError: ``fn`` is not callable or cannot be called as ``fn(event, phase, learner)``,
+            or ``event``/``phase`` is not an event/phase class.
         DeclarationError: ``state_access`` is malformed.
 
     Example:
@@ -72,6 +74,7 @@ class LambdaCallback(Callback):
                 f"LambdaCallback(fn, ...) expects a function fn(event, phase, learner); got "
                 f"{type(fn).__name__}."
             )
+        check_handler_function(fn, "LambdaCallback(fn, ...)")
         name = getattr(fn, "__name__", "run")
         self.fn = fn
         self.event = _check_class(event, Event, "event", "BatchEnd")

@@ -136,6 +136,11 @@ class Metrics(Callback):
             for key, value in tracker.values().items():
                 epochs.setdefault(key, []).append(value)
 
+    def __repr__(self) -> str:
+        """The metrics by name, with their phases when limited: ``Metrics(accuracy[valid])``."""
+        names = [name + (f"[{', '.join(sorted(phases))}]" if phases else "") for name, phases, _ in self._specs]
+        return f"Metrics({', '.join(names)})"
+
     def state_dict(self) -> dict[str, Any]:
         """Every epoch's values, ``{"epochs": {key: [float, ...]}}``, and under ``"running"``,
         per phase name with an epoch under way, its state so far: ``count``, ``sums`` (the

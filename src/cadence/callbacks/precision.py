@@ -187,9 +187,6 @@ class MixedPrecision(Callback):
             else:
                 self._saved = dict(state["scaler"])
 
-    def __repr__(self) -> str:
-        return f"MixedPrecision({self.dtype})"
-
 
 def _autocast_available(device_type: str) -> bool:
     try:
