@@ -9,9 +9,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from cadence import Metrics
+from cadence import WRITE, Callback, Metrics, on
 from cadence.callbacks.metrics import MetricSpec
 from cadence.callbacks.metrics_printer import MetricsPrinter
+from cadence.events import EpochEnd, Event
+from cadence.phases import Phase, ValidationPhase
 from cadence.testing import make_test_learner, regression_batches
 
 
@@ -57,14 +59,50 @@ def test_a_phase_without_a_new_value_is_left_blank() -> None:
     assert out.getvalue().splitlines()[-1] == "    2      2.1785            "
 
 
-def test_a_table_on_a_terminal() -> None:
+def terminal_rows(epochs: dict[str, list[float]], numbers: range) -> list[str]:
+    return [f"{n:>6}{epochs['train/loss'][n - 1]:>13.4f}{epochs['valid/loss'][n - 1]:>13.4f} " for n in numbers]
+
+
+def test_a_table_on_a_terminal_has_its_header_once_per_fit() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, color_system=None, width=100)
     learner = make_test_learner(MetricsPrinter(console=console), Metrics(), lr=0.01)
+    learner.fit(3)
+    header = [" epoch   train/loss   valid/loss ", "─" * 33]
+    epochs = learner.cbstate.metrics.epochs
+    assert out.getvalue().splitlines() == [*header, *terminal_rows(epochs, range(1, 4))]
+    assert out.getvalue().splitlines()[2] == "     1       2.7706       2.4631 "
+    learner.fit(1)  # a new fit: the header again
+    assert out.getvalue().splitlines()[5:] == [*header, *terminal_rows(epochs, range(4, 5))]
+
+
+def test_on_a_terminal_new_columns_bring_a_new_header() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, color_system=None, width=100)
+
+    class Late(Callback):  # a metric that starts in epoch 2
+        state_access = {"cbstate.metrics": WRITE}
+        run_after = (Metrics,)
+
+        @on(EpochEnd, phase=ValidationPhase)
+        def add(self, event: Event, phase: Phase, learner: Any) -> None:
+            if learner.cbstate.metrics.epochs["valid/loss"][1:]:
+                learner.cbstate.metrics.epochs.setdefault("valid/late", []).append(0.5)
+
+    learner = make_test_learner(MetricsPrinter(console=console), Metrics(), Late(), lr=0.01)
+    learner.fit(3)
+    lines = [line.strip() for line in out.getvalue().splitlines()]
+    assert lines.count("epoch   train/loss   valid/loss") == 1
+    assert lines.count("epoch   train/loss   valid/loss   valid/late") == 1
+    assert lines[-1].endswith("0.5000") and lines[-1].startswith("3 ")
+
+
+def test_plain_text_has_its_header_once_per_fit_too() -> None:
+    printer, out = plain()
+    learner = make_test_learner(printer, Metrics(), lr=0.01)
     learner.fit(2)
-    lines = [line.strip() for line in out.getvalue().splitlines() if line.strip()]
-    assert lines.count("epoch   train/loss   valid/loss") == 2  # one table per epoch
-    assert "1       2.7706       2.4631" in lines and "2       2.2294       1.9819" in lines
+    learner.fit(1)
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["epoch", "1", "2", "epoch", "3"]
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ class FakeClock:
         return self.now
 
 
-LINE = r"{} epoch {}: {} batches, loss \d+\.\d{{4}}, \d+\.\d batches/s"
+LINE = r"{} epoch {}: {} batches, last batch loss \d+\.\d{{4}}, \d+\.\d batches/s"
 
 
 def test_plain_lines_when_the_output_is_not_a_terminal() -> None:
@@ -96,7 +96,7 @@ def test_a_bar_on_a_terminal() -> None:
     make_test_learner(printer).fit(1)
     text = out.getvalue()
     assert "train epoch 1" in text and "valid epoch 1" in text
-    assert "16/16" in text and "loss 0." in text and "batches/s" in text
+    assert "16/16" in text and "last batch loss 0." in text and "batches/s" in text
     assert printer._progress is None  # closed at the end of the epoch
 
 
@@ -201,5 +201,5 @@ def test_a_table_printed_on_the_same_console_appears_with_the_bars() -> None:
     learner = make_test_learner(MetricsPrinter(console=console), progress, Metrics(), lr=0.01)
     learner.fit(2)
     text = out.getvalue()
-    assert text.count("epoch   train/loss   valid/loss") == 2
+    assert text.count("epoch   train/loss   valid/loss") == 1  # the header once per fit
     assert "valid epoch 2" in text and progress._progress is None

@@ -8,7 +8,7 @@ from typing import Any
 import rich
 from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from cadence import READ, Callback, on
 from cadence.events import EpochBegin, EpochEnd, Event, FitEnd
@@ -26,8 +26,8 @@ class MetricsPrinter(Callback):
     no new value since the last row is left blank. ``epoch`` is the number of values the row's
     keys have (in a fit, the training epoch, counting those restored from a checkpoint).
 
-    On a terminal it prints a rich table per epoch; elsewhere (CI logs, pipes) plain aligned
-    text, with the header only when the columns change.
+    On a terminal it prints the rows of a rich table, elsewhere (CI logs, pipes) plain aligned
+    text; either way the header comes once per ``fit``, and again only when the columns change.
 
     Args:
         console: Where to print; rich's global console (standard output) by default.
@@ -50,7 +50,8 @@ class MetricsPrinter(Callback):
             raise ValueError(f"MetricsPrinter(digits=...) expects an int from 0 to 12; got {digits!r}.")
         self.console, self.digits = console, digits
         self._printed: dict[str, int] = {}  # key -> number of its values already printed
-        self._header: list[str] = []  # the columns of the last plain row
+        self._header: list[str] = []  # the columns under the last header printed
+        self._widths: list[int] = []  # and their widths, which the rows below it keep
         self._pending = False  # a training epoch ended and its row is not printed yet
 
     @on(EpochEnd, phase=TrainingPhase)
@@ -70,6 +71,7 @@ class MetricsPrinter(Callback):
     def fit_end(self, event: Event, phase: Phase, learner: Any) -> None:
         if self._pending:
             self._print_row(learner.cbstate.metrics.epochs)
+        self._header = []  # the next fit starts with a header
 
     def _print_row(self, epochs: dict[str, list[float]]) -> None:
         self._pending = False
@@ -80,18 +82,23 @@ class MetricsPrinter(Callback):
         columns = _columns(list(epochs))
         cells = [f"{max(len(v) for v in new.values())}"]
         cells += [self._format(new[k][-1]) if k in new else "" for k in columns]
+        header = columns != self._header
+        if header:
+            self._header, self._widths = columns, [5, *(max(len(c), 10) for c in columns)]
+        widths = self._widths
         console = self.console if self.console is not None else rich.get_console()
         if console.is_terminal or console.is_jupyter:
-            table = Table("epoch", *columns, box=box.SIMPLE_HEAD)
-            for column in table.columns:
-                column.justify = "right"
+            # One table per row, of the same column widths: only the first shows the header.
+            names = ["epoch", *columns]
+            table = Table(
+                *(Column(name, justify="right", min_width=width) for name, width in zip(names, widths)),
+                box=box.SIMPLE_HEAD, show_header=header, show_edge=False,
+            )
             table.add_row(*cells)
             console.print(table)
             return
-        widths = [5, *(max(len(c), 10) for c in columns)]
-        rows = [cells] if columns == self._header else [["epoch", *columns], cells]
+        rows = [["epoch", *columns], cells] if header else [cells]
         lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
-        self._header = columns
         console.out("\n".join(lines), highlight=False)
 
     def _format(self, value: float) -> str:

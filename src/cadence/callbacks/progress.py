@@ -39,7 +39,8 @@ class _Bars(dict[type[Phase], _Bar]):
 
 
 class ProgressPrinter(Callback):
-    """Shows each phase epoch's progress: batches done, the latest loss and batches per second.
+    """Shows each phase epoch's progress: batches done, the last batch's loss (labelled so; the
+    epoch's mean loss is ``MetricsPrinter``'s) and batches per second.
 
     On a terminal (or in Jupyter) it draws a rich progress bar; elsewhere (CI logs, pipes) it
     prints a plain line every ``line_seconds`` and one when the epoch ends. The total comes from
@@ -61,8 +62,8 @@ class ProgressPrinter(Callback):
         >>> from cadence.testing import make_test_learner
         >>> learner = make_test_learner(ProgressPrinter())
         >>> _ = learner.fit(1)  # doctest: +ELLIPSIS
-        train epoch 1: 16/16 batches, loss ..., ... batches/s
-        valid epoch 1: 16/16 batches, loss ..., ... batches/s
+        train epoch 1: 16/16 batches, last batch loss ..., ... batches/s
+        valid epoch 1: 16/16 batches, last batch loss ..., ... batches/s
     """
 
     state_access = {"batch.loss": READ}
@@ -106,7 +107,7 @@ class ProgressPrinter(Callback):
             if progress is None:
                 progress = self._progress = Progress(
                     TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+                    TextColumn("last batch loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
                     TimeElapsedColumn(), console=console, auto_refresh=False, transient=self.transient,
                 )
             bar.task = progress.add_task(bar.label, total=total, loss="-", rate="")
@@ -139,7 +140,7 @@ class ProgressPrinter(Callback):
             self._progress.update(bar.task, completed=bar.n, loss=shown, rate=rate, refresh=True)
         else:
             done = f"{bar.n}/{bar.total}" if bar.total is not None else f"{bar.n}"
-            self._console().out(f"{bar.label}: {done} batches, loss {shown}, {rate}", highlight=False)
+            self._console().out(f"{bar.label}: {done} batches, last batch loss {shown}, {rate}", highlight=False)
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
