@@ -83,11 +83,14 @@ class ThreadedExecutor:
     exactly as ``SerialExecutor`` runs them. Grad mode and, once CUDA is in use, the current
     CUDA stream are carried into the worker threads.
 
-    Failures: handlers already running finish; no handler that waits for the failed one
-    starts, nor any other once the failure has been seen. The exception of the failed handler
-    earliest in plan order then propagates with the same note as in serial execution (errors
-    take precedence over cancel signals; the other failures are added as notes), or the cancel
-    signal does, with ``origin`` set, and the learner acts on it as after a serial run.
+    Failures (an exception or a cancel signal) end as in serial execution: every handler that
+    comes before the earliest failing one in plan order runs (those not started yet run one by
+    one once the running ones have finished), and no handler after it starts once the failure
+    has been seen. The one difference: a handler after it that overlapped it, started before it
+    failed, has run. The exception of the failed handler earliest in plan order then propagates
+    with the same note as in serial execution (errors take precedence over cancel signals; the
+    other failures are added as notes), or the cancel signal does, with ``origin`` set, and the
+    learner acts on it as after a serial run.
     ``KeyboardInterrupt`` and ``SystemExit``, from a handler or while the executor waits for
     one, are handled the same way and take precedence over both: ``run`` raises them only once
     no handler of the event is running, so ``FitEnd`` handlers never overlap them. The worker
@@ -233,6 +236,7 @@ class ThreadedExecutor:
         if pool is None:
             pool = self._pool = ThreadPoolExecutor(self.max_workers - 1, thread_name_prefix="cadence")
         running = 0
+        started = 0  # bit mask of the handlers started
 
         def finished(position: int, exc: BaseException | None) -> None:
             if exc is not None:
@@ -257,8 +261,10 @@ class ThreadedExecutor:
                         position = heappop(ready_heavy)
                         pool.submit(_work, calls[position], event, phase, position, done, context)
                         running += 1
+                        started |= 1 << position
                         continue
                     position = heappop(ready_heavy) if ready_heavy else heappop(ready_light)
+                    started |= 1 << position
                     handler, view = calls[position]
                     try:
                         handler(event, phase, view)
@@ -271,6 +277,8 @@ class ThreadedExecutor:
                     break
                 running -= 1
                 finished(*done.get())
+            if failures:
+                _run_before_failure(plan, started, failures, event, phase)
         except BaseException as interrupt:  # raised outside the handlers: Ctrl-C while waiting, say
             # It may have cut short the bookkeeping of ``running``: wait for the workers
             # themselves, so that no handler of this event outlives the run.
@@ -318,6 +326,27 @@ def _work(
         done.put((position, exc))
     else:
         done.put((position, None))
+
+
+def _run_before_failure(
+    plan: Plan, started: int, failures: list[tuple[int, BaseException]], event: Event, phase: Phase
+) -> None:
+    """Once no handler runs any more: run, one by one in plan order on this thread, the handlers
+    not yet started that come before the earliest failure, as a serial run would have run them
+    (their predecessors come before them, so have finished). A new failure ends it, as in a
+    serial run. After an interrupt (Ctrl-C, ``SystemExit``) nothing more runs."""
+    if not all(isinstance(exc, Exception) for _, exc in failures):
+        return
+    cut = min(position for position, _ in failures)
+    for position in range(cut):
+        if started >> position & 1:
+            continue
+        handler, view = plan.calls[position]
+        try:
+            handler(event, phase, view)
+        except BaseException as exc:  # Ctrl-C too: it wins in _fail
+            failures.append((position, exc))
+            return
 
 
 def _run_timing(plan: Plan, durations: list[float], event: Event, phase: Phase) -> None:
