@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cadence import CancelEpoch, Callback, DataWarning, Learner, Recorder, on
-from cadence.events import BatchEnd, EpochBegin, Event
+from cadence import WRITE, CancelEpoch, Callback, DataWarning, Learner, Recorder, on
+from cadence.events import BackwardBegin, BatchEnd, EpochBegin, Event
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner, regression_batches
 
@@ -105,6 +105,34 @@ def test_a_training_loss_without_a_graph_says_why_nothing_can_be_backpropagated(
     assert isinstance(info.value.__cause__, RuntimeError)
     # Validation has no graph and needs none:
     learner(lambda p, y: MSE(p.detach(), y)).epoch(ValidationPhase(), regression_batches(1))
+
+
+class Rewriter(Callback):
+    """Sets batch.loss at BackwardBegin to what ``make(loss)`` returns."""
+
+    state_access = {"batch.loss": WRITE}
+
+    def __init__(self, make: Callable[[torch.Tensor], Any]) -> None:
+        self.make = make
+
+    @on(BackwardBegin)
+    def rewrite(self, event: Event, phase: Phase, learner: Any) -> None:
+        learner.batch.loss = self.make(learner.batch.loss)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "shown"),
+    [(lambda loss: float(loss.detach()), TypeError, r"a float \([\d.e-]+\)"), (lambda loss: loss.repeat(3), ValueError, r"a float32 tensor of shape \(3,\) on cpu")],
+)
+def test_a_backward_begin_handler_that_breaks_the_loss_is_named(make: Callable[[torch.Tensor], Any], error: type[Exception], shown: str) -> None:
+    message = (
+        rf"^batch\.loss is {shown} when backward\(\) runs in TrainingPhase: loss_fn returned a scalar tensor, so a "
+        r"BackwardBegin handler set it to this\. A handler that rewrites the loss must leave a scalar tensor, e\.g\. "
+        r"learner\.batch\.loss = learner\.batch\.loss \* 2\."
+    )
+    with pytest.raises(error, match=message):
+        learner(MSE, Rewriter(make)).fit(1)
+    learner(MSE, Rewriter(lambda loss: loss * 2)).fit(1)  # a scalar tensor stays fine
 
 
 def test_other_backward_errors_keep_their_type() -> None:

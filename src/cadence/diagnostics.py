@@ -6,7 +6,8 @@ the data is handed over.
 - ``check_loss``: a ``loss_fn`` that did not return a scalar tensor becomes a ``TypeError`` or
   ``ValueError`` that says what it returned and what to write. The phases call it only when
   their one-line check (the tensor's class and ``ndim``) does not pass at once.
-  ``check_backward``: a training loss without a graph, once ``backward()`` failed.
+  ``check_backward``: once ``backward()`` failed, a training loss without a graph or one a
+  ``BackwardBegin`` handler replaced.
 - ``note_step_error``: an exception raised inside the model or the loss gets a note naming the
   phase, the epoch and batch (when a ``Recorder`` counts them) and what was passed. The
   exception keeps its type.
@@ -123,13 +124,24 @@ def check_loss(loss: object, phase: object) -> None:
 
 
 def check_backward(loss: object, phase: object, error: BaseException) -> None:
-    """After ``loss.backward()`` raised ``error``: raise a ``ValueError`` (from it) that says why
-    when the loss has no graph to backpropagate through; otherwise return, and the caller
-    re-raises ``error``.
+    """After ``loss.backward()`` raised ``error``: raise a ``TypeError`` or ``ValueError`` (from
+    it) that says why when ``batch.loss`` cannot be backpropagated; otherwise return, and the
+    caller re-raises ``error``.
+
+    ``loss_fn``'s result was checked before ``BackwardBegin``; what is wrong now was either
+    there from the start (no graph) or set by a ``BackwardBegin`` handler.
     """
-    if isinstance(loss, torch.Tensor) and not loss.requires_grad:
+    name = type(phase).__name__
+    if not isinstance(loss, torch.Tensor) or loss.ndim:
+        kind = ValueError if isinstance(loss, torch.Tensor) else TypeError
+        raise kind(
+            f"batch.loss is {describe(loss)} when backward() runs in {name}: loss_fn returned a "
+            f"scalar tensor, so a BackwardBegin handler set it to this. A handler that rewrites "
+            f"the loss must leave a scalar tensor, e.g. learner.batch.loss = learner.batch.loss * 2."
+        ) from error
+    if not loss.requires_grad:
         raise ValueError(
-            f"batch.loss in {type(phase).__name__} is {describe(loss)} that does not require grad, "
+            f"batch.loss in {name} is {describe(loss)} that does not require grad, "
             f"so there is nothing to backpropagate: loss_fn (or a BackwardBegin handler) computed "
             f"it outside the model's graph (detached, through .item() or torch.tensor(...), or "
             f"under torch.no_grad()), or the model has no trainable parameters. Compute it from "

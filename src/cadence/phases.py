@@ -173,7 +173,7 @@ class Phase:
         ``CancelEpoch`` skips the rest of the epoch; ``EpochEnd`` still fires. An epoch that
         draws no batch from ``data`` is a ``DataWarning``, after its ``EpochEnd``.
         """
-        batch: object = None
+        batch: object = None  # stays None when EpochBegin cancels the epoch
         with self.epoch_context(loop):
             try:
                 loop.fire(EpochBegin(data), self)
@@ -245,8 +245,8 @@ class TrainingPhase(Phase):
         fire(BACKWARD_BEGIN, self)
         try:
             state.loss.backward()
-        except RuntimeError as exc:
-            check_backward(state.loss, self, exc)  # a loss without a graph: say so; else re-raise
+        except (AttributeError, RuntimeError) as exc:
+            check_backward(state.loss, self, exc)  # a loss that cannot be backpropagated: say why
             raise
         state.loss = state.loss.detach()
         fire(BACKWARD_END, self)
