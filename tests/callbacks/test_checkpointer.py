@@ -90,7 +90,15 @@ def test_it_runs_after_every_other_callback(tmp_path: Path) -> None:
     learner = make_test_learner(Checkpointer(tmp_path), Recorder(), Metrics())
     assert run_order(learner, BatchEnd, TrainingPhase) == ["Recorder.batch_end", "Metrics.batch_end", "Checkpointer.batch_end"]
     assert run_order(learner, EpochEnd, ValidationPhase)[-1] == "Checkpointer.epoch_end"
-    assert "after Metrics: Checkpointer.run_after includes Metrics" in learner.explain(BatchEnd, TrainingPhase)
+    # One line per edge, though each has two reasons (run_after, and Checkpointer reads cbstate).
+    assert learner.explain(BatchEnd, TrainingPhase) == (
+        "BatchEnd in TrainingPhase:\n"
+        "  1. Recorder.batch_end\n"
+        "  2. Metrics.batch_end\n"
+        "  3. Checkpointer.batch_end\n"
+        "       after Recorder: Checkpointer.run_after includes Recorder; Recorder writes cbstate.history, Checkpointer reads cbstate\n"
+        "       after Metrics: Checkpointer.run_after includes Metrics; Metrics writes cbstate.metrics, Checkpointer reads cbstate"
+    )
 
 
 def test_two_checkpointers_are_refused_at_build(tmp_path: Path) -> None:

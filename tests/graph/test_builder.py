@@ -106,6 +106,23 @@ def test_run_after_chain_of_handlers_keeps_only_the_nearest_edges() -> None:
     )
 
 
+def test_an_edge_with_several_reasons_is_listed_once() -> None:
+    class Writer(Handles):
+        state_access = {"cbstate.counts": WRITE}
+
+    class Reader(Handles):
+        state_access = {"cbstate.counts": READ}
+        run_after = (Writer,)
+
+    learner = make_test_learner(Reader(), Writer())
+    assert learner.explain(BatchEnd, TrainingPhase) == (
+        "BatchEnd in TrainingPhase:\n"
+        "  1. Writer.batch_end\n"
+        "  2. Reader.batch_end\n"
+        "       after Writer: Reader.run_after includes Writer; Writer writes cbstate.counts, Reader reads cbstate.counts"
+    )
+
+
 def long_chain(n: int) -> list[Callback]:
     """``n`` callbacks, each declaring run_after on the previous one's type; every other one
     handles BatchEnd."""

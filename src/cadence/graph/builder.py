@@ -41,7 +41,7 @@ class Plan:
         labels: ``"Callback.method"`` per handler, for messages.
         accesses: each handler's callback's declared access.
         predecessors: per handler, the positions of the handlers it must run after.
-        reasons: per handler, why each edge into it exists.
+        reasons: per handler, one line per edge into it: the handler it runs after and why.
         cache: a place for an executor to keep what it precomputes per plan.
     """
 
@@ -259,7 +259,9 @@ class CallbackGraph:
         for edges_in in incoming:
             edges_in.sort(key=lambda edge: edge[0])
             predecessors.append([r for r, _ in edges_in])
-            reasons.append([f"after {self.labels[members[order[r]][0]]}: {w}" for r, why in edges_in for w in why])
+            # One line per edge, its reasons joined: a run_after edge that an access overlap
+            # also implies (every edge into Checkpointer) is one edge, not two.
+            reasons.append([f"after {self.labels[members[order[r]][0]]}: {'; '.join(why)}" for r, why in edges_in])
         chosen = [members[p] for p in order]
         return Plan(
             event=event,
