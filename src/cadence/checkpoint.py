@@ -1,4 +1,5 @@
-"""Reading checkpoint files: list a folder's checkpoints, load one, find the newest intact one.
+"""Reading checkpoint files: list a folder's checkpoints, load one, find the newest intact one,
+and move an earlier run's checkpoints aside so that a fresh run can use the folder.
 
 The files are written by ``Checkpointer``; the machinery lives in ``cadence.checkpointing``.
 
@@ -13,7 +14,6 @@ Example:
 from cadence.checkpointing.files import (
     Checkpoint,
     CheckpointError,
-    check_plain,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -21,10 +21,13 @@ from cadence.checkpointing.files import (
     sequence_of,
     write_checkpoint,
 )
+from cadence.checkpointing.folder import archive_checkpoints
+from cadence.checkpointing.plain import check_plain
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "archive_checkpoints",
     "check_plain",
     "latest_checkpoint",
     "list_checkpoints",

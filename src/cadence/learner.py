@@ -105,6 +105,7 @@ class Learner:
         self._callbacks: tuple[Callback, ...] = ()
         self._plans: dict[type[Phase], PhasePlans] = {}
         self._phases: list[type[Phase]] = [Phase, TrainingPhase, ValidationPhase]
+        self._fit_run: FitRun | None = None  # while fit runs: it refuses a change of the saver
         chosen = _check_callbacks(callbacks)
         if default_callbacks:
             chosen += [cb for cb in _default_callbacks() if not any(isinstance(c, type(cb)) for c in chosen)]
@@ -173,6 +174,7 @@ class Learner:
             raise ValueError(f"fit(n_epochs) expects a non-negative int; got {n_epochs!r}.")
         train, valid = self._data(data, "fit")
         run = FitRun(self, n_epochs, train, valid is not None, resume)
+        self._fit_run = run
         result: CancelFit | None = None
         try:
             self.fire(FitBegin(n_epochs, (train, valid)), FIT_PHASE)
@@ -196,6 +198,7 @@ class Learner:
 
     def _end_fit(self, pending: BaseException | None, run: FitRun) -> None:
         run.close()
+        self._fit_run = None
         try:
             try:
                 self.fire(_FIT_END, FIT_PHASE)
@@ -295,6 +298,8 @@ class Learner:
         """Validate and plan ``callbacks``; commit only if everything succeeds, then run the
         joining callbacks' ``init`` (producers first)."""
         check_savers(callbacks)
+        if self._fit_run is not None:
+            self._fit_run.check_callbacks(callbacks)
         with _collector_paused():
             graph = CallbackGraph(callbacks)
             views, plans = self._plan_all(graph)

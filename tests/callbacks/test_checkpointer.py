@@ -1,11 +1,9 @@
-"""Checkpointer: when it saves, what it keeps, what it refuses, and Ctrl-C / SIGTERM."""
+"""Checkpointer: when it saves, what it keeps, what it refuses (Ctrl-C and SIGTERM: tests/checkpointing/test_interrupts.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import torch
 from cadence import READ, WRITE, Callback, CycleError, DeclarationError, Metrics, Recorder, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.checkpointing.files import CheckpointError, list_checkpoints, load_checkpoint
-from cadence.events import BatchEnd, EpochEnd, Event, FitEnd
+from cadence.events import BatchEnd, EpochEnd, Event
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner
 from helpers import run_order
@@ -185,106 +183,6 @@ def test_plain_cbstate_entries_are_saved_as_they_are(tmp_path: Path) -> None:
     learner.fit(2)
     saved = load_checkpoint(list_checkpoints(tmp_path)[-1]).state["cbstate"]
     assert saved == {"plain": {"counts": {"batches": 6}}, "objects": {}}
-
-
-# ---- SIGTERM and Ctrl-C -------------------------------------------------------------------------
-
-
-class SendSignal(Callback):
-    """Sends ``signum`` to this process at the ``at``-th training BatchEnd (``times`` times)."""
-
-    def __init__(self, signum: int, at: int, times: int = 1) -> None:
-        self.signum, self.at, self.times, self.seen = signum, at, times, 0
-
-    @on(BatchEnd, phase=TrainingPhase)
-    def send(self, event: Event, phase: Phase, learner: Any) -> None:
-        self.seen += 1
-        if self.seen == self.at:
-            for _ in range(self.times):
-                os.kill(os.getpid(), self.signum)
-
-
-class FitEndLog(Callback):
-    def __init__(self) -> None:
-        self.ended = 0
-
-    @on(FitEnd)
-    def end(self, event: Event, phase: Phase, learner: Any) -> None:
-        self.ended += 1
-
-
-def test_sigterm_saves_at_the_end_of_the_batch_runs_fit_end_and_exits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    before = signal.getsignal(signal.SIGTERM)
-    ended = FitEndLog()
-    learner = make_test_learner(SendSignal(signal.SIGTERM, at=3), ended, Checkpointer(tmp_path, every_epochs=None), n_batches=4)
-    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as exit_info:
-        learner.fit(5)
-    assert exit_info.value.code == 143
-    assert ended.ended == 1
-    assert names(tmp_path) == ["checkpoint-000001-epoch0-batch3"]
-    assert load_checkpoint(list_checkpoints(tmp_path)[0]).meta["reason"] == "SIGTERM"
-    assert "SIGTERM: saving a checkpoint at the end of this batch, then stopping." in caplog.text
-    assert f"Training stopped by SIGTERM: checkpoint saved to {list_checkpoints(tmp_path)[0]}; continue with fit(5, resume=\"latest\")." in caplog.text
-    assert signal.getsignal(signal.SIGTERM) is before
-
-
-def test_ctrl_c_saves_then_raises_keyboard_interrupt(tmp_path: Path) -> None:
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("SIGINT has a custom handler here, which the Checkpointer leaves alone")
-    ended = FitEndLog()
-    learner = make_test_learner(SendSignal(signal.SIGINT, at=2), ended, Checkpointer(tmp_path, every_epochs=None), n_batches=4)
-    with pytest.raises(KeyboardInterrupt, match=r"Training stopped by SIGINT: checkpoint saved to .*checkpoint-000001-epoch0-batch2.pt"):
-        learner.fit(5)
-    assert ended.ended == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
-def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("SIGINT has a custom handler here, which the Checkpointer leaves alone")
-    ended = FitEndLog()
-    learner = make_test_learner(SendSignal(signal.SIGINT, at=2, times=2), ended, Checkpointer(tmp_path, every_epochs=None), n_batches=4)
-    with pytest.raises(KeyboardInterrupt) as info:
-        learner.fit(5)
-    assert str(info.value) == ""  # raised by the second signal, not after a save
-    assert ended.ended == 1 and names(tmp_path) == []
-
-
-def test_a_signal_during_validation_saves_at_the_epoch_end(tmp_path: Path) -> None:
-    class TermInValidation(Callback):
-        sent = False
-
-        @on(BatchEnd, phase=ValidationPhase)
-        def send(self, event: Event, phase: Phase, learner: Any) -> None:
-            if not self.sent:
-                os.kill(os.getpid(), signal.SIGTERM)
-            self.sent = True
-
-    learner = make_test_learner(TermInValidation(), Checkpointer(tmp_path, every_epochs=None), n_batches=2)
-    with pytest.raises(SystemExit):
-        learner.fit(3)
-    assert names(tmp_path) == ["checkpoint-000001-epoch1-batch0"]
-
-
-def test_sigterm_without_a_checkpointer_runs_fit_end_then_exits(caplog: pytest.LogCaptureFixture) -> None:
-    ended = FitEndLog()
-    learner = make_test_learner(SendSignal(signal.SIGTERM, at=1), ended, n_batches=4)
-    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as exit_info:
-        learner.fit(2)
-    assert exit_info.value.code == 143 and ended.ended == 1
-    assert "Training stopped by SIGTERM; FitEnd cleanup runs, no checkpoint is saved." in caplog.text
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-
-
-def test_a_users_own_sigterm_handler_is_left_alone(tmp_path: Path) -> None:
-    received: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    try:
-        learner = make_test_learner(SendSignal(signal.SIGTERM, at=1), Checkpointer(tmp_path), n_batches=2)
-        assert learner.fit(1) is None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert received == [signal.SIGTERM]
 
 
 # ---- Recorder's state ---------------------------------------------------------------------------

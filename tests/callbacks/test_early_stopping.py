@@ -180,7 +180,7 @@ def test_a_resumed_run_stops_where_the_uninterrupted_run_stopped(tmp_path: Path)
     checkpoints = list_checkpoints(tmp_path)
     assert len(checkpoints) == 6  # one per epoch; the last one holds the pending stop
     for path in checkpoints:
-        resumed = build(tmp_path / "again")
+        resumed = build(tmp_path / "again" / path.stem)  # a folder belongs to one run
         result = resumed.fit(50, resume=path)
         assert result is not None and result.reason == expected.reason, path.name
         assert resumed.cbstate.metrics.epochs == reference.cbstate.metrics.epochs, path.name

@@ -380,7 +380,7 @@ def resume_from_every_checkpoint(folder: Path, **kwargs: Any) -> None:
     batches = {load_checkpoint(p).meta["position"]["batch"] for p in checkpoints}
     assert batches == {0, 1, 2, 3, 4, 5, 6, 7}
     for path in checkpoints:
-        resumed = make_test_learner(all_metrics(), Checkpointer(folder / "again", every_steps=3), n_batches=7, **kwargs)
+        resumed = make_test_learner(all_metrics(), Checkpointer(folder / "again" / path.stem, every_steps=3), n_batches=7, **kwargs)
         resumed.fit(3, resume=path)
         assert resumed.cbstate.metrics.epochs == expected, path.name  # bit for bit
 
@@ -510,6 +510,6 @@ def test_a_resumed_epoch_on_cuda_ends_with_the_values_of_the_uninterrupted_run(t
     running = load_checkpoint(checkpoints[0]).state["callbacks"]["Metrics"]["running"]["train"]
     assert all(s.device.type == "cpu" for s in running["sums"].values())
     for path in checkpoints:
-        resumed = build(tmp_path / "again")
+        resumed = build(tmp_path / "again" / path.stem)  # a folder belongs to one run
         resumed.fit(2, resume=path)
         assert resumed.cbstate.metrics.epochs == expected, path.name

@@ -43,11 +43,11 @@ class Evil:
 
 
 def test_round_trip_keeps_tensors_plain_data_and_meta(tmp_path: Path) -> None:
-    path = write(tmp_path, 1, position={"epoch": 0, "batch": 1})
+    path = write(tmp_path, 1, position={"epoch": 0, "batch": 1, "step": 1})
     loaded = load_checkpoint(path)
     assert torch.equal(loaded.state["model"]["w"], STATE["model"]["w"])  # type: ignore[index]
     assert loaded.state["steps"] == [1, 2] and loaded.state["note"] is None
-    assert loaded.meta["position"] == {"epoch": 0, "batch": 1}
+    assert loaded.meta["position"] == {"epoch": 0, "batch": 1, "step": 1}
     assert loaded.meta["format"] == "cadence-checkpoint" and loaded.meta["bytes"] == path.stat().st_size
     assert loaded.sequence == 1
     # The same checkpoint by its .json file or its name without suffix.
@@ -220,7 +220,7 @@ def test_latest_falls_back_to_the_newest_intact_one_and_says_so(
 def test_latest_of_an_empty_folder_is_none_and_of_a_broken_one_an_error(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) is None
     write(tmp_path, 1).write_bytes(b"x")
-    with pytest.raises(CheckpointError, match=r"No intact checkpoint in .*\n  - .*truncated.*\nStart over"):
+    with pytest.raises(CheckpointError, match=rf"No intact checkpoint in .*\n  - .*truncated.*\nRestore the folder from a backup, or start over: in a folder of your own, or in this one once its checkpoints are moved aside with cadence.checkpoint.archive_checkpoints\('{tmp_path}'\).$"):
         latest_checkpoint(tmp_path)
 
 
@@ -279,3 +279,50 @@ def test_cuda_rng_is_captured_and_restored() -> None:
     expected = torch.rand(3, device="cuda")
     restore_rng(state)
     assert torch.equal(torch.rand(3, device="cuda"), expected)
+
+
+# ---- links out of the folder -------------------------------------------------------------------
+
+
+def listing(folder: Path) -> dict[str, Any]:
+    """Every entry of ``folder``: a link's target, a file's bytes."""
+    return {p.name: os.readlink(p) if p.is_symlink() else p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".json"])
+def test_a_file_swapped_for_a_link_out_of_the_folder_is_refused_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, suffix: str
+) -> None:
+    folder, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    older, newest = write(folder, 1), write(folder, 2)
+    swapped = newest.with_suffix(suffix)
+    target = elsewhere / swapped.name
+    swapped.rename(target)  # the same bytes, so only the link stands in the way
+    swapped.symlink_to(target)
+    before = listing(folder)
+    why = (
+        rf"it is a symbolic link to {target}, outside the checkpoint's folder {folder}. cadence reads "
+        rf"only files inside the folder a checkpoint is in, so that a swapped link cannot make it read "
+        rf"another file. If you made the link, pass the file it points to instead; if not, the folder "
+        rf"was tampered with"
+    )
+    with pytest.raises(CheckpointError, match=rf"^Refused to load {swapped}: {why}. {USE_ANOTHER}$"):
+        load_checkpoint(newest)
+    with caplog.at_level(logging.WARNING, logger="cadence.checkpointing.files"):
+        assert list_checkpoints(folder) == [older]
+        found = latest_checkpoint(folder)
+    assert found is not None and found.path == older
+    assert caplog.text.count(f"Skipping checkpoint {newest}: {why.replace(chr(92), '')}.") == 2
+    assert listing(folder) == before
+
+
+def test_links_inside_the_folder_and_a_linked_folder_are_read(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    path = write(real, 1)
+    (real / "best.pt").symlink_to(path.name)
+    (real / "best.json").symlink_to(path.with_suffix(".json").name)
+    assert load_checkpoint(real / "best.pt").state["steps"] == [1, 2]
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)
+    assert [p.name for p in list_checkpoints(tmp_path / "linked")] == [path.name]
+    assert load_checkpoint(tmp_path / "linked" / path.name).sequence == 1

@@ -25,7 +25,7 @@ from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
 from cadence.callbacks.scheduler import Scheduler
 from cadence.checkpointing.files import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
-from cadence.events import BatchEnd, EpochBegin, Event, FitBegin, FitEnd
+from cadence.events import BatchEnd, EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from cadence.phases import Phase, TrainingPhase
 from cadence.checkpointing.saver import CheckpointSaver, check_savers
 from cadence.schedules import cosine
@@ -115,8 +115,8 @@ def test_resuming_from_any_checkpoint_is_exact(tmp_path: Path, kind: str) -> Non
     checkpoints = list_checkpoints(tmp_path / "run")
     positions = [load_checkpoint(p).meta["position"] for p in checkpoints]
     assert len(checkpoints) == 15 and {p["batch"] for p in positions} == {0, 1, 2, 3, 4}
-    for path in checkpoints:
-        resumed = make_learner(tmp_path / "again", kind, seed=123)
+    for index, path in enumerate(checkpoints):
+        resumed = make_learner(tmp_path / f"again{index}", kind, seed=123)  # a folder per run
         assert resumed.fit(3, resume=path) is None
         assert_same(outcome(resumed), expected)
 
@@ -154,7 +154,7 @@ def test_latest_resumes_from_the_newest_intact_checkpoint(tmp_path: Path, caplog
 
 def test_latest_with_no_checkpoint_yet_starts_from_the_beginning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     learner = make_learner(tmp_path / "new")
-    with caplog.at_level(logging.INFO, logger="cadence.checkpointing.resume"):
+    with caplog.at_level(logging.INFO, logger="cadence.checkpointing.locate"):
         assert learner.fit(1, resume="latest") is None
     assert "No checkpoint in" in caplog.text and "starting from the beginning" in caplog.text
     assert len(outcome(learner)["losses"]) == 4
@@ -221,9 +221,26 @@ def test_a_path_resumes_without_a_checkpointer(tmp_path: Path) -> None:
     assert resumed.cbstate.history[TrainingPhase()].epochs == 3
 
 
-def test_a_missing_path_names_it(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"nothing.pt is not a committed cadence checkpoint"):
-        make_test_learner().fit(1, resume=tmp_path / "nothing.pt")
+NO_SUCH = (
+    r"there is no such file or folder. Pass a checkpoint's .pt file, e.g. "
+    r'resume="checkpoints/checkpoint-000012-epoch3-batch40.pt", a folder of checkpoints \(its newest '
+    r'intact one is used\), or resume="latest" with a Checkpointer; leave out resume= to start from '
+    r"the beginning."
+)
+
+
+@pytest.mark.parametrize("name", ["nothing.pt", "nothing", "latst"])
+def test_a_path_that_does_not_exist_names_it_and_what_to_pass(tmp_path: Path, name: str) -> None:
+    missing = tmp_path / name
+    with pytest.raises(CheckpointError, match=rf"^fit\(resume='{missing}'\): {NO_SUCH}$"):
+        make_test_learner().fit(1, resume=str(missing))
+
+
+def test_a_path_that_does_not_exist_points_at_its_folders_newest_checkpoint(tmp_path: Path) -> None:
+    make_test_learner(Checkpointer(tmp_path), n_batches=2).fit(2)
+    wrong = tmp_path / "checkpoint-000009-epoch9-batch0.pt"
+    with pytest.raises(CheckpointError, match=rf"{NO_SUCH} {tmp_path} has 2 checkpoint\(s\); the newest is checkpoint-000002-epoch2-batch0.pt.$"):
+        make_test_learner(n_batches=2).fit(3, resume=wrong)
 
 
 def test_an_empty_folder_is_an_error_when_named(tmp_path: Path) -> None:
@@ -329,6 +346,8 @@ def run_script(folder: Path, out: Path, *args: str, killed: bool = False) -> dic
         assert done.returncode == -9, done.stderr
         return None
     assert done.returncode == 0, done.stderr
+    # The script sets up no logging: a resume is still visible (a warning reaches stderr).
+    assert ("Resumed from " in done.stderr) == ("--resume" in args), done.stderr
     result: dict[str, Any] = torch.load(out, weights_only=True)
     return result
 
@@ -418,8 +437,8 @@ def test_a_resumed_epoch_cancelled_at_its_epoch_begin_still_restores(tmp_path: P
 def test_a_checkpoint_that_is_not_of_a_fit_is_refused(tmp_path: Path) -> None:
     from cadence.checkpointing.files import write_checkpoint
 
-    path = write_checkpoint(tmp_path, "checkpoint-000001", {"model": {}}, {"position": {"epoch": -1}})
-    with pytest.raises(CheckpointError, match=r"checkpoint-000001.pt is not a checkpoint of a fit: position, optimizer class, callback classes, rng, optimizer, callbacks, cbstate, extra missing or malformed. Resume from a checkpoint a Checkpointer wrote."):
+    path = write_checkpoint(tmp_path, "checkpoint-000001", {"model": {}}, {"position": {"epoch": 1, "batch": 0, "step": 3}})
+    with pytest.raises(CheckpointError, match=r"checkpoint-000001.pt is not a checkpoint of a fit: optimizer class, callback classes, optimizer, callbacks, cbstate, extra, rng missing or malformed. Resume from a checkpoint a Checkpointer wrote; fit\(..., resume=\"latest\"\) falls back to the newest intact one."):
         make_test_learner().fit(1, resume=path)
 
 
@@ -502,3 +521,91 @@ def test_running_after_the_checkpointer_is_refused_with_the_fix(tmp_path: Path, 
         check_savers([Checkpointer(tmp_path), Upload()])
     check_savers([Checkpointer(tmp_path), Recorder()])  # the usual case passes
     check_savers([Upload()])  # and so does a learner without a saver
+
+
+# ---- changing the saver while fit runs ---------------------------------------------------------
+
+MID_FIT = (
+    r", because a checkpoint saver takes part in a fit from its first batch or not at all \(it counts "
+    r"the batches from the first one, to know where a checkpoint resumes\). Change it before calling "
+    r'fit, e.g. learner.add_callback\(Checkpointer\("checkpoints"\)\) then learner.fit\(...\), or after '
+    r"fit returns."
+)
+
+
+def change_at_first_epoch_end(learner: Learner, change: Any) -> None:
+    """Make ``change(learner)`` run once, at the first training EpochEnd, from inside fit."""
+    from cadence.callbacks.lambda_callback import LambdaCallback
+
+    pending = [change]
+
+    def run(event: Event, phase: Phase, view: Any) -> None:
+        if pending:
+            pending.pop()(learner)
+
+    learner.add_callback(LambdaCallback(run, EpochEnd, phase=TrainingPhase))
+
+
+def test_adding_a_checkpointer_while_fit_runs_is_refused(tmp_path: Path) -> None:
+    learner = make_test_learner(n_batches=2)
+    checkpointer = Checkpointer(tmp_path)
+    change_at_first_epoch_end(learner, lambda real: real.add_callback(checkpointer))
+    with pytest.raises(CheckpointError, match=rf"^Adding Checkpointer\('{tmp_path}'\) while fit\(\) runs is refused: it would save nothing in this fit{MID_FIT}"):
+        learner.fit(2)
+    assert checkpointer not in learner.callbacks and not tmp_path.joinpath("checkpoint-000001-epoch1-batch0.pt").exists()
+    learner.add_callback(checkpointer)  # between fits it joins, and saves from the next fit's start
+    learner.fit(1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-000001-epoch1-batch0.pt"]
+
+
+def test_removing_or_replacing_the_checkpointer_while_fit_runs_is_refused(tmp_path: Path) -> None:
+    learner = make_test_learner(Checkpointer(tmp_path / "a"), n_batches=2)
+    change_at_first_epoch_end(learner, lambda real: real.remove_callback(Checkpointer))
+    with pytest.raises(CheckpointError, match=rf"^Removing Checkpointer\('{tmp_path / 'a'}'\) while fit\(\) runs is refused: this fit saves through it until it ends{MID_FIT}"):
+        learner.fit(2)
+    learner = make_test_learner(Checkpointer(tmp_path / "b"), n_batches=2)
+    change_at_first_epoch_end(learner, lambda real: real.replace_callback(Checkpointer(tmp_path / "c")))
+    with pytest.raises(CheckpointError, match=rf"^Replacing Checkpointer\('{tmp_path / 'b'}'\) with Checkpointer\('{tmp_path / 'c'}'\) while fit\(\) runs is refused: this fit saves through Checkpointer\('{tmp_path / 'b'}'\) until it ends{MID_FIT}"):
+        learner.fit(2)
+
+
+def test_other_callbacks_still_join_while_fit_runs(tmp_path: Path) -> None:
+    learner = make_test_learner(Checkpointer(tmp_path), n_batches=2)
+    log = LossLog()
+    change_at_first_epoch_end(learner, lambda real: real.add_callback(log))
+    learner.fit(2)
+    assert len(log.losses) == 2  # the second epoch's batches
+
+
+# ---- a resume is visible -------------------------------------------------------------------------
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_resume_is_logged_as_a_warning_and_routine_saves_are_not(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        make_test_learner(Checkpointer(tmp_path, every_steps=1), n_batches=2).fit(1)
+    assert warnings_of(caplog) == []  # saves log at info: no flood by default
+    assert sum("Saved " in r.getMessage() for r in caplog.records) == 3
+    caplog.clear()
+    path = tmp_path / "checkpoint-000002-epoch0-batch2.pt"
+    with caplog.at_level(logging.WARNING):
+        make_test_learner(n_batches=2).fit(2, resume=path)
+        make_test_learner(Checkpointer(tmp_path, every_steps=1), n_batches=2).fit(2, resume="latest")
+    assert warnings_of(caplog) == [
+        f"Resumed from {path}, taken after batch 2 of epoch 1 (step 2): fit(2) continues with its batch 3.",
+        f"Resumed from {tmp_path / 'checkpoint-000003-epoch1-batch0.pt'}, taken after epoch 1 (step 2): fit(2) continues with epoch 2.",
+    ]
+
+
+def test_relaunching_a_finished_run_says_there_is_nothing_left(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_test_learner(Checkpointer(tmp_path), n_batches=2).fit(2)
+    with caplog.at_level(logging.WARNING):
+        make_test_learner(Checkpointer(tmp_path), n_batches=2).fit(2, resume="latest")
+    assert warnings_of(caplog) == [
+        f"Resumed from {tmp_path / 'checkpoint-000002-epoch2-batch0.pt'}, taken at the end of the run: all 2 "
+        f"epochs of fit(2) have run, so there is nothing left to train. To train longer, ask for more epochs in "
+        f"total, e.g. fit(4, resume='latest')."
+    ]

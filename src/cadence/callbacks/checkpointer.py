@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -13,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from cadence import READ, Callback, CancelFit, on
-from cadence.checkpointing.files import list_checkpoints, sequence_of, write_checkpoint
+from cadence.checkpointing.files import (
+    CheckpointError,
+    list_checkpoints,
+    read_meta,
+    scan_folder,
+    sequence_of,
+    write_checkpoint,
+)
 from cadence.checkpointing.saver import FitProgress
 from cadence.events import BatchEnd, EpochEnd, Event
 from cadence.phases import Phase, TrainingPhase
@@ -129,6 +135,7 @@ class Checkpointer(Callback):
             self._stop(run, learner, epoch_end=False)
         if self.every_steps is not None and run.step % self.every_steps == 0:
             self._save(run, learner, epoch_end=False, reason=f"every {self.every_steps} steps")
+            self._stop_if_interrupted(run)
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
@@ -139,10 +146,16 @@ class Checkpointer(Callback):
             self._stop(run, learner, epoch_end=True)
         if self.every_epochs is not None and (run.epoch + 1) % self.every_epochs == 0:
             self._save(run, learner, epoch_end=True, reason=f"every {self.every_epochs} epochs")
+            self._stop_if_interrupted(run)
 
     def _stop(self, run: FitProgress, learner: Any, *, epoch_end: bool) -> None:
         path = self._save(run, learner, epoch_end=epoch_end, reason=run.interrupted or "")
         raise CancelFit(f"{run.interrupted}: checkpoint saved to {path}")
+
+    def _stop_if_interrupted(self, run: FitProgress) -> None:
+        # A signal that came while this routine checkpoint was written: it is the one to keep.
+        if run.interrupted is not None:
+            raise CancelFit(f"{run.interrupted}: checkpoint saved to {run.saved}")
 
     def _save(self, run: FitProgress, learner: Any, *, epoch_end: bool, reason: str) -> Path:
         """Write a checkpoint of ``run`` now, then drop the ones no longer kept."""
@@ -175,10 +188,11 @@ class Checkpointer(Callback):
 
     def _next_sequence(self) -> int:
         names = os.listdir(self.folder) if self.folder.is_dir() else []
-        return max((sequence_of(Path(n.lstrip("."))) for n in names), default=0) + 1
+        return max([0, *(sequence_of(Path(n.lstrip("."))) for n in names)]) + 1  # other files: -1
 
     def _rotate(self) -> None:
-        committed = list_checkpoints(self.folder)
+        # Checkpoints whose files link out of the folder are not this run's: left alone.
+        committed = scan_folder(self.folder).committed
         keep = set(committed[-self.keep_last :])
         if self.keep_best:
             sign = 1.0 if self.mode == "min" else -1.0
@@ -204,8 +218,8 @@ class Checkpointer(Callback):
 
 def _value(path: Path, monitor: str) -> float | None:
     try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
+        meta = read_meta(path.with_suffix(".json"))
+    except CheckpointError:  # an unreadable checkpoint is not among the best
         return None
     value = meta.get("value")
     if meta.get("monitor") != monitor or not isinstance(value, (int, float)) or math.isnan(value):

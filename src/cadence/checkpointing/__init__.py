@@ -4,6 +4,11 @@ and how a resumed ``fit`` gets back to the exact batch.
 - ``resume``: open this first. ``FitRun`` is one ``fit`` as checkpoints see it: the position
   in the data, what a checkpoint captures, the restore on resume, SIGTERM and Ctrl-C.
 - ``files``: the two-file checkpoint format, atomic writes, loading that never runs code.
+- ``schema``: the shape metadata and a fit's tensors must have before any of it is used.
+- ``plain``: what a checkpoint may hold (plain data, no cycles), checked at capture.
+- ``locate``: which checkpoint ``fit(resume=...)`` continues from.
+- ``folder``: a checkpoint folder belongs to one run; moving an earlier run's aside.
+- ``interrupts``: SIGTERM and Ctrl-C during a fit.
 - ``snapshot``: the learner's state in a checkpoint (model, optimizer, callbacks, cbstate).
 - ``saver``: the protocols between ``FitRun`` and the callback that saves (``Checkpointer``).
 - ``replay``: the data order again (DataLoader generators, samplers, skipping done batches).

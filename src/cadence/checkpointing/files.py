@@ -10,9 +10,11 @@ A checkpoint is two files in one folder, written in this order:
 
 Each file is written to a temporary file in the same folder, flushed and ``fsync``-ed, then
 renamed over its final name, and the folder is ``fsync``-ed: a crash at any moment leaves the
-previous checkpoints intact and readable. Loading checks the size and hash, then reads the
-tensors with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
-data, so a crafted file cannot run code; the metadata is JSON.
+previous checkpoints intact and readable. Loading checks the metadata's shape
+(``cadence.checkpointing.schema``), that neither file is a link to somewhere outside the
+checkpoint's folder, and the size and hash, then reads the tensors with
+``torch.load(weights_only=True)``, which refuses anything but tensors and plain data, so a
+crafted file cannot run code; the metadata is JSON.
 """
 
 from __future__ import annotations
@@ -24,32 +26,34 @@ import os
 import pickle
 import re
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+from cadence.checkpointing.plain import check_plain
+from cadence.checkpointing.schema import FORMAT, MAX_META_BYTES, VERSION, parse_meta, writable_problem
 from cadence.errors import CheckpointError
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "FolderScan",
     "check_plain",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_tensors",
+    "read_meta",
+    "scan_folder",
     "sequence_of",
     "write_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "cadence-checkpoint"
-VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d+)(-|\.)")
 _REFUSED = re.compile(r"GLOBAL (\S+)")
 _USE_ANOTHER = 'Use another checkpoint, e.g. fit(..., resume="latest") falls back to the newest intact one.'
@@ -105,8 +109,9 @@ class _HashingWriter:
 
 def _write_atomic(final: Path, write: Callable[[_HashingWriter], object]) -> tuple[int, str]:
     temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)  # a leftover of this pid; "x" below never follows a link
     try:
-        with open(temporary, "wb") as file:
+        with open(temporary, "xb") as file:
             writer = _HashingWriter(file)
             write(writer)
             file.flush()
@@ -149,12 +154,24 @@ def write_checkpoint(folder: StrPath, name: str, state: Mapping[str, Any], meta:
         # torch.save writes sequentially to any object with write(): hash while writing.
         torch.save(dict(state), stream)  # type: ignore[arg-type]
 
+    record = {**meta, "format": FORMAT, "version": VERSION, "bytes": 0, "sha256": "0" * 64}
+    _check_writable(record, folder / f"{name}.json")  # before any file is written
     size, digest = _write_atomic(tensors, save)
-    record = {**meta, "format": FORMAT, "version": VERSION, "bytes": size, "sha256": digest}
+    record.update(bytes=size, sha256=digest)
     text = json.dumps(record, indent=1).encode()
     _write_atomic(folder / f"{name}.json", lambda stream: stream.write(text))
     _fsync_folder(folder)
     return tensors
+
+
+def _check_writable(record: Mapping[str, Any], meta_file: Path) -> None:
+    """Refuse metadata that loading would refuse, so that no checkpoint is written unreadable."""
+    problem = writable_problem(record)
+    if problem is not None:
+        raise CheckpointError(
+            f"Cannot write {meta_file}: its metadata is malformed: {problem}. Pass metadata of plain "
+            f"JSON values; save anything large or nested in the state instead."
+        )
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -166,44 +183,67 @@ def _files(path: StrPath) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".pt"), stem.with_name(stem.name + ".json")
 
 
-def _read_meta(meta_file: Path, tensors: Path) -> dict[str, Any]:
-    if not meta_file.is_file():
+def _outside(path: Path) -> str | None:
+    """Why ``path`` may not be read: it resolves (through symbolic links) outside the folder
+    it is listed in. None when it does not, or does not exist."""
+    folder = Path(os.path.realpath(path.parent))
+    real = Path(os.path.realpath(path))
+    if real.is_relative_to(folder):
+        return None
+    return (
+        f"it is a symbolic link to {real}, outside the checkpoint's folder {folder}. cadence reads "
+        f"only files inside the folder a checkpoint is in, so that a swapped link cannot make it "
+        f"read another file. If you made the link, pass the file it points to instead; if not, "
+        f"the folder was tampered with"
+    )
+
+
+def _refuse_outside(path: Path) -> Path:
+    """``path`` resolved, after checking it stays inside its folder (read the result, so that
+    the link is not followed again)."""
+    why = _outside(path)
+    if why is not None:
+        raise CheckpointError(f"Refused to load {path}: {why}. {_USE_ANOTHER}")
+    return Path(os.path.realpath(path))
+
+
+def read_meta(meta_file: StrPath) -> dict[str, Any]:
+    """Read and check a checkpoint's ``.json`` file (``cadence.checkpointing.schema``).
+
+    Raises:
+        CheckpointError: naming the file: missing, a link out of its folder, too large, not
+            JSON, or malformed.
+    """
+    meta_file = Path(meta_file)
+    real = _refuse_outside(meta_file)
+    if not real.is_file():
         raise CheckpointError(
-            f"{tensors} is not a committed cadence checkpoint: {meta_file.name} is missing (a crash "
-            f"between writing the two files leaves this). {_USE_ANOTHER}"
+            f"{meta_file.with_suffix('.pt')} is not a committed cadence checkpoint: {meta_file.name} is "
+            f"missing (a crash between writing the two files leaves this). {_USE_ANOTHER}"
         )
     try:
-        meta = json.loads(meta_file.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{meta_file} is corrupt ({error}). {_USE_ANOTHER}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{meta_file} is not cadence checkpoint metadata (no \"format\": \"{FORMAT}\"). Pass a "
-            f"checkpoint a Checkpointer wrote (its .pt or .json file). {_USE_ANOTHER}"
-        )
-    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
-        raise CheckpointError(
-            f"{meta_file} has format version {meta.get('version')!r}; this cadence reads version "
-            f"{VERSION} and older. Upgrade cadence to load it."
-        )
-    return meta
+        with open(real, "rb") as file:
+            text = file.read(MAX_META_BYTES + 1)  # bounded: a huge file is refused unread
+    except OSError as error:
+        raise CheckpointError(f"{meta_file} cannot be read ({error}). {_USE_ANOTHER}") from None
+    return parse_meta(text, meta_file, _USE_ANOTHER)
 
 
-def _verify(tensors: Path, meta: Mapping[str, Any]) -> None:
-    if not tensors.is_file():
+def _verify(tensors: Path, real: Path, meta: Mapping[str, Any]) -> None:
+    if not real.is_file():
         raise CheckpointError(
             f"{tensors} is missing; its metadata file exists but the checkpoint is incomplete. "
             f"{_USE_ANOTHER}"
         )
-    size = tensors.stat().st_size
-    if size != meta.get("bytes"):
+    size = real.stat().st_size
+    if size != meta["bytes"]:
         raise CheckpointError(
             f"{tensors} is truncated or corrupt: it has {size} bytes, its metadata says "
-            f"{meta.get('bytes')}. {_USE_ANOTHER}"
+            f"{meta['bytes']}. {_USE_ANOTHER}"
         )
-    with open(tensors, "rb") as file:
+    with open(real, "rb") as file:
         digest = hashlib.file_digest(file, "sha256").hexdigest()
-    if digest != meta.get("sha256"):
+    if digest != meta["sha256"]:
         raise CheckpointError(
             f"{tensors} is corrupt: its SHA-256 does not match its metadata. {_USE_ANOTHER}"
         )
@@ -240,13 +280,15 @@ def load_checkpoint(path: StrPath) -> Checkpoint:
     suffix), checking that it is complete and intact.
 
     Raises:
-        CheckpointError: naming the file, when it is missing, truncated, corrupt, from a newer
-            cadence, or holds anything but tensors and plain data.
+        CheckpointError: naming the file, when it is missing, truncated, corrupt, malformed,
+            a link to a file outside its folder, from a newer cadence, or holds anything but
+            tensors and plain data.
     """
     tensors, meta_file = _files(path)
-    meta = _read_meta(meta_file, tensors)
-    _verify(tensors, meta)
-    state = load_tensors(tensors)
+    meta = read_meta(meta_file)
+    real = _refuse_outside(tensors)
+    _verify(tensors, real, meta)
+    state = load_tensors(real)
     if not isinstance(state, dict):
         raise CheckpointError(
             f"{tensors} holds a {type(state).__name__}, not a checkpoint's dict: it was not written "
@@ -255,23 +297,56 @@ def load_checkpoint(path: StrPath) -> Checkpoint:
     return Checkpoint(tensors, meta, state)
 
 
+@dataclass(frozen=True)
+class FolderScan:
+    """A folder's checkpoints by their ``.json`` files.
+
+    Attributes:
+        committed: The ``.pt`` paths of the committed checkpoints, oldest first.
+        refused: Checkpoints that may not be read, ``.pt`` path -> why (a file of theirs is a
+            link to somewhere outside the folder).
+    """
+
+    committed: list[Path] = field(default_factory=list)
+    refused: dict[Path, str] = field(default_factory=dict)
+
+
+def scan_folder(folder: StrPath) -> FolderScan:
+    """The checkpoints in ``folder``, committed and refused, without a word (``list_checkpoints``
+    warns about the refused ones)."""
+    folder = Path(folder)
+    scan = FolderScan()
+    if not folder.is_dir():
+        return scan
+    found = [p.with_suffix(".pt") for p in folder.glob("checkpoint-*.json") if _NAME.match(p.name)]
+    for path in sorted(found, key=sequence_of):
+        why = _outside(path.with_suffix(".json")) or _outside(path)
+        if why is None:
+            scan.committed.append(path)
+        else:
+            scan.refused[path] = why
+    return scan
+
+
 def list_checkpoints(folder: StrPath) -> list[Path]:
     """The committed checkpoints in ``folder`` (their ``.pt`` paths), oldest first.
 
     A checkpoint is committed once its ``.json`` file exists; intact or not is checked on load.
+    A checkpoint whose ``.pt`` or ``.json`` is a link to somewhere outside the folder is left
+    out, with a warning that says why.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [p.with_suffix(".pt") for p in folder.glob("checkpoint-*.json") if _NAME.match(p.name)]
-    return sorted(found, key=sequence_of)
+    scan = scan_folder(folder)
+    for path, why in scan.refused.items():
+        log.warning("Skipping checkpoint %s: %s.", path, why)
+    return scan.committed
 
 
-def latest_checkpoint(folder: StrPath) -> Checkpoint | None:
+def latest_checkpoint(folder: StrPath, *, check: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
     """The newest intact checkpoint in ``folder``, or None when it has none.
 
-    Checkpoints that fail to load are skipped, newest first, with a warning that names each
-    one and says which checkpoint is used instead.
+    Checkpoints that fail to load (or that ``check`` refuses with a ``CheckpointError``) are
+    skipped, newest first, with a warning that names each one and says which checkpoint is
+    used instead. Nothing in the folder is changed.
 
     Raises:
         CheckpointError: when there are checkpoints but none is intact.
@@ -280,6 +355,8 @@ def latest_checkpoint(folder: StrPath) -> Checkpoint | None:
     for path in reversed(list_checkpoints(folder)):
         try:
             checkpoint = load_checkpoint(path)
+            if check is not None:
+                check(checkpoint)
         except CheckpointError as error:
             log.warning("Skipping checkpoint %s: %s", path, error)
             failures.append(str(error))
@@ -290,53 +367,7 @@ def latest_checkpoint(folder: StrPath) -> Checkpoint | None:
     if failures:
         raise CheckpointError(
             f"No intact checkpoint in {folder}:\n" + "\n".join(f"  - {f}" for f in failures)
-            + "\nStart over without resume=..., or restore the folder from a backup."
+            + "\nRestore the folder from a backup, or start over: in a folder of your own, or in this "
+            f"one once its checkpoints are moved aside with cadence.checkpoint.archive_checkpoints({str(folder)!r})."
         )
     return None
-
-
-# ---- what may be saved ---------------------------------------------------------------------
-
-# Exact types: subclasses such as numpy.float64 or an IntEnum pickle as their own class.
-_PLAIN = frozenset({type(None), bool, int, float, str})
-
-
-def check_plain(value: object, where: str, _at: str = "") -> None:
-    """Check that ``value`` holds only what ``torch.load(weights_only=True)`` reads back:
-    tensors, None, bools, ints, floats, strings, and lists, tuples and dicts of those (dict
-    keys: strings or ints).
-
-    Raises:
-        CheckpointError: naming ``where`` and the position of the first offending value.
-
-    Example:
-        >>> check_plain({"best": 0.5, "counts": [1, 2]}, "EarlyStopping.state_dict()")
-        >>> import numpy as np
-        >>> check_plain({"best": np.float64(0.5)}, "EarlyStopping.state_dict()")
-        Traceback (most recent call last):
-        ...
-        cadence.errors.CheckpointError: EarlyStopping.state_dict() holds a numpy.float64 at ['best']; ...
-    """
-    if type(value) in _PLAIN or isinstance(value, torch.Tensor):
-        return
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-        for index, item in enumerate(value):
-            check_plain(item, where, f"{_at}[{index}]")
-        return
-    if isinstance(value, dict) and type(value) in (dict, OrderedDict):
-        for key, item in value.items():
-            if type(key) not in (str, int):
-                _refuse(key, where, f"{_at} (a key)")
-            check_plain(item, where, f"{_at}[{key!r}]")
-        return
-    _refuse(value, where, _at)
-
-
-def _refuse(value: object, where: str, at: str) -> None:
-    kind = type(value)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-    raise CheckpointError(
-        f"{where} holds a {name}{f' at {at}' if at else ''}; checkpoints hold tensors, numbers, "
-        f"strings, bools, None, lists, tuples and dicts only, so that loading never runs code. "
-        f"Convert it, e.g. float(value), value.tolist() or torch.as_tensor(value)."
-    )

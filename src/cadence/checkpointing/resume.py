@@ -6,7 +6,11 @@ there is a ``Checkpointer`` or a mid-epoch resume: the training data is then wra
 costs one generator step per batch; the wrapper is what ``EpochBegin.data`` holds, and it
 forwards attribute reads and ``len()`` to the data, so ``event.data.sampler.set_epoch(epoch)``
 works as without it), records the RNG states when each training epoch's iterator is created,
-and turns SIGTERM and Ctrl-C into a checkpoint at the next consistent point.
+and turns SIGTERM and Ctrl-C into a checkpoint at the next consistent point
+(``cadence.checkpointing.interrupts``). A fit that saves checkpoints owns its saver's folder:
+a fresh fit into a folder with another run's checkpoints is refused
+(``cadence.checkpointing.folder``), and so is adding, removing or replacing the saver while
+the fit runs (it takes part from the fit's first batch or not at all).
 
 The callback that saves checkpoints is found by what it does, not by its class: any callback
 implementing ``cadence.checkpointing.saver.CheckpointSaver`` (``Checkpointer`` does), so that this core
@@ -23,21 +27,22 @@ state back as it was there:
   at the checkpoint.
 
 So ``FitBegin`` and ``EpochBegin`` handlers run as usual, and whatever they change that a
-checkpoint holds is then overwritten with the saved state.
+checkpoint holds is then overwritten with the saved state. A resume is logged as a warning
+(visible without any logging set up), and so is relaunching a run that has finished.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import threading
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from cadence.checkpointing.files import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint
+from cadence.callback import Callback
+from cadence.checkpointing.files import Checkpoint, CheckpointError
+from cadence.checkpointing.folder import check_own_folder
+from cadence.checkpointing.interrupts import Interrupts
+from cadence.checkpointing.locate import Resume, find_checkpoint
 from cadence.errors import CancelFit
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.checkpointing.replay import data_generators, length, sampler_epochs, set_sampler_epochs, skip_batches
@@ -48,8 +53,6 @@ from cadence.checkpointing.snapshot import capture_state, check_fits, restore_st
 __all__ = ["FitRun"]
 
 log = logging.getLogger(__name__)
-
-Resume = str | os.PathLike[str]
 
 
 class FitRun:
@@ -63,6 +66,8 @@ class FitRun:
         validates: Whether each training epoch is followed by validation.
         interrupted: ``"SIGTERM"`` or ``"SIGINT"`` once one arrived, else None.
         saved: The last checkpoint written during this fit.
+        stage: Where the current training epoch is: ``"before"`` its first batch, in its
+            ``"batches"``, or ``"after"`` them (its ``EpochEnd``, its validation).
     """
 
     def __init__(
@@ -76,18 +81,32 @@ class FitRun:
         self.generators = data_generators(train)
         self.interrupted: str | None = None
         self.saved: Path | None = None
-        self._resuming = None if resume is None else self._find(resume)
+        self.stage = "before"
+        self._resume = resume
+        folder = self.folder
+        self._resuming = None if resume is None else find_checkpoint(resume, folder)
         if self._resuming is not None:
             self._check(self._resuming)
+        if folder is not None:
+            check_own_folder(folder, self._resuming, n_epochs)
         position = self._resuming.meta["position"] if self._resuming is not None else {"epoch": 0, "batch": 0}
         self.first_epoch: int = position["epoch"]
         tracked = self.checkpointer is not None or position["batch"] > 0
         wrapper = _SizedTracked if isinstance(train, Sized) else _Tracked
         self._data = wrapper(train, self) if tracked else train
-        self._handlers: dict[int, Any] = {}
-        self._install_signal_handlers()
+        self._interrupts = Interrupts(self)
         if self.checkpointer is not None:
             self.checkpointer.attach_run(self)
+
+    @property
+    def saves(self) -> bool:
+        """Whether this fit has a saver (a ``Checkpointer``)."""
+        return self.checkpointer is not None
+
+    @property
+    def folder(self) -> Path | None:
+        """The saver's folder, or None without one."""
+        return self.checkpointer.folder if self.checkpointer is not None else None
 
     # ---- the learner's calls ------------------------------------------------------------------
 
@@ -110,33 +129,47 @@ class FitRun:
             )
             self._restore(checkpoint)
             restore_rng(checkpoint.state["rng"]["now"], self.generators)
-        self.epoch = epoch
+        self.epoch, self.stage = epoch, "before"
         return self._data
+
+    def check_callbacks(self, callbacks: Sequence[Callback]) -> None:
+        """Called by the learner when its callbacks change during this fit: refuse a change of
+        the saver, which takes part in a fit from its first batch or not at all (it counts
+        the batches from the first one to know where a checkpoint resumes).
+
+        Raises:
+            CheckpointError: a saver added, removed or replaced while the fit runs.
+        """
+        saver, current = find_saver(callbacks), self.checkpointer
+        if saver is current:
+            return
+        if current is None:
+            change = f"Adding {saver!r} while fit() runs is refused: it would save nothing in this fit"
+        elif saver is None:
+            change = f"Removing {current!r} while fit() runs is refused: this fit saves through it until it ends"
+        else:
+            change = (
+                f"Replacing {current!r} with {saver!r} while fit() runs is refused: this fit saves "
+                f"through {current!r} until it ends"
+            )
+        raise CheckpointError(
+            f"{change}, because a checkpoint saver takes part in a fit from its first batch or not at "
+            f"all (it counts the batches from the first one, to know where a checkpoint resumes). "
+            f"Change it before calling fit, e.g. learner.add_callback(Checkpointer(\"checkpoints\")) "
+            f"then learner.fit(...), or after fit returns."
+        )
 
     def close(self) -> None:
         """Before ``FitEnd``: put the previous signal handlers back and detach the saver."""
-        for signum, previous in self._handlers.items():
-            signal.signal(signum, previous)
-        self._handlers.clear()
+        self._interrupts.close()
         if self.checkpointer is not None:
             self.checkpointer.detach_run(self)
 
     def outcome(self, result: CancelFit | None) -> CancelFit | None:
         """``fit``'s return value, unless a signal interrupted it: then, after ``FitEnd``, raise
         ``KeyboardInterrupt`` (Ctrl-C) or ``SystemExit(143)`` (SIGTERM), saying where the
-        checkpoint is."""
-        if self.interrupted is None:
-            return result
-        where = (
-            f"checkpoint saved to {self.saved}; continue with fit({self.n_epochs}, resume=\"latest\")"
-            if self.saved is not None
-            else "no checkpoint was saved"
-        )
-        message = f"Training stopped by {self.interrupted}: {where}."
-        if self.interrupted == "SIGINT":
-            raise KeyboardInterrupt(message)
-        log.warning(message)
-        raise SystemExit(128 + signal.SIGTERM)
+        checkpoint is (``cadence.checkpointing.interrupts``)."""
+        return self._interrupts.outcome(result)
 
     # ---- for the Checkpointer -----------------------------------------------------------------
 
@@ -161,39 +194,10 @@ class FitRun:
 
     # ---- resuming -----------------------------------------------------------------------------
 
-    def _find(self, resume: Resume) -> Checkpoint | None:
-        if isinstance(resume, str) and resume == "latest":
-            if self.checkpointer is None:
-                raise CheckpointError(
-                    'fit(resume="latest") looks in the Checkpointer\'s folder, but this learner has no '
-                    'Checkpointer. Add one, e.g. callbacks=[Checkpointer("checkpoints")], or pass the '
-                    'path of a checkpoint: fit(..., resume="checkpoints/checkpoint-000012-epoch3-batch40.pt").'
-                )
-            found = latest_checkpoint(self.checkpointer.folder)
-            if found is None:
-                log.info("No checkpoint in %s yet: starting from the beginning.", self.checkpointer.folder)
-            return found
-        if not isinstance(resume, (str, os.PathLike)):
-            raise TypeError(
-                f'fit(resume=...) expects "latest", a checkpoint\'s path or a folder of checkpoints; '
-                f'got {type(resume).__name__}. Pass e.g. resume="latest" (with a Checkpointer), '
-                f'resume="checkpoints" or resume="checkpoints/checkpoint-000012-epoch3-batch40.pt".'
-            )
-        if Path(resume).is_dir():
-            found = latest_checkpoint(resume)
-            if found is None:
-                raise CheckpointError(
-                    f"fit(resume={str(resume)!r}): the folder has no checkpoint. Pass the folder a "
-                    f"Checkpointer saved to, or leave out resume= to start from the beginning."
-                )
-            return found
-        return load_checkpoint(resume)
-
     def _check(self, checkpoint: Checkpoint) -> None:
         """Everything that can be checked before ``FitBegin``, so that a checkpoint that does not
         fit this learner fails before training starts."""
         path = checkpoint.path
-        _check_structure(checkpoint)
         epoch, batch = checkpoint.meta["position"]["epoch"], checkpoint.meta["position"]["batch"]
         if epoch > self.n_epochs or (batch > 0 and epoch >= self.n_epochs):
             raise CheckpointError(
@@ -217,7 +221,27 @@ class FitRun:
         position = checkpoint.meta["position"]
         self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
         restore_state(checkpoint, self.learner, self._extra())
-        log.info("Resumed from %s (epoch %d, batch %d).", checkpoint.path, self.epoch + 1, self.batch)
+        log.warning("%s", self._resumed(checkpoint.path))
+
+    def _resumed(self, path: Path) -> str:
+        """The line that makes a resumed launch look unlike a fresh start."""
+        epoch, batch, n = self.epoch, self.batch, self.n_epochs
+        if batch > 0:
+            return (
+                f"Resumed from {path}, taken after batch {batch} of epoch {epoch + 1} (step {self.step}): "
+                f"fit({n}) continues with its batch {batch + 1}."
+            )
+        if epoch < n:
+            return (
+                f"Resumed from {path}, taken after epoch {epoch} (step {self.step}): fit({n}) continues "
+                f"with epoch {epoch + 1}."
+            )
+        again = f"resume={str(self._resume)!r}" if self._resume is not None else "resume=..."
+        return (
+            f"Resumed from {path}, taken at the end of the run: all {n} epochs of fit({n}) have run, "
+            f"so there is nothing left to train. To train longer, ask for more epochs in total, e.g. "
+            f"fit({max(2 * n, 1)}, {again})."
+        )
 
     def resume_mid_epoch(self) -> Iterator[Any]:
         """After ``EpochBegin`` of the resumed epoch: restore, then iterate from the next batch."""
@@ -231,31 +255,6 @@ class FitRun:
         set_sampler_epochs(self.train, self.epoch_samplers)
         restore_rng(rng["epoch"], self.generators)
         return skip_batches(self.train, self.batch, lambda: restore_rng(rng["now"], self.generators))
-
-    # ---- signals --------------------------------------------------------------------------------
-
-    def _install_signal_handlers(self) -> None:
-        # Only the main thread may set handlers; a user's own handler is left alone.
-        if threading.current_thread() is not threading.main_thread():
-            return
-        wanted: list[tuple[int, Any]] = [(signal.SIGTERM, signal.SIG_DFL)]
-        if self.checkpointer is not None:
-            wanted.append((signal.SIGINT, signal.default_int_handler))
-        for signum, default in wanted:
-            if signal.getsignal(signum) is default:
-                self._handlers[signum] = default
-                signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if self.checkpointer is None or self.interrupted is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            log.warning("Training stopped by %s; FitEnd cleanup runs, no checkpoint is saved.", name)
-            raise SystemExit(128 + signum)
-        self.interrupted = name
-        again = " (press Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-        log.warning("%s: saving a checkpoint at the end of this batch, then stopping%s.", name, again)
 
 
 class _Tracked:
@@ -278,10 +277,14 @@ class _Tracked:
             run.epoch_samplers = sampler_epochs(self.data)
             run.batch = 0
             iterator = iter(self.data)
-        for batch in iterator:
-            run.batch += 1
-            run.step += 1
-            yield batch
+        run.stage = "batches"
+        try:
+            for batch in iterator:
+                run.batch += 1
+                run.step += 1
+                yield batch
+        finally:  # also when the epoch is cancelled and the loop abandons this generator
+            run.stage = "after"
 
     def __getattr__(self, name: str) -> Any:
         # EpochBegin.data is this wrapper: handlers read the data's attributes through it
@@ -297,23 +300,3 @@ class _Tracked:
 class _SizedTracked(_Tracked):
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]
-
-
-def _check_structure(checkpoint: Checkpoint) -> None:
-    """A checkpoint of a fit has these parts; a file without them is refused, not half-used."""
-    meta, state = checkpoint.meta, checkpoint.state
-    position = meta.get("position")
-    parts = {
-        "position": isinstance(position, dict)
-        and all(type(position.get(k)) is int and position[k] >= 0 for k in ("epoch", "batch", "step")),
-        "optimizer class": isinstance(meta.get("optimizer"), str),
-        "callback classes": isinstance(meta.get("callbacks"), dict),
-        "rng": isinstance(state.get("rng"), dict) and "now" in state["rng"],
-        **{key: isinstance(state.get(key), dict) for key in ("model", "optimizer", "callbacks", "cbstate", "extra")},
-    }
-    broken = [name for name, ok in parts.items() if not ok]
-    if broken:
-        raise CheckpointError(
-            f"{checkpoint.path} is not a checkpoint of a fit: {', '.join(broken)} missing or malformed. "
-            f"Resume from a checkpoint a Checkpointer wrote."
-        )

@@ -15,9 +15,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cadence.access import parse_state_access
 from cadence.callback import Callback, callback_labels
-from cadence.checkpointing.files import Checkpoint, CheckpointError, check_plain
+from cadence.checkpointing.files import Checkpoint, CheckpointError
+from cadence.checkpointing.plain import check_plain
 
 __all__ = ["capture_state", "check_fits", "restore_state"]
 
@@ -168,12 +171,18 @@ def _check_model(path: Path, saved: dict[str, Any], model: Any) -> None:
     current = model.state_dict()
     missing = sorted(set(current) - set(saved))
     unexpected = sorted(set(saved) - set(current))
-    reshaped = sorted(
-        k for k in set(saved) & set(current)
-        if hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(getattr(current[k], "shape", ()))
+    common = set(saved) & set(current)
+    untyped = sorted(
+        k for k in common if isinstance(current[k], torch.Tensor) and not isinstance(saved[k], torch.Tensor)
     )
-    if missing or unexpected or reshaped:
-        found = (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
+    reshaped = sorted(
+        k for k in common
+        if isinstance(saved[k], torch.Tensor) and tuple(saved[k].shape) != tuple(getattr(current[k], "shape", ()))
+    )
+    if missing or unexpected or untyped or reshaped:
+        found = (
+            ("missing", missing), ("unexpected", unexpected), ("not a tensor", untyped), ("other shape", reshaped)
+        )
         parts = [f"{what}: {', '.join(keys[:5])}{' ...' * (len(keys) > 5)}" for what, keys in found if keys]
         raise CheckpointError(
             f"{path} holds a different model ({_qualname(model)} here; {'; '.join(parts)}). Build the "
@@ -196,7 +205,7 @@ def _matching(checkpoint: Checkpoint, callbacks: list[Callback]) -> dict[str, Ca
 
 def _occurrence(label: str) -> int:
     _, _, number = label.partition("#")
-    return int(number) if number.isdigit() else 1
+    return int(number) if number.isdecimal() else 1  # isdigit() takes "²", which int() refuses
 
 
 def _check_callbacks(path: Path, checkpoint: Checkpoint, callbacks: list[Callback]) -> None:
