@@ -42,6 +42,7 @@ __all__ = [
     "CheckpointError",
     "FolderScan",
     "check_plain",
+    "checkpoint_files",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -177,7 +178,8 @@ def _check_writable(record: Mapping[str, Any], meta_file: Path) -> None:
 # ---- reading -------------------------------------------------------------------------------
 
 
-def _files(path: StrPath) -> tuple[Path, Path]:
+def checkpoint_files(path: StrPath) -> tuple[Path, Path]:
+    """A checkpoint's ``(.pt, .json)`` paths from either of them or the name without suffix."""
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".pt", ".json") else path
     return stem.with_name(stem.name + ".pt"), stem.with_name(stem.name + ".json")
@@ -284,7 +286,7 @@ def load_checkpoint(path: StrPath) -> Checkpoint:
             a link to a file outside its folder, from a newer cadence, or holds anything but
             tensors and plain data.
     """
-    tensors, meta_file = _files(path)
+    tensors, meta_file = checkpoint_files(path)
     meta = read_meta(meta_file)
     real = _refuse_outside(tensors)
     _verify(tensors, real, meta)

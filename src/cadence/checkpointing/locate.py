@@ -8,7 +8,13 @@ import logging
 import os
 from pathlib import Path
 
-from cadence.checkpointing.files import Checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint
+from cadence.checkpointing.files import (
+    Checkpoint,
+    checkpoint_files,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
 from cadence.checkpointing.schema import fit_problem
 from cadence.errors import CheckpointError
 
@@ -70,9 +76,7 @@ def find_checkpoint(resume: Resume, saver_folder: Path | None) -> Checkpoint | N
                 f"Checkpointer saved to, or leave out resume= to start from the beginning."
             )
         return found
-    stem = path.with_suffix("") if path.suffix in (".pt", ".json") else path
-    files = (path, stem.with_name(stem.name + ".pt"), stem.with_name(stem.name + ".json"))
-    if not any(p.exists() or p.is_symlink() for p in files):
+    if not any(p.exists() or p.is_symlink() for p in (path, *checkpoint_files(path))):
         raise CheckpointError(_no_such_path(resume, path))
     checkpoint = load_checkpoint(path)
     check_fit(checkpoint)
