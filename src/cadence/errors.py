@@ -13,6 +13,8 @@ run goes on but probably not as meant::
     │   ├── MissingStateError              a cbstate entry is read but nothing writes it
     │   ├── SignalScopeError               a Cancel* signal raised where it cancels nothing
     │   ├── CheckpointError                a checkpoint cannot be written, read or used
+    │   ├── LoggerError                    a logger backend failed, with strict=True
+    │   ├── MissingExtraError (ImportError)  a backend's optional dependency is not installed
     │   └── SanityCheckError               (cadence.callbacks.sanity) the first batches fail
     └── CancelSignal                       control flow, not an error
         ├── CancelBatch                    skip the rest of this batch
@@ -25,6 +27,8 @@ run goes on but probably not as meant::
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CadenceError",
     "CancelBatch",
@@ -36,6 +40,8 @@ __all__ = [
     "CycleError",
     "DataWarning",
     "DeclarationError",
+    "LoggerError",
+    "MissingExtraError",
     "MissingStateError",
     "ProtectedAccessError",
     "SignalScopeError",
@@ -43,7 +49,14 @@ __all__ = [
 
 
 class CadenceError(Exception):
-    """Base class of every error cadence raises for a problem the user can fix."""
+    """Base class of every error cadence raises for a problem the user can fix.
+
+    Attributes:
+        callbacks: For an error raised while a learner was built: the callbacks it was given,
+            so that ``python -m cadence check`` can look for every other error among them.
+    """
+
+    callbacks: tuple[Any, ...] = ()
 
 
 class ProtectedAccessError(CadenceError):
@@ -76,6 +89,16 @@ class SignalScopeError(CadenceError):
 
 class CheckpointError(CadenceError):
     """A checkpoint cannot be written, read or used; the message names the file and the fix."""
+
+
+class LoggerError(CadenceError):
+    """A logger backend could not write, flush or close, and was built with ``strict=True``
+    (without it, the failure is logged once and training goes on)."""
+
+
+class MissingExtraError(CadenceError, ImportError):
+    """A logger backend or plot needs an optional dependency that is not installed; the
+    message gives the ``pip install 'cadence[extra]'`` line."""
 
 
 class DataWarning(UserWarning):

@@ -51,13 +51,22 @@ class FitBegin(Event):
         n_epochs: The number of epochs ``fit`` was asked to run.
         data: The ``(train, valid)`` pair this fit runs on (``valid`` may be None): the data
             passed to ``fit`` if any, else the learner's.
+        callbacks: The learner's callbacks in run order (every ``run_after`` and every
+            producer of a ``cbstate`` entry before its readers; list order otherwise), for
+            loggers of the run's configuration.
     """
 
-    __slots__ = ("n_epochs", "data")
+    __slots__ = ("n_epochs", "data", "callbacks")
 
-    def __init__(self, n_epochs: int = 0, data: tuple[Iterable[Any], Iterable[Any] | None] | None = None) -> None:
+    def __init__(
+        self,
+        n_epochs: int = 0,
+        data: tuple[Iterable[Any], Iterable[Any] | None] | None = None,
+        callbacks: tuple[Any, ...] = (),
+    ) -> None:
         self.n_epochs = n_epochs
         self.data = data
+        self.callbacks = callbacks
 
 
 class FitEnd(Event):

@@ -177,7 +177,7 @@ class Learner:
         self._fit_run = run
         result: CancelFit | None = None
         try:
-            self.fire(FitBegin(n_epochs, (train, valid)), FIT_PHASE)
+            self.fire(FitBegin(n_epochs, (train, valid), self._run_order()), FIT_PHASE)
             run.fit_began()
             for epoch in range(run.first_epoch, n_epochs):
                 self.epoch(TRAINING, run.training_data(epoch))
@@ -279,30 +279,39 @@ class Learner:
     def explain(self, event: type[Event] | None = None, phase: type[Phase] | Phase | None = None) -> str:
         """Each non-empty plan in firing order, handlers numbered, with the reason for every
         edge into a handler. ``event`` and ``phase`` (classes) narrow the output."""
+        parts = [plan.describe() for plan in self.plans(event, phase)]
+        return "\n\n".join(parts) if parts else "No callback handles these events."
+
+    def plans(self, event: type[Event] | None = None, phase: type[Phase] | Phase | None = None) -> list[Plan]:
+        """The non-empty plans ``explain()`` shows, in firing order (``cadence.graph.render``
+        draws them)."""
         phase_type = type(phase) if isinstance(phase, Phase) else phase
-        parts: list[str] = []
-        last: list[str] = []
+        found: list[Plan] = []
+        last: list[Plan] = []
         for kind in self._phases:
             if phase_type is not None and kind is not phase_type:
                 continue
             for evt, plan in self._plans.get(kind, {}).items():
                 if plan is not None and plan.calls and (event is None or evt is event):
                     # FitEnd fires after every epoch of every phase.
-                    (last if evt is FitEnd else parts).append(plan.describe())
-        parts += last
-        return "\n\n".join(parts) if parts else "No callback handles these events."
+                    (last if evt is FitEnd else found).append(plan)
+        return found + last
 
     # ---- internals --------------------------------------------------------------------------
 
     def _install(self, callbacks: Sequence[Callback], joining: Sequence[Callback]) -> None:
         """Validate and plan ``callbacks``; commit only if everything succeeds, then run the
         joining callbacks' ``init`` (producers first)."""
-        check_savers(callbacks)
-        if self._fit_run is not None:
-            self._fit_run.check_callbacks(callbacks)
-        with _collector_paused():
-            graph = CallbackGraph(callbacks)
-            views, plans = self._plan_all(graph)
+        try:
+            check_savers(callbacks)
+            if self._fit_run is not None:
+                self._fit_run.check_callbacks(callbacks)
+            with _collector_paused():
+                graph = CallbackGraph(callbacks)
+                views, plans = self._plan_all(graph)
+        except CadenceError as error:
+            error.callbacks = tuple(callbacks)  # `python -m cadence check` checks them all
+            raise
         previous = (self._callbacks, self._graph_state())
         self._callbacks, self._graph, self._views, self._plans = tuple(callbacks), graph, views, plans
         joining_ids = {id(cb) for cb in joining}
@@ -315,6 +324,9 @@ class Learner:
             self._graph, self._views, self._plans = previous[1]
             exc.add_note(f"Raised by {graph.labels[i]}.init; the learner's callbacks are unchanged.")
             raise
+
+    def _run_order(self) -> tuple[Callback, ...]:
+        return tuple(self._callbacks[i] for i in self._graph.init_order())
 
     def _graph_state(self) -> tuple[Any, Any, Any]:
         return getattr(self, "_graph", None), getattr(self, "_views", []), self._plans

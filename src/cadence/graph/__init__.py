@@ -8,6 +8,6 @@
 - ``ordering``: the graph algorithms (stable topological order, reachability, cycles).
 """
 
-from cadence.graph.builder import CallbackGraph, HandlerCall, Plan
+from cadence.graph.builder import CallbackGraph, Edge, HandlerCall, Plan
 
-__all__ = ["CallbackGraph", "HandlerCall", "Plan"]
+__all__ = ["CallbackGraph", "Edge", "HandlerCall", "Plan"]

@@ -27,9 +27,21 @@ from cadence.events import Event
 from cadence.graph.ordering import find_cycle, reaches, topological
 from cadence.phases import Phase, phases_firing
 
-__all__ = ["CallbackGraph", "Plan"]
+__all__ = ["CallbackGraph", "Edge", "Plan"]
 
 HandlerCall = Callable[[Event, Phase, Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """One ordering edge of a plan: the handler at ``before`` runs before the one at ``after``
+    (positions in run order), for ``reasons``; ``resolved`` marks an edge that a
+    ``resolve_conflict`` answer added."""
+
+    before: int
+    after: int
+    reasons: tuple[str, ...]
+    resolved: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -43,6 +55,7 @@ class Plan:
         predecessors: per handler, the positions of the handlers it must run after.
         reasons: per handler, one line per edge into it: the handler it runs after and why.
         cache: a place for an executor to keep what it precomputes per plan.
+        edges: every edge, with its reasons, for pictures of the plan (``cadence.graph.render``).
     """
 
     event: type[Event]
@@ -54,6 +67,7 @@ class Plan:
     predecessors: tuple[tuple[int, ...], ...]
     reasons: tuple[tuple[str, ...], ...]
     cache: dict[str, Any] = field(default_factory=dict)
+    edges: tuple[Edge, ...] = ()
 
     def describe(self) -> str:
         """The plan as ``explain()`` prints it."""
@@ -232,6 +246,7 @@ class CallbackGraph:
         successors: list[set[int]] = [set() for _ in members]
         for p, q in edges:
             successors[p].add(q)
+        resolved: set[tuple[int, int]] = set()
         for (p, q), (path_p, path_q) in conflicts.items():
             i, j = members[p][0], members[q][0]
             if j in self._reach[i] or i in self._reach[j]:
@@ -246,6 +261,7 @@ class CallbackGraph:
                     f"{winner} and {loser} both write {dotted(path_p)}; resolve_conflict says RunFirst({winner})"
                 )
                 successors[before].add(after)
+                resolved.add((before, after))
 
         order = topological(len(members), successors)
         if len(order) < len(members):
@@ -272,6 +288,10 @@ class CallbackGraph:
             accesses=tuple(self.accesses[i] for i, _ in chosen),
             predecessors=tuple(tuple(ps) for ps in predecessors),
             reasons=tuple(tuple(rs) for rs in reasons),
+            edges=tuple(
+                Edge(rank[p], rank[q], tuple(why), (p, q) in resolved)
+                for (p, q), why in sorted(edges.items(), key=lambda item: (rank[item[0][1]], rank[item[0][0]]))
+            ),
         )
 
     def _next_members(self, target: int, members: Mapping[int, int]) -> Iterator[tuple[int, str]]:
