@@ -1,0 +1,265 @@
+"""The backend protocol: what a logger writes to, its life in a fit, and its failures.
+
+A backend is not a callback: the logger callbacks (``LogMetrics``, ``LogHyperparams``,
+``LogHistograms``, ``LogConfig``) write to it, and several may share one. Its life in a fit:
+
+1. ``attach(owner, run)`` at ``FitBegin``, by each callback that writes to it.
+2. ``write(values, step=..., epoch=..., phase=...)``. The first write opens it. A resumed
+   run's position is restored only after ``FitBegin`` (or after the resumed epoch's
+   ``EpochBegin``), so writes made at ``FitBegin`` pass ``step=None``: they wait for the first
+   write with a step (or the next flush) and are then written at the step the fit continues
+   from.
+3. ``flush()`` at every epoch end, and in ``state_dict()``: a checkpoint taken after a write
+   finds it on disk, so that a killed run loses nothing its checkpoint counts as done.
+4. ``detach(owner)`` at ``FitEnd``; the last owner's detach flushes and closes it.
+
+Resuming: ``state_dict()`` holds the last step and how far the log goes (the backend's
+``_position()``); after ``load_state_dict`` the backend reopens at that point and drops what a
+killed run wrote after its checkpoint, so every step is in the log once.
+
+Failures (a full disk, a permission error, an MLflow server that is gone) are logged once as a
+warning, the backend stops for the rest of the fit and training goes on; what was written
+before stays. With ``strict=True`` the failure raises ``LoggerError`` instead.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cadence.errors import LoggerError, MissingExtraError
+from cadence.loggers.run import Run
+from cadence.loggers.values import Loggable
+
+__all__ = ["Backend", "require"]
+
+log = logging.getLogger(__name__)
+
+
+def require(kind: str, extra: str, *modules: str) -> None:
+    """Check that ``modules`` can be imported (without importing them).
+
+    Raises:
+        MissingExtraError: naming the extra to install.
+
+    Example:
+        >>> require("CSVLogger", "csv", "csv")
+        >>> require("Nothing", "nothing", "no_such_module_here")
+        Traceback (most recent call last):
+        ...
+        cadence.errors.MissingExtraError: Nothing needs no_such_module_here, which is not installed. Install it with: pip install 'cadence[nothing]'
+    """
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(
+            f"{kind} needs {', '.join(missing)}, which is not installed. Install it with: "
+            f"pip install 'cadence[{extra}]'"
+        )
+
+
+class Backend(abc.ABC):
+    """Base class of logger backends (see the module docstring for their life in a fit).
+
+    Args:
+        location: Where the backend writes (a folder, a file or a URI, by backend); None
+            for its default place in the run folder (a ``RunFolder`` callback is then needed).
+        strict: Raise ``LoggerError`` when the backend fails, instead of warning once and
+            going on without it.
+
+    Extending:
+        1. Subclass ``Backend``; set ``default_name``, its file or folder in the run folder.
+        2. Implement ``_open(target, resume)``: start writing to ``target`` (the location, or
+           ``run.path / default_name``). ``resume`` is None for a fresh log, else what
+           ``_position()`` returned when the run's checkpoint was taken: drop everything
+           written after it.
+        3. Implement ``_write(step, epoch, phase, values)``, taking the values it can show.
+        4. Implement ``_flush()`` (after it, everything written is durable), ``_close()``,
+           and ``_position()`` (plain data: how far the log goes, after a flush).
+        Every call is made under the backend's lock, on one thread at a time.
+    """
+
+    default_name: ClassVar[str] = ""
+
+    def __init__(self, location: Any = None, *, strict: bool = False) -> None:
+        if not isinstance(strict, bool):
+            raise TypeError(f"{type(self).__name__}(strict=...) expects True or False; got {strict!r}.")
+        self.location = location
+        self.strict = strict
+        self._lock = threading.RLock()
+        self._owners: set[int] = set()
+        self._run: Run | None = None
+        self._is_open = False
+        self._failed = False
+        self._pending: list[tuple[tuple[Loggable, ...], int, str | None]] = []
+        self._step = 0
+        self._resume: dict[str, Any] | None = None  # None: a fresh log
+
+    # ---- what subclasses implement -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _open(self, target: Any, resume: dict[str, Any] | None) -> None: ...
+
+    @abc.abstractmethod
+    def _write(self, step: int, epoch: int, phase: str | None, values: Sequence[Loggable]) -> None: ...
+
+    @abc.abstractmethod
+    def _flush(self) -> None: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    def _position(self) -> dict[str, Any]: ...
+
+    # ---- what the logger callbacks call ------------------------------------------------------
+
+    @property
+    def needs_run(self) -> bool:
+        """Whether the backend writes into the run folder (no location of its own)."""
+        return self.location is None
+
+    @property
+    def step(self) -> int:
+        """The highest step written so far (restored by ``load_state_dict``)."""
+        return self._step
+
+    def attach(self, owner: object, run: Run | None) -> None:
+        """``owner`` (a callback) writes to this backend in the fit that begins."""
+        with self._lock:
+            if not self._owners:
+                self._failed = False  # a new fit tries again
+                self._run = run
+            self._owners.add(id(owner))
+
+    def write(self, values: Sequence[Loggable], *, step: int | None, epoch: int, phase: str | None) -> None:
+        """Write ``values`` at ``step`` (None: at the step the fit continues from; see the
+        module docstring), in training epoch ``epoch`` (from 1), for ``phase`` (``"train"``,
+        ``"valid"``, or None for the whole run)."""
+        with self._lock:
+            if self._failed:
+                return
+            if step is None and not self._is_open:
+                self._pending.append((tuple(values), epoch, phase))
+                return
+            if not self._is_open and not self._open_now():
+                return
+            if self._guard("write", self._write, self._step if step is None else step, epoch, phase, values):
+                if step is not None and step > self._step:
+                    self._step = step
+
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+        with self._lock:
+            if self._failed:
+                return
+            if self._pending and not self._is_open and not self._open_now():
+                return
+            if self._is_open:
+                self._guard("flush", self._flush)
+
+    def detach(self, owner: object) -> None:
+        """``owner``'s fit ended; the last owner's detach flushes and closes the backend."""
+        with self._lock:
+            if id(owner) not in self._owners:
+                return
+            self._owners.discard(id(owner))
+            if not self._owners:
+                self.close()
+
+    def close(self) -> None:
+        """Flush and close now; a later write reopens and appends."""
+        with self._lock:
+            self.flush()
+            self._pending.clear()
+            if not self._is_open:
+                return
+            self._is_open = False
+            if self._failed:
+                try:  # release files and threads; the failure was reported already
+                    self._close()
+                except Exception:
+                    log.debug("%s: closing after a failure failed too.", self.describe(), exc_info=True)
+                return
+            position = self._position()
+            if self._guard("close", self._close):
+                self._resume = position  # the next fit of this learner appends
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"step": ..., "position": ...}``: flushed first, so that it never counts what is
+        not on disk yet."""
+        with self._lock:
+            self.flush()
+            position: dict[str, Any] = {}
+            if self._is_open and not self._failed:
+                position = self._position()
+            elif self._resume is not None:
+                position = self._resume
+            return {"step": self._step, "position": position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from what ``state_dict`` returned: the next write reopens the log there."""
+        with self._lock:
+            if self._is_open:  # opened before the restore: start again from the checkpoint
+                self._is_open = False
+                self._guard("close", self._close)
+            self._step = int(state["step"])
+            self._resume = dict(state["position"])
+
+    def describe(self) -> str:
+        """The backend and where it writes, for messages."""
+        where = self.location if self.location is not None else self._default_target()
+        return f"{type(self).__name__}({str(where)!r})"
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _default_target(self) -> Path | str:
+        if self._run is None:
+            return f"<run folder>/{self.default_name}"
+        return self._run.path / self.default_name
+
+    def _target(self) -> Any:
+        if self.location is not None:
+            return self.location
+        if self._run is None:
+            raise LoggerError(
+                f"{type(self).__name__} has no location and no run folder to write in. Add "
+                f"RunFolder() to the callbacks, or give it a place, e.g. {type(self).__name__}(\"logs\")."
+            )
+        return self._run.path / self.default_name
+
+    def _open_now(self) -> bool:
+        resume = self._resume
+        if not self._guard("open", lambda: self._open(self._target(), resume)):
+            return False
+        self._is_open = True
+        pending, self._pending = self._pending, []
+        for values, epoch, phase in pending:
+            if not self._guard("write", self._write, self._step, epoch, phase, values):
+                break
+        return True
+
+    def _guard(self, action: str, call: Callable[..., Any], *args: Any) -> bool:
+        try:
+            call(*args)
+        except Exception as error:
+            self._fail(action, error)
+            return False
+        return True
+
+    def _fail(self, action: str, error: Exception) -> None:
+        what = f"{self.describe()} could not {action}: {type(error).__name__}: {error}"
+        if self.strict:
+            raise LoggerError(f"{what}. (strict=True; without it, training goes on without this logger.)") from error
+        self._failed = True
+        log.warning(
+            "%s. Logging to it stops for the rest of this fit; training goes on, and what it wrote "
+            "before is kept. Pass strict=True to make this an error.", what,
+        )
+
+    def __repr__(self) -> str:
+        return self.describe()

@@ -1,0 +1,141 @@
+"""``LoggerCallback``: what the callbacks that write to backends have in common.
+
+They attach their backends at ``FitBegin``, flush them at every epoch end, and detach them at
+``FitEnd`` (the last callback to detach a shared backend closes it), on every way a fit ends.
+They declare only ``READ`` access, so the graph runs them after whatever writes what they log,
+in any list order, and they save their backends' positions in checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cadence.access import READ
+from cadence.callback import Callback, on
+from cadence.events import EpochEnd, Event, FitBegin, FitEnd
+from cadence.loggers.backend import Backend
+from cadence.loggers.values import Loggable
+from cadence.phases import Phase, TrainingPhase
+
+__all__ = ["LoggerCallback", "check_every", "position"]
+
+_TRAINING = TrainingPhase()
+
+
+def check_every(owner: str, every: object, example: int) -> int:
+    """``every`` as a positive int, or a ``ValueError`` naming ``owner``."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"{owner}(every=...) expects a number of training steps >= 1, e.g. every={example}; got {every!r}.")
+    return every
+
+
+class LoggerCallback(Callback):
+    """Base class of callbacks that write to logger backends.
+
+    Args:
+        backends: The backends written to; several callbacks may share one.
+
+    Extending:
+        1. Subclass ``LoggerCallback`` and declare ``state_access`` (``READ`` only, and
+           ``"cbstate.history": READ`` for the step axis); ``"cbstate.run": READ`` is added
+           for backends that write into the run folder.
+        2. Write with ``self.log(values, learner, phase)`` from your handlers; at ``FitBegin``
+           override ``began(event, learner)`` (its writes wait until a resumed fit's position
+           is restored), at epoch ends override ``epoch_ended(phase, learner)``.
+        3. Log only on logging steps or at epoch ends: reading a device tensor is a sync.
+    """
+
+    def __init__(self, backends: Sequence[Backend]) -> None:
+        name = type(self).__name__
+        if not backends:
+            raise ValueError(
+                f"{name} needs at least one backend to write to, e.g. {name}(TensorBoardLogger(), CSVLogger())."
+            )
+        for backend in backends:
+            if isinstance(backend, type):
+                raise TypeError(f"{name} got the class {backend.__name__}; pass an instance: {backend.__name__}().")
+            if not isinstance(backend, Backend):
+                raise TypeError(
+                    f"{name} writes to logger backends such as TensorBoardLogger(), MLflowLogger() or "
+                    f"CSVLogger(); got {type(backend).__name__}."
+                )
+        if len({id(b) for b in backends}) != len(backends):
+            raise ValueError(f"{name} was given the same backend twice; pass each once.")
+        self.backends = tuple(backends)
+        if any(b.needs_run for b in self.backends):
+            self.state_access = {**type(self).state_access, "cbstate.run": READ}
+        self._active = False
+
+    def began(self, event: FitBegin, learner: Any) -> None:
+        """At ``FitBegin``, after the backends are attached."""
+
+    def epoch_ended(self, phase: Phase, learner: Any) -> None:
+        """At every epoch end, before the backends are flushed."""
+
+    @on(FitBegin)
+    def fit_begin(self, event: FitBegin, phase: Phase, learner: Any) -> None:
+        run = learner.cbstate.run if any(b.needs_run for b in self.backends) else None
+        for backend in self.backends:
+            backend.attach(self, run)
+        self._active = True
+        self.began(event, learner)
+
+    @on(EpochEnd)
+    def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        if not self._active:
+            return
+        self.epoch_ended(phase, learner)
+        for backend in self.backends:
+            backend.flush()
+
+    @on(FitEnd)
+    def fit_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        self._active = False
+        errors: list[Exception] = []
+        for backend in self.backends:
+            try:
+                backend.detach(self)
+            except Exception as error:  # strict=True: close the others first
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+    def log(
+        self, values: Sequence[Loggable], learner: Any, phase: Phase | None, *, in_batch: bool = False, deferred: bool = False
+    ) -> None:
+        """Write ``values`` to every backend at the current training step and epoch, for
+        ``phase`` (None: the whole run). ``in_batch``: from a training batch's handler;
+        ``deferred``: at the step the fit continues from (for ``FitBegin``)."""
+        if not self._active or not values:
+            return
+        step, epoch = position(learner, in_batch=in_batch)
+        for backend in self.backends:
+            backend.write(values, step=None if deferred else step, epoch=epoch, phase=None if phase is None else phase.name)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each backend's position (flushed first), for a resumed run to continue from."""
+        return {"backends": [backend.state_dict() for backend in self.backends]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("backends", [])
+        if len(saved) != len(self.backends):
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict got the state of {len(saved)} backend(s); this "
+                f"{type(self).__name__} has {len(self.backends)}. Resume with the backends the checkpoint was taken with."
+            )
+        for backend, backend_state in zip(self.backends, saved):
+            backend.load_state_dict(backend_state)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(repr(b) for b in self.backends)})"
+
+
+def position(learner: Any, *, in_batch: bool = False) -> tuple[int, int]:
+    """``(step, epoch)`` on the run's one step axis: training steps done, and the training
+    epoch they belong to (from 1; a validation epoch belongs to the training epoch before
+    it). ``in_batch``: at a training batch, whose epoch has not been counted yet."""
+    history = learner.cbstate.history.get(_TRAINING)
+    if history is None:
+        return 0, 0
+    return history.steps, history.epochs + (1 if in_batch else 0)
