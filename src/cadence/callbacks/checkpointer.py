@@ -49,7 +49,9 @@ class Checkpointer(Callback):
     ``cadence.checkpointing.saver.CheckpointSaver``, through which ``fit`` drives it.
 
     Args:
-        folder: Where the checkpoints go; created at the first save.
+        folder: Where the checkpoints go; created at the first save. None: ``checkpoints``
+            in the run folder (add ``RunFolder()``; until the Checkpointer joins a learner,
+            ``folder`` reads ``<run folder>/checkpoints``).
         every_epochs: Save after every N-th epoch; None for never.
         every_steps: Save after every N-th training batch; None (the default) for never.
         keep_last: How many of the newest checkpoints to keep, at least 1.
@@ -74,7 +76,7 @@ class Checkpointer(Callback):
 
     def __init__(
         self,
-        folder: str | os.PathLike[str],
+        folder: str | os.PathLike[str] | None = None,
         *,
         every_epochs: int | None = 1,
         every_steps: int | None = None,
@@ -84,7 +86,7 @@ class Checkpointer(Callback):
         mode: str = "min",
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(folder, (str, os.PathLike)):
+        if folder is not None and not isinstance(folder, (str, os.PathLike)):
             raise TypeError(
                 f'Checkpointer(folder=...) expects a path, e.g. "checkpoints"; got {type(folder).__name__}.'
             )
@@ -110,12 +112,31 @@ class Checkpointer(Callback):
                     f"Checkpointer(extra={{{key!r}: ...}}) needs an object with state_dict() and "
                     f"load_state_dict(), such as an LR scheduler or a GradScaler; got {type(obj).__name__}."
                 )
-        self.folder = Path(folder)
+        self._folder = None if folder is None else Path(folder)
+        self._run_folder: Any = None
         self.every_epochs, self.every_steps = every_epochs, every_steps
         self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, monitor, mode
         self.extra: dict[str, Any] = extra
         self._run: FitProgress | None = None
         self._warned = False
+
+    @property
+    def folder(self) -> Path:
+        """Where the checkpoints go."""
+        if self._folder is not None:
+            return self._folder
+        if self._run_folder is None:
+            return Path("<run folder>", "checkpoints")
+        return Path(self._run_folder.path, "checkpoints")
+
+    def init(self, learner: Any) -> None:
+        if self._folder is None:
+            if "run" not in learner.cbstate:
+                raise ValueError(
+                    "Checkpointer() without a folder saves into the run folder, but this learner has "
+                    'none. Add RunFolder() to the callbacks, or pass a folder: Checkpointer("checkpoints").'
+                )
+            self._run_folder = learner.cbstate.run
 
     def attach_run(self, run: FitProgress) -> None:
         """Called by ``fit`` when it starts, before ``FitBegin``: the run this callback saves."""
