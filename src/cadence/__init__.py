@@ -13,6 +13,8 @@ from cadence.errors import (
     CycleError,
     DataWarning,
     DeclarationError,
+    LoggerError,
+    MissingExtraError,
     MissingStateError,
     ProtectedAccessError,
     SignalScopeError,
@@ -37,6 +39,12 @@ from cadence.callbacks.sanity import SanityCheck, SanityCheckError  # isort: ski
 from cadence.callbacks.scheduler import Scheduler  # isort: skip
 from cadence.callbacks.throttle import Throttled, throttle  # isort: skip
 from cadence.callbacks.timer import CallbackTimer, HandlerTime  # isort: skip
+from cadence.callbacks.learning_curves import LearningCurves  # isort: skip
+from cadence.callbacks.log_config import LogConfig  # isort: skip
+from cadence.callbacks.log_histograms import LogHistograms  # isort: skip
+from cadence.callbacks.log_hyperparams import LogHyperparams  # isort: skip
+from cadence.callbacks.log_metrics import LogMetrics  # isort: skip
+from cadence.callbacks.run_folder import RunFolder  # isort: skip
 
 __all__ = [
     "READ",
@@ -61,10 +69,17 @@ __all__ = [
     "History",
     "LambdaCallback",
     "Learner",
+    "LearningCurves",
+    "LogConfig",
+    "LogHistograms",
+    "LogHyperparams",
+    "LogMetrics",
+    "LoggerError",
     "MetricSpec",
     "MetricValues",
     "Metrics",
     "MetricsPrinter",
+    "MissingExtraError",
     "MissingStateError",
     "MixedPrecision",
     "NoConflict",
@@ -72,6 +87,7 @@ __all__ = [
     "ProtectedAccessError",
     "Recorder",
     "RunFirst",
+    "RunFolder",
     "SanityCheck",
     "SanityCheckError",
     "Scheduler",

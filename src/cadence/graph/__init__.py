@@ -6,6 +6,8 @@
 - ``conflicts``: asks two writers of the same state how to order themselves
   (``resolve_conflict``), once per pair.
 - ``ordering``: the graph algorithms (stable topological order, reachability, cycles).
+- ``render``: the plans as a picture: Mermaid and Graphviz DOT text, SVG through ``dot``.
+- ``check``: every declaration error of a list of callbacks (``python -m cadence check``).
 """
 
 from cadence.graph.builder import CallbackGraph, Edge, HandlerCall, Plan

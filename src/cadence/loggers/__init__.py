@@ -7,6 +7,7 @@
   ``Hyperparameters``, ``Figure``.
 - ``tensorboard``, ``mlflow``, ``csv``: the backends (``cadence[tensorboard]``,
   ``cadence[mlflow]``; CSV needs nothing).
+- ``logger``: ``LoggerCallback``, the base of the callbacks that write to backends.
 - ``run``: the run folder, ``runs/<name>/``, shared by loggers, checkpoints and plots.
 - ``plots``: learning curves and the ``lr`` curve as PNG (``cadence[plots]``).
 

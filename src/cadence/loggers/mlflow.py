@@ -135,10 +135,10 @@ class MLflowLogger(Backend):
         if scalars or params:
             self._worker.submit(lambda client: self._send(client, scalars, params, step, stamp))
         for picture in pictures:  # encoded here: a figure is not the worker's to touch
-            png, name = picture.png(), f"{phase}/{picture.name}" if phase else picture.name
-            self._worker.submit(lambda client, png=png, name=name: self._artifact(client, png, name, step))
+            name = f"{phase}/{picture.name}" if phase else picture.name
+            self._worker.submit(_Call(self._artifact, picture.png(), name, step))
         for text in texts:
-            self._worker.submit(lambda client, text=text: client.log_text(self.run_id, text.text, f"{text.name}.md"))
+            self._worker.submit(_Call(self._text, text))
 
     def _send(self, client: Any, scalars: list[tuple[str, float]], params: dict[str, Any], step: int, stamp: int) -> None:
         from mlflow.entities import Metric, Param
@@ -178,6 +178,9 @@ class MLflowLogger(Backend):
             path.write_bytes(png)
             client.log_artifact(self.run_id, str(path), artifact_path=folder or None)
 
+    def _text(self, client: Any, text: Text) -> None:
+        client.log_text(self.run_id, text.text, f"{text.name}.md")
+
     def _flush(self) -> None:
         assert self._worker is not None
         self._worker.drain(self.flush_timeout)
@@ -196,6 +199,16 @@ class MLflowLogger(Backend):
             worker.drain(self.flush_timeout)
         finally:
             worker.stop()
+
+
+class _Call:
+    """``method(client, *args)``, queued for the worker."""
+
+    def __init__(self, method: Callable[..., Any], *args: Any) -> None:
+        self.method, self.args = method, args
+
+    def __call__(self, client: Any) -> Any:
+        return self.method(client, *self.args)
 
 
 class _Worker:

@@ -1,7 +1,7 @@
 """Plots as PNG with matplotlib (``cadence[plots]``): learning curves and the ``lr`` curve.
 
-Drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figure``), never through
-``pyplot``: nothing global changes, and no display is needed.
+Drawn on a ``matplotlib.figure.Figure`` of its own, which renders with Agg, never through
+``pyplot``: matplotlib's global backend is left alone, and no display is needed.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ def plot_curve(
 
 
 def _save(path: Path, curves: Mapping[str, tuple[list[int], list[float]]], *, title: str, x_label: str, y_label: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4), dpi=100, layout="constrained")
@@ -78,7 +77,7 @@ def _save(path: Path, curves: Mapping[str, tuple[list[int], list[float]]], *, ti
     if len(curves) > 1:
         axes.legend()
     temporary = path.with_name(f".{path.name}.tmp")
-    FigureCanvasAgg(figure).print_png(str(temporary))
+    figure.savefig(temporary, format="png")
     os.replace(temporary, path)  # a viewer never sees half a file
 
 

@@ -103,13 +103,11 @@ class Figure:
     figure: Any
 
     def png(self) -> bytes:
-        """The figure rendered as PNG (with matplotlib's Agg canvas, not pyplot)."""
+        """The figure rendered as PNG."""
         import io
 
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
         buffer = io.BytesIO()
-        FigureCanvasAgg(self.figure).print_png(buffer)
+        self.figure.savefig(buffer, format="png")  # a pyplot-free Figure renders with Agg
         return buffer.getvalue()
 
 

@@ -1,0 +1,76 @@
+"""A logged training run for tests/loggers/test_resume.py, run in a subprocess so that it can be killed.
+
+    python resume_script.py ROOT [--resume] [--kill-at STEP]
+
+Trains a small MLP on synthetic data with a shuffled DataLoader, a cosine ``Scheduler``, and
+``RunFolder("run", root=ROOT)``; ``LogMetrics`` and ``LogHyperparams`` write every step to
+TensorBoard, MLflow and CSV in the run folder; a ``Checkpointer()`` in the run folder saves
+every 3 steps (6 batches an epoch, so one checkpoint falls on an epoch's last batch, before
+its epoch values are logged).
+
+- ``--kill-at STEP``: SIGKILL this process after the backward pass of training step STEP.
+- ``--resume``: ``fit(..., resume="latest")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cadence import Callback, Checkpointer, Learner, LogHyperparams, LogMetrics, RunFolder, Scheduler, on
+from cadence.events import BackwardEnd, Event
+from cadence.loggers import CSVLogger, MLflowLogger, TensorBoardLogger
+from cadence.phases import Phase, TrainingPhase
+from cadence.schedules import cosine
+
+N_EPOCHS = 3
+
+
+class KillAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step, self.seen = step, 0
+
+    @on(BackwardEnd, phase=TrainingPhase)
+    def kill(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.seen += 1
+        if self.seen == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("root")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--kill-at", type=int)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 4, generator=data)
+    y = x.sum(1, keepdim=True)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
+    valid = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
+    backends = (TensorBoardLogger(), MLflowLogger(), CSVLogger())
+    callbacks: list[Callback] = [
+        LogMetrics(*backends, every=1),
+        LogHyperparams(*backends),
+        RunFolder("run", root=args.root),
+        Scheduler(lr=cosine(0.05, 0.001)),
+        Checkpointer(every_steps=3, every_epochs=None, keep_last=2),
+    ]
+    if args.kill_at is not None:
+        callbacks.append(KillAt(args.kill_at))
+    torch.manual_seed(12345 if args.resume else 0)
+    learner = Learner(model, torch.nn.functional.mse_loss, torch.optim.Adam(model.parameters()), data=(train, valid), callbacks=callbacks)
+    learner.fit(N_EPOCHS, resume="latest" if args.resume else None)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
