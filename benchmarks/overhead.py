@@ -26,8 +26,10 @@ from torch import nn
 
 import contextlib
 import os
+import tempfile
 
-from cadence import Callback, Learner, Metrics, Recorder
+from cadence import Callback, Learner, LogMetrics, Metrics, Recorder
+from cadence.loggers import CSVLogger, TensorBoardLogger
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -136,6 +138,13 @@ def run_cadence(work: Workload, callbacks: list[Callback] | None, defaults: bool
     return stream.ratio(work.steps // 10), same_weights(model, reference)
 
 
+def run_logged(work: Workload) -> tuple[float, bool]:
+    """The full default set plus LogMetrics(every=50) writing to TensorBoard and CSV."""
+    with tempfile.TemporaryDirectory() as folder:
+        logger = LogMetrics(TensorBoardLogger(os.path.join(folder, "tb")), CSVLogger(os.path.join(folder, "m.csv")), every=50)
+        return run_cadence(work, [logger], True)
+
+
 def run_a_a(work: Workload) -> tuple[float, bool]:
     torch.manual_seed(0)
     model = make_model(work.sizes)
@@ -151,7 +160,7 @@ def report(label: str, runs: list[tuple[float, bool]]) -> None:
     ratios = [r for r, _ in runs]
     identical = all(same for _, same in runs)
     spread = f"{min(ratios):.3f}–{max(ratios):.3f}"
-    print(f"{label:<34} median {statistics.median(ratios):.3f}  (runs {spread})  weights identical: {identical}")
+    print(f"{label:<66} median {statistics.median(ratios):.3f}  (runs {spread})  weights identical: {identical}")
 
 
 def main() -> None:
@@ -174,6 +183,7 @@ def main() -> None:
             [run_cadence(work, [Recorder(), Metrics()], False) for _ in range(repeats)],
         )
         report("  cadence, full default set", [run_cadence(work, None, True) for _ in range(repeats)])
+        report("  full default set + LogMetrics(every=50) on TensorBoard and CSV", [run_logged(work) for _ in range(repeats)])
 
 
 if __name__ == "__main__":

@@ -71,3 +71,12 @@ def test_svg_without_graphviz_says_what_to_install(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"SVG needs Graphviz's dot program, which is not on PATH. Install Graphviz"):
         svg([])
+
+
+def test_the_docs_picture_of_the_default_callbacks_is_current() -> None:
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "graph-picture.md").read_text()
+    (block,) = re.findall(r"```mermaid\n(.*?)```", page, re.DOTALL)
+    assert block.rstrip("\n") == mermaid(make_test_learner(default_callbacks=True).plans())
