@@ -116,7 +116,7 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     for number, error in enumerate(errors, start=1):
         first, *rest = str(error).splitlines() or [""]
         print(f"\n{number}. {type(error).__name__}: {first}", file=out)
-        for line in rest:
+        for line in [*rest, *getattr(error, "__notes__", ())]:
             print(f"   {line}" if line else "", file=out)
     return 1
 

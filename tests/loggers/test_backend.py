@@ -69,7 +69,8 @@ def test_strict_makes_the_failure_an_error_and_the_backend_is_still_closed() -> 
     assert disk.closed == 1
 
 
-def test_a_permission_error_where_the_log_goes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_log_that_cannot_be_created_where_it_goes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # As root, permissions do not stop a write; a file where the folder should be does.
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     learner = make_test_learner(LogMetrics(CSVLogger(blocker / "metrics.csv"), every=1), Metrics(), Recorder(), n_batches=2)

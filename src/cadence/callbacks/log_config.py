@@ -22,8 +22,8 @@ class LogConfig(LoggerCallback):
     - ``config`` (text, Markdown): the model with its parameter counts, the optimizer and
       its param groups, and the callbacks in run order;
     - hyperparameters: the optimizer's class and first param group's numbers, the epochs,
-      the parameter count, and ``hparams``; shown against every ``cbstate.metrics`` key
-      (TensorBoard's HPARAMS tab, MLflow's parameters).
+      the parameter count, and ``hparams``; shown against the ``cbstate.metrics`` keys of
+      the training and validation phases (TensorBoard's HPARAMS tab, MLflow's parameters).
 
     Args:
         *backends: The backends to write to.
@@ -84,7 +84,10 @@ class LogConfig(LoggerCallback):
                     values["beta1"], values["beta2"] = float(value[0]), float(value[1])
         values.update(n_epochs=event.n_epochs, parameters=total, **self.hparams)
         cbstate = learner.cbstate
-        metrics = tuple(sorted(cbstate.metrics.keys)) if "metrics" in cbstate else ()
+        # The phases this fit runs: Metrics plans keys for every phase class defined so far.
+        phases = ("train",) if event.data is None or event.data[1] is None else ("train", "valid")
+        keys = cbstate.metrics.keys if "metrics" in cbstate else ()
+        metrics = tuple(sorted(k for k in keys if k.partition("/")[0] in phases))
         self.log([Text("config", "\n".join(lines)), Hyperparameters(values, metrics)], learner, None, deferred=True)
 
 

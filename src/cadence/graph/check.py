@@ -5,7 +5,8 @@ Building a learner stops at the first error. Here each callback's own declaratio
 checked alone, then the list as a whole (a second checkpoint saver, ``cbstate`` entries
 nothing writes, ``run_after`` cycles), setting aside each callback found at fault so that the
 others are still checked, and then every (event, phase) plan of every phase defined so far
-(write conflicts, cycles), custom phases included.
+(write conflicts, cycles), custom phases included; an error several plans share is reported
+once.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ __all__ = ["find_errors"]
 
 
 def find_errors(callbacks: Sequence[Callback]) -> list[CadenceError]:
-    """The declaration errors of ``callbacks``, each once, in the order a build meets them
-    (a write conflict once per plan it is in).
+    """The declaration errors of ``callbacks``, each once, in the order a build meets them;
+    an error that several plans share is reported at the first, with a note for each other
+    (``"Also at BatchEnd in ValidationPhase."``).
 
     Example:
         >>> from cadence import READ, WRITE, Callback, on
@@ -42,7 +44,6 @@ def find_errors(callbacks: Sequence[Callback]) -> list[CadenceError]:
         DeclarationError: Typo.state_access declares 'batch.lost', which is not a batch field. ...
         MissingStateError: Reader reads cbstate.history, but no callback writes it.
         ConflictError: Write conflict between Doubler#1 and Doubler#2 at BatchEnd in TrainingPhase:
-        ConflictError: Write conflict between Doubler#1 and Doubler#2 at BatchEnd in ValidationPhase:
     """
     errors: list[CadenceError] = []
     kept: list[Callback] = []
@@ -72,15 +73,19 @@ def find_errors(callbacks: Sequence[Callback]) -> list[CadenceError]:
         except CycleError as error:  # of run_after: no plan can be ordered
             errors.append(error)
             return errors
-    seen = {str(e) for e in errors}
+    first: dict[str, CadenceError] = {}  # a plan's error without its "at <event> in <phase>"
     views = [None] * len(kept)
     for kind in _phases():
         for event in kind.events:
             try:
                 graph.plan(event, kind, views)
             except CadenceError as error:
-                if str(error) not in seen:
-                    seen.add(str(error))
+                where = f" at {event.__name__} in {kind.__name__}"
+                key = f"{type(error).__name__}: {str(error).replace(where, '', 1)}"
+                if key in first:
+                    first[key].add_note(f"Also{where}.")
+                else:
+                    first[key] = error
                     errors.append(error)
     return errors
 
