@@ -23,6 +23,7 @@ from cadence.checkpointing.files import (
 from cadence.checkpointing.saver import FitProgress
 from cadence.events import BatchEnd, EpochEnd, Event
 from cadence.phases import Phase, TrainingPhase
+from cadence.signatures import constructor_repr
 
 __all__ = ["Checkpointer"]
 
@@ -137,6 +138,11 @@ class Checkpointer(Callback):
                     'none. Add RunFolder() to the callbacks, or pass a folder: Checkpointer("checkpoints").'
                 )
             self._run_folder = learner.cbstate.run
+
+    def __repr__(self) -> str:
+        # The folder stays first and positional, as it was before it had a default.
+        arguments = constructor_repr(self).partition("(")[2][:-1].removeprefix("folder=")
+        return f"{type(self).__name__}({arguments})"
 
     def attach_run(self, run: FitProgress) -> None:
         """Called by ``fit`` when it starts, before ``FitBegin``: the run this callback saves."""
