@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from cadence import READ, Callback, Learner, on
-from cadence.events import BatchEnd, Event
+from cadence import READ, WRITE, Callback, Learner, MetricValues, on
+from cadence.events import BatchEnd, EpochEnd, Event
 from cadence.phases import Phase, TrainingPhase
 
 Entry = tuple[type[Event], type[Phase], str]
@@ -56,6 +56,34 @@ def run_order(learner: Learner, event: type[Event], phase: type[Phase]) -> list[
     """The handlers of (event, phase) in run order, as ``explain`` numbers them."""
     text = learner.explain(event, phase)
     return re.findall(r"^  \d+\. (\S+)$", text, flags=re.MULTILINE)
+
+
+class ScriptedMetrics(Callback):
+    """Writes the given values of ``<phase>/score`` to ``cbstate.metrics``, one per epoch of each
+    phase, as a producer that plans no keys (so monitors are checked when epochs end)."""
+
+    state_access = {"cbstate.metrics": WRITE}
+
+    def __init__(self, values: list[float], name: str = "score") -> None:
+        self.values, self.name = list(values), name
+
+    def init(self, learner: Any) -> None:
+        self.metrics = learner.cbstate.metrics = MetricValues()
+
+    @on(EpochEnd)
+    def add(self, event: Event, phase: Phase, learner: Any) -> None:
+        values = self.metrics.epochs.setdefault(f"{phase.name}/{self.name}", [])
+        values.append(self.values[len(values)])
+
+    def reset(self) -> None:  # a new fit plays the script from its start
+        self.metrics.epochs.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": {k: list(v) for k, v in self.metrics.epochs.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.metrics.epochs.clear()
+        self.metrics.epochs.update({k: list(v) for k, v in state["epochs"].items()})
 
 
 def linear_batches(

@@ -33,6 +33,7 @@ from cadence.callbacks.early_stopping import EarlyStopping  # isort: skip
 from cadence.callbacks.lambda_callback import LambdaCallback  # isort: skip
 from cadence.callbacks.metrics_printer import MetricsPrinter  # isort: skip
 from cadence.callbacks.nan import StopOnNaNLoss  # isort: skip
+from cadence.callbacks.plateau import ReduceLROnPlateau  # isort: skip
 from cadence.callbacks.precision import MixedPrecision  # isort: skip
 from cadence.callbacks.progress import ProgressPrinter  # isort: skip
 from cadence.callbacks.sanity import SanityCheck, SanityCheckError  # isort: skip
@@ -86,6 +87,7 @@ __all__ = [
     "ProgressPrinter",
     "ProtectedAccessError",
     "Recorder",
+    "ReduceLROnPlateau",
     "RunFirst",
     "RunFolder",
     "SanityCheck",

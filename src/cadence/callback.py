@@ -116,6 +116,8 @@ class Callback:
         4. Optionally: ``run_after`` (callback types this one runs after), ``resolve_conflict``
            (how to order against another writer of the same state), and ``init`` (create the
            ``cbstate`` entries this callback writes).
+        5. A callback with state: ``state_dict``/``load_state_dict`` (checkpoints) and ``reset``
+           (what a new ``fit`` starts from).
     """
 
     state_access: Mapping[str, Any] = {}
@@ -151,6 +153,17 @@ class Callback:
         lists and dicts only (it is saved without pickling arbitrary objects). Stateless
         callbacks return ``{}`` (the default)."""
         return {}
+
+    def reset(self) -> None:
+        """Forget what an earlier fit left, so that a new fit starts afresh.
+
+        ``fit`` calls it before ``FitBegin`` of every fit but the callback's first (in this
+        learner or another); a resumed fit then restores the checkpoint's state over it. The
+        default does nothing. A callback that keeps state (it implements ``state_dict``) but not
+        ``reset`` is logged with a warning when it starts a second fit: implement ``reset`` to
+        set that state back as ``__init__`` leaves it, or, to keep it across fits on purpose,
+        with a body that keeps it (``pass`` and a comment saying why).
+        """
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned. The default accepts only ``{}``."""

@@ -20,8 +20,11 @@ from cadence.events import Event, FitBegin, FitEnd
 from cadence.executors import Executor, SerialExecutor
 from cadence.graph import CallbackGraph, Plan
 from cadence.phases import Phase, TrainingPhase, ValidationPhase, scope_error
+from cadence.checkpointing.files import Checkpoint
 from cadence.checkpointing.resume import FitRun
 from cadence.checkpointing.saver import check_savers
+from cadence.checkpointing.weights import load_weights
+from cadence.resets import reset_for_fit
 from cadence.state import Batch, CallbackState
 
 __all__ = ["Learner"]
@@ -177,6 +180,7 @@ class Learner:
         self._fit_run = run
         result: CancelFit | None = None
         try:
+            reset_for_fit(self._callbacks)
             self.fire(FitBegin(n_epochs, (train, valid), self._run_order()), FIT_PHASE)
             run.fit_began()
             for epoch in range(run.first_epoch, n_epochs):
@@ -210,6 +214,13 @@ class Learner:
             pending.add_note(f"FitEnd cleanup failed too: {type(cleanup).__name__}: {cleanup}")
         finally:
             _clear(self._batch)  # the last batch's tensors (activations, on a GPU) go now
+
+    def load(self, path: str | os.PathLike[str], *, optimizer: bool = False) -> Checkpoint:
+        """Load the model (and with ``optimizer=True`` the optimizer) from the checkpoint at
+        ``path``, e.g. ``learner.load(checkpointer.best_path)``; see
+        ``cadence.checkpointing.weights.load_weights``. To continue that run instead, use
+        ``fit(n_epochs, resume=path)``."""
+        return load_weights(self, path, optimizer=optimizer)
 
     def epoch(self, phase: Phase, data: Iterable[Any]) -> None:
         """Run one epoch of ``phase`` over ``data``, firing its events.

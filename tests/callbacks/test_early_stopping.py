@@ -1,5 +1,5 @@
-"""EarlyStopping: patience, min_delta, min and max, a readable reason, and a build-time check
-of the monitored key."""
+"""EarlyStopping: patience, min_delta, min and max, Keras' baseline and start_from_epoch, the
+best weights back, a readable reason, a check of the monitored key, and what a new fit resets."""
 
 from __future__ import annotations
 
@@ -8,40 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from cadence import WRITE, Callback, CancelFit, Metrics, MissingStateError, on
+from cadence import READ, WRITE, Callback, CancelFit, ConflictError, Metrics, MissingStateError, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
-from cadence.callbacks.metrics import MetricSpec, MetricValues
+from cadence.callbacks.metrics import MetricSpec
 from cadence.callbacks.nan import StopOnNaNLoss
 from cadence.checkpointing.files import list_checkpoints
 from cadence.events import EpochEnd
 from cadence.phases import Phase, ValidationPhase
 from cadence.testing import make_test_learner, regression_batches
-
-
-class Scripted(Callback):
-    """Writes the given values of ``valid/score`` (and ``train/score``), one per epoch."""
-
-    state_access = {"cbstate.metrics": WRITE}
-
-    def __init__(self, values: list[float]) -> None:
-        self.values = list(values)
-
-    def init(self, learner: Any) -> None:
-        learner.cbstate.metrics = MetricValues(keys={"train/score", "valid/score"})
-
-    @on(EpochEnd)
-    def add(self, event: Any, phase: Phase, learner: Any) -> None:
-        epochs = learner.cbstate.metrics.epochs
-        values = epochs.setdefault(f"{phase.name}/score", [])
-        values.append(self.values[len(values)])
+from helpers import ScriptedMetrics
 
 
 def run(values: list[float], **kwargs: Any) -> tuple[CancelFit | None, int]:
     """Fit until the scripted values run out; return the result and the epochs run."""
     stopper = EarlyStopping(**{"monitor": "valid/score", **kwargs})
-    learner = make_test_learner(stopper, Scripted(values), n_batches=1)
+    learner = make_test_learner(stopper, ScriptedMetrics(values), n_batches=1)
     result = learner.fit(len(values))
     return result, len(learner.cbstate.metrics.epochs["valid/score"])
 
@@ -92,14 +76,14 @@ def test_a_stop_decided_in_the_last_epoch_lets_fit_finish() -> None:
 
 
 def test_monitoring_training_values_without_validation() -> None:
-    learner = make_test_learner(EarlyStopping("train/score", patience=1), Scripted([3, 2, 2.5, 1]), n_batches=1)
+    learner = make_test_learner(EarlyStopping("train/score", patience=1), ScriptedMetrics([3, 2, 2.5, 1]), n_batches=1)
     result = learner.fit(4, data=(regression_batches(1), None))
     assert result is not None and "train/score did not improve" in result.reason
     assert learner.cbstate.metrics.epochs == {"train/score": [3, 2, 2.5]}
 
 
 def test_a_training_monitor_still_lets_validation_run() -> None:
-    learner = make_test_learner(EarlyStopping("train/score", patience=0), Scripted([3, 4, 5]), n_batches=1)
+    learner = make_test_learner(EarlyStopping("train/score", patience=0), ScriptedMetrics([3, 4, 5]), n_batches=1)
     assert learner.fit(3) is not None
     assert learner.cbstate.metrics.epochs == {"train/score": [3, 4], "valid/score": [3, 4]}
 
@@ -133,10 +117,13 @@ def test_without_metrics_the_build_suggests_adding_metrics() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"monitor": "loss"}, r"EarlyStopping\(monitor='loss'\): keys are \"<phase>/<metric>\", e\.g\. monitor=\"valid/loss\"\."),
-        ({"mode": "lowest"}, r"EarlyStopping\(mode='lowest'\): use \"min\" \(lower is better\) or \"max\"\."),
-        ({"patience": -1}, r"EarlyStopping\(patience=-1\): use an int >= 0\."),
+        ({"monitor": "loss"}, r"EarlyStopping\(monitor='loss'\): keys are \"<phase>/<metric>\", e\.g\. EarlyStopping\(monitor=\"valid/loss\"\)\."),
+        ({"mode": "lowest"}, r"EarlyStopping\(mode='lowest'\): expected \"min\" \(lower is better, as for a loss\) or \"max\" \(higher is better, as for accuracy\); write e\.g\. EarlyStopping\(mode=\"min\"\)\."),
+        ({"mode": "MAX"}, r"EarlyStopping\(mode='MAX'\): expected .*; write e\.g\. EarlyStopping\(mode=\"max\"\)\."),
+        ({"patience": -1}, r"EarlyStopping\(patience=-1\): use an int >= 0, e\.g\. patience=3\."),
+        ({"start_from_epoch": 1.5}, r"EarlyStopping\(start_from_epoch=1\.5\): use an int >= 0, e\.g\. start_from_epoch=3\."),
         ({"min_delta": -0.1}, r"EarlyStopping\(min_delta=-0\.1\): use a number >= 0\."),
+        ({"baseline": float("nan")}, r"EarlyStopping\(baseline=nan\): use a finite number, the value to beat, e\.g\. baseline=0\.5; or None for no baseline\."),
     ],
 )
 def test_arguments_are_checked_at_construction(kwargs: dict[str, Any], message: str) -> None:
@@ -146,12 +133,12 @@ def test_arguments_are_checked_at_construction(kwargs: dict[str, Any], message: 
 
 def test_state_dict_round_trip_resumes_the_count() -> None:
     stopper = EarlyStopping("valid/score", patience=2)
-    make_test_learner(stopper, Scripted([5, 4, 4.5]), n_batches=1).fit(3)
+    make_test_learner(stopper, ScriptedMetrics([5, 4, 4.5]), n_batches=1).fit(3)
     state = stopper.state_dict()
-    assert state == {"best": 4, "best_epoch": 2, "wait": 1, "seen": 3, "stop": None}
+    assert state == {"best": 4, "best_epoch": 2, "wait": 1, "seen": 3, "judged": 3, "stop": None, "best_weights": None}
     resumed = EarlyStopping("valid/score", patience=2)
     resumed.load_state_dict(state)
-    scripted = Scripted([5, 4, 4.5, 4.6, 1])
+    scripted = ScriptedMetrics([5, 4, 4.5, 4.6, 1])
     learner = make_test_learner(resumed, scripted, n_batches=1)
     learner.cbstate.metrics.epochs["valid/score"] = [5, 4, 4.5]
     learner.cbstate.metrics.epochs["train/score"] = [5, 4, 4.5]
@@ -162,7 +149,7 @@ def test_state_dict_round_trip_resumes_the_count() -> None:
 
 def test_state_dict_holds_a_pending_stop() -> None:
     stopper = EarlyStopping("valid/score", patience=1)
-    make_test_learner(stopper, Scripted([5, 6]), n_batches=1).fit(2)  # decided in the last epoch
+    make_test_learner(stopper, ScriptedMetrics([5, 6]), n_batches=1).fit(2)  # decided in the last epoch
     state = stopper.state_dict()
     assert state["stop"] == "EarlyStopping: valid/score did not improve by min_delta=0.0 for 1 epoch (best 5 at epoch 1)."
     resumed = EarlyStopping("valid/score", patience=1)
@@ -220,3 +207,172 @@ def test_every_callback_sees_the_last_epoch_end() -> None:
         result = learner.fit(10)
         assert result is not None
         assert len(ends) == len(learner.cbstate.metrics.epochs["valid/loss"]) == 2
+
+
+# ---- Keras' baseline and start_from_epoch, with the epochs its documentation implies ---------------
+
+
+def test_no_epoch_beating_the_baseline_stops_after_patience_epochs() -> None:
+    # Keras: "If no epoch improves on baseline, training will run for patience epochs and
+    # restore weights from the best epoch in that set" (it improves on itself throughout).
+    result, epochs = run([0.9, 0.8, 0.7, 0.6, 0.4], patience=3, baseline=0.5)
+    assert epochs == 3
+    assert result is not None
+    assert result.reason == "EarlyStopping: valid/score did not beat baseline=0.5 in 3 epochs (best 0.7 at epoch 3)."
+
+
+def test_an_epoch_beating_the_baseline_restarts_the_patience() -> None:
+    result, epochs = run([0.9, 0.45, 0.5, 0.6, 0.7, 0.2], patience=2, baseline=0.5)
+    assert epochs == 4  # epoch 2 beat it; 3 and 4 did not improve on 0.45
+    assert result is not None and "did not improve by min_delta=0.0 for 2 epochs (best 0.45 at epoch 2)" in result.reason
+
+
+def test_the_baseline_in_max_mode_and_with_min_delta() -> None:
+    result, epochs = run([0.5, 0.7, 0.8, 0.9, 0.95], mode="max", patience=2, baseline=0.6, min_delta=0.05)
+    # Epoch 1 does not beat 0.6 + 0.05 (wait 1); epochs 2 to 4 improve on the best and the baseline
+    # by more than 0.05 (wait 0); epoch 5 does not improve on 0.9 by more than 0.05 (wait 1).
+    assert result is None and epochs == 5
+    result, epochs = run([0.5, 0.62, 0.64, 0.9], mode="max", patience=2, baseline=0.6, min_delta=0.05)
+    # 0.62 improves on 0.5 by more than 0.05 but not on the baseline by more than 0.05: wait 2 -> stop.
+    assert epochs == 2 and result is not None and "did not beat baseline=0.6 in 2 epochs (best 0.62 at epoch 2)" in result.reason
+
+
+def test_start_from_epoch_ignores_the_first_epochs() -> None:
+    # Keras: "Number of epochs to wait before starting to monitor improvement": epochs 1 and 2
+    # are not judged, so the worse values of epochs 3 and 4 do not count against epoch 1's.
+    result, epochs = run([1, 2, 3, 2.5, 2.6, 2.7], patience=1, start_from_epoch=2)
+    assert epochs == 5
+    assert result is not None and "(best 2.5 at epoch 4)" in result.reason
+    result, epochs = run([1, 2, 3, 2.5, 2.6, 2.7], patience=1)
+    assert epochs == 2
+
+
+# ---- the best weights back ------------------------------------------------------------------------
+
+
+class WeightLog(Callback):
+    """The model's weights at every validation EpochEnd."""
+
+    state_access = {"model": READ}
+
+    def __init__(self) -> None:
+        self.weights: list[dict[str, torch.Tensor]] = []
+
+    @on(EpochEnd, phase=ValidationPhase)
+    def keep(self, event: Any, phase: Phase, learner: Any) -> None:
+        self.weights.append({k: v.clone() for k, v in learner.model.state_dict().items()})
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("values", "best", "stops"),
+    [
+        ([5, 3, 1, 2, 4, 6, 0], 2, True),  # stopped by patience=3 after epoch 6
+        ([5, 1, 2, 3], 1, False),  # all epochs run: restored at the end of fit too
+    ],
+)
+def test_restored_weights_are_those_of_the_best_epoch(values: list[float], best: int, stops: bool) -> None:
+    stopper, log = EarlyStopping("valid/score", patience=3, restore_best_weights=True), WeightLog()
+    learner = make_test_learner(stopper, log, ScriptedMetrics(values), n_batches=2)
+    result = learner.fit(len(values))
+    assert (result is not None) == stops
+    assert len(log.weights) == (6 if stops else 4)
+    assert same_weights(learner.model.state_dict(), log.weights[best])
+    assert not same_weights(log.weights[-1], log.weights[best])
+    if stops:
+        assert result is not None and result.reason.endswith("(best 1 at epoch 3; its weights are restored at the end of fit).")
+
+
+def test_best_weights_stay_on_the_cpu_in_the_same_buffers() -> None:
+    stopper = EarlyStopping("valid/score", patience=5, restore_best_weights=True)
+    learner = make_test_learner(stopper, ScriptedMetrics([5, 4, 3]), n_batches=2)
+    learner.fit(1)
+    kept = stopper.best_weights
+    assert kept is not None and set(kept) == {"weight"}
+    assert kept["weight"].device.type == "cpu" and kept["weight"].data_ptr() != learner.model.weight.data_ptr()
+    pointer = kept["weight"].data_ptr()
+    learner.fit(2)  # a new fit: afresh, but the improvements copy into a fresh buffer once, then reuse it
+    second = stopper.best_weights
+    assert second is not None and second["weight"].data_ptr() != pointer
+    assert stopper.state_dict()["best_weights"] is second
+
+
+def test_best_weights_go_through_state_dict() -> None:
+    stopper = EarlyStopping("valid/score", patience=5, restore_best_weights=True)
+    learner = make_test_learner(stopper, ScriptedMetrics([5, 1, 3]), n_batches=2)
+    learner.fit(3)
+    state = stopper.state_dict()
+    resumed = EarlyStopping("valid/score", patience=5, restore_best_weights=True)
+    resumed.load_state_dict(state)
+    assert resumed.best_weights is not None and same_weights(resumed.best_weights, learner.model.state_dict())
+
+
+def test_restoring_declares_the_model_written() -> None:
+    assert EarlyStopping().state_access == {"cbstate.metrics": READ}
+    assert EarlyStopping(restore_best_weights=True).state_access == {"cbstate.metrics": READ, "model": WRITE}
+    with pytest.raises(TypeError, match=r"EarlyStopping\(restore_best_weights=\.\.\.\) is True or False; got 'yes'\."):
+        EarlyStopping(restore_best_weights="yes")  # type: ignore[arg-type]
+
+
+def test_restoring_combines_with_the_other_model_writers() -> None:
+    from cadence import GradientAccumulation, GradientClipping, MixedPrecision, ToDevice
+
+    stopper = EarlyStopping(restore_best_weights=True)
+    others = [GradientAccumulation(2), GradientClipping(1.0), MixedPrecision(torch.bfloat16), ToDevice("cpu")]
+    learner = make_test_learner(stopper, *others, Metrics(), n_batches=4)
+    assert learner.fit(2) is None
+    with pytest.raises(ConflictError, match=r"EarlyStopping#1 and EarlyStopping#2 cannot be used together: both write model"):
+        make_test_learner(EarlyStopping(restore_best_weights=True), EarlyStopping("train/loss", restore_best_weights=True), Metrics())
+
+
+# ---- a new fit starts afresh ---------------------------------------------------------------------
+
+
+def stopped_twice(stopper: EarlyStopping) -> tuple[list[str], list[int], torch.Tensor]:
+    learner = make_test_learner(stopper, Metrics(), lr=0.3)
+    reasons, epochs = [], []
+    for _ in range(2):
+        result = learner.fit(50)
+        assert result is not None
+        reasons.append(result.reason)
+        epochs.append(len(learner.cbstate.metrics.epochs["valid/loss"]))
+    return reasons, epochs, learner.model.weight.detach().clone()
+
+
+def test_a_second_fit_judges_afresh() -> None:
+    reasons, epochs, weight = stopped_twice(EarlyStopping(patience=2, min_delta=1e-3))
+    # As if a new EarlyStopping judged the second fit: it ran more than the one epoch that the
+    # first fit's counters allowed.
+    learner = make_test_learner(EarlyStopping(patience=2, min_delta=1e-3), Metrics(), lr=0.3)
+    learner.fit(50)
+    learner.replace_callback(EarlyStopping(patience=2, min_delta=1e-3))
+    result = learner.fit(50)
+    assert result is not None and reasons[1] == result.reason
+    assert epochs[1] == len(learner.cbstate.metrics.epochs["valid/loss"]) >= 3
+    assert torch.equal(weight, learner.model.weight)
+
+
+def test_a_reused_instance_starts_afresh_in_a_new_learner() -> None:
+    stopper = EarlyStopping(patience=2, min_delta=1e-3)
+    make_test_learner(stopper, Metrics(), lr=0.3).fit(50)
+    assert stopper.best is not None and stopper.wait == 2
+    reused = make_test_learner(stopper, Metrics(), lr=0.3)
+    fresh = make_test_learner(EarlyStopping(patience=2, min_delta=1e-3), Metrics(), lr=0.3)
+    got, expected = reused.fit(50), fresh.fit(50)
+    assert got is not None and expected is not None and got.reason == expected.reason
+    assert reused.cbstate.metrics.epochs == fresh.cbstate.metrics.epochs
+
+
+def test_a_resumed_fit_of_the_same_learner_restores_over_the_reset(tmp_path: Path) -> None:
+    learner = make_test_learner(EarlyStopping(patience=2, min_delta=1e-3), Metrics(), Checkpointer(tmp_path, keep_last=50))
+    expected = learner.fit(50)
+    assert expected is not None
+    path = list_checkpoints(tmp_path)[2]  # after epoch 3 of 6
+    again = make_test_learner(EarlyStopping(patience=2, min_delta=1e-3), Metrics(), Checkpointer(tmp_path / "again", keep_last=50))
+    again.fit(2)  # a fit first: the resume must not go on from its state
+    result = again.fit(50, resume=path)
+    assert result is not None and result.reason == expected.reason
+    assert again.cbstate.metrics.epochs == learner.cbstate.metrics.epochs

@@ -43,20 +43,30 @@ def test_without_validation_rows_come_at_the_next_epoch_and_at_the_end_of_fit() 
     learner = make_test_learner(printer, Metrics(), lr=0.01)
     learner.fit(1, data=(regression_batches(4), None))
     assert out.getvalue().splitlines() == ["epoch  train/loss", "    1      2.7074"]
-    learner.fit(2)  # the validation column appears: the header is printed again
+    learner.fit(2)  # a new fit prints a new table, numbered from 1, with the validation column
     assert out.getvalue().splitlines()[2:] == [
         "epoch  train/loss  valid/loss",
-        "    2      2.6383      2.3455",
-        "    3      2.1229      1.8873",
+        "    1      2.6383      2.3455",
+        "    2      2.1229      1.8873",
     ]
+
+
+class FirstTimeOnly:
+    """Batches the first time it is iterated, none after: later epochs have no value."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self.batches: list[Any] | None = batches
+
+    def __iter__(self) -> Any:
+        batches, self.batches = self.batches or [], None
+        return iter(batches)
 
 
 def test_a_phase_without_a_new_value_is_left_blank() -> None:
     printer, out = plain()
     learner = make_test_learner(printer, Metrics(), lr=0.01)
-    learner.fit(1)
-    learner.fit(1, data=(regression_batches(4), None))
-    assert out.getvalue().splitlines()[-1] == "    2      2.1785            "
+    learner.fit(2, data=(regression_batches(4), FirstTimeOnly(regression_batches(4))))
+    assert out.getvalue().splitlines()[-1] == "    2      2.5781            "
 
 
 def terminal_rows(epochs: dict[str, list[float]], numbers: range) -> list[str]:

@@ -126,6 +126,11 @@ class GradientAccumulation(Callback):
         self._stash = [None] * len(self._params)
         self._count = 0
 
+    def reset(self) -> None:
+        """A new fit starts with no micro-batch held (each training epoch starts so anyway)."""
+        self._stash = [None] * len(self._params)
+        self._count = self._seen = 0
+
     def state_dict(self) -> dict[str, Any]:
         """The open group: ``count``, ``seen`` and ``stash`` (copies on the CPU; see above)."""
         stash = [None if held is None else held.detach().to("cpu", copy=True) for held in self._stash]

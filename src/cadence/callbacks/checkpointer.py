@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cadence import READ, Callback, CancelFit, on
+from cadence.callbacks.monitor import Monitor
 from cadence.checkpointing.files import (
     CheckpointError,
     list_checkpoints,
@@ -30,6 +31,7 @@ __all__ = ["Checkpointer"]
 log = logging.getLogger(__name__)
 
 _TEMPORARY = re.compile(r"^\.checkpoint-\d+.*\.(\d+)\.tmp$")
+_FIX = 'Checkpointer("checkpoints", keep_best=1, monitor="{key}")'
 
 
 class Checkpointer(Callback):
@@ -56,8 +58,12 @@ class Checkpointer(Callback):
         every_epochs: Save after every N-th epoch; None for never.
         every_steps: Save after every N-th training batch; None (the default) for never.
         keep_last: How many of the newest checkpoints to keep, at least 1.
-        keep_best: How many of the best checkpoints by ``monitor`` to keep as well.
-        monitor: The ``cbstate.metrics`` key ``keep_best`` ranks by, e.g. ``"valid/loss"``.
+        keep_best: How many of the best checkpoints by ``monitor`` to keep as well; the best
+            is ``best_path``, which ``learner.load(...)`` loads.
+        monitor: The ``cbstate.metrics`` key ``keep_best`` ranks by, ``"valid/loss"`` when not
+            given. With ``keep_best`` or a ``monitor`` given, a key that will not exist is a
+            ``MissingStateError`` when the learner is built or its phase's first epoch ends,
+            as for ``EarlyStopping``.
         mode: ``"min"`` (lower is better) or ``"max"``.
         extra: Other objects with ``state_dict()`` and ``load_state_dict()`` to save and
             restore, by name, e.g. ``{"lr_scheduler": scheduler, "scaler": grad_scaler}``.
@@ -83,7 +89,7 @@ class Checkpointer(Callback):
         every_steps: int | None = None,
         keep_last: int = 2,
         keep_best: int = 0,
-        monitor: str = "valid/loss",
+        monitor: str | None = None,
         mode: str = "min",
         extra: Mapping[str, Any] | None = None,
     ) -> None:
@@ -100,12 +106,9 @@ class Checkpointer(Callback):
             )
         if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
             raise ValueError(f"Checkpointer(keep_best={keep_best!r}): use an int >= 0.")
-        if mode not in ("min", "max"):
-            raise ValueError(f'Checkpointer(mode={mode!r}): use "min" (lower is better) or "max".')
-        if not isinstance(monitor, str):
-            raise TypeError(
-                f'Checkpointer(monitor=...) is a cbstate.metrics key such as "valid/loss"; got {monitor!r}.'
-            )
+        watched = Monitor("Checkpointer", "valid/loss" if monitor is None else monitor, mode, _FIX)
+        # The default key is only recorded in each checkpoint's metadata, never required.
+        self._monitor = watched if keep_best or monitor is not None else None
         extra = dict(extra or {})
         for key, obj in extra.items():
             if not all(callable(getattr(obj, m, None)) for m in ("state_dict", "load_state_dict")):
@@ -116,10 +119,31 @@ class Checkpointer(Callback):
         self._folder = None if folder is None else Path(folder)
         self._run_folder: Any = None
         self.every_epochs, self.every_steps = every_epochs, every_steps
-        self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, monitor, mode
+        self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, watched.key, mode
         self.extra: dict[str, Any] = extra
         self._run: FitProgress | None = None
-        self._warned = False
+
+    @property
+    def best_path(self) -> Path | None:
+        """The kept checkpoint with the best value of ``monitor`` (the oldest of equals), or
+        None before one with a value is saved; ``learner.load(checkpointer.best_path)`` loads it.
+        Only checkpoints at epoch ends have a value: one taken mid-epoch (``every_steps``, an
+        interruption) holds weights no epoch value was measured for.
+
+        Raises:
+            ValueError: with ``keep_best=0``, when the best may have been deleted.
+        """
+        if not self.keep_best:
+            raise ValueError(
+                f"Checkpointer(keep_best=0) keeps only the newest checkpoints, so the best may be "
+                f"gone; ask for it to be kept: Checkpointer({str(self.folder)!r}, keep_best=1, "
+                f'monitor="{self.monitor}", mode="{self.mode}").'
+            )
+        return next(iter(self._ranked(scan_folder(self.folder).committed)), None)
+
+    def init(self, learner: Any) -> None:
+        if self._monitor is not None:
+            self._monitor.check_planned(learner.cbstate)
 
     @property
     def folder(self) -> Path:
@@ -166,6 +190,8 @@ class Checkpointer(Callback):
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        if self._monitor is not None and self._monitor.watches(phase) and "metrics" in learner.cbstate:
+            self._monitor.check(learner.cbstate.metrics)
         run = self._run
         if run is None or not run.ends_epoch(phase):
             return
@@ -188,7 +214,9 @@ class Checkpointer(Callback):
         """Write a checkpoint of ``run`` now, then drop the ones no longer kept."""
         started = time.perf_counter()
         state, meta = run.capture(epoch_end=epoch_end)
-        meta.update(monitor=self.monitor, mode=self.mode, value=self._monitored(learner), reason=reason)
+        # A value is a whole epoch's: a checkpoint in the middle of the next one does not have it.
+        value = self._monitored(learner) if epoch_end else None
+        meta.update(monitor=self.monitor, mode=self.mode, value=value, reason=reason)
         position = meta["position"]
         sequence = self._next_sequence()
         name = f"checkpoint-{sequence:06d}-epoch{position['epoch']}-batch{position['batch']}"
@@ -201,17 +229,8 @@ class Checkpointer(Callback):
     def _monitored(self, learner: Any) -> float | None:
         if "metrics" not in learner.cbstate:
             return None
-        epochs = getattr(learner.cbstate.metrics, "epochs", {})
-        values = epochs.get(self.monitor)
-        if not values:
-            if self.keep_best and epochs and not self._warned:
-                self._warned = True
-                log.warning(
-                    "Checkpointer(keep_best=%d) monitors %r, which cbstate.metrics does not have; "
-                    "it has %s.", self.keep_best, self.monitor, ", ".join(sorted(epochs)),
-                )
-            return None
-        return float(values[-1])
+        values = getattr(learner.cbstate.metrics, "epochs", {}).get(self.monitor)
+        return float(values[-1]) if values else None
 
     def _next_sequence(self) -> int:
         names = os.listdir(self.folder) if self.folder.is_dir() else []
@@ -222,13 +241,7 @@ class Checkpointer(Callback):
         committed = scan_folder(self.folder).committed
         keep = set(committed[-self.keep_last :])
         if self.keep_best:
-            sign = 1.0 if self.mode == "min" else -1.0
-            scored = []
-            for path in committed:
-                value = _value(path, self.monitor)
-                if value is not None:
-                    scored.append((sign * value, -sequence_of(path), path))
-            keep.update(path for *_, path in sorted(scored)[: self.keep_best])
+            keep.update(self._ranked(committed)[: self.keep_best])
         for path in committed:
             if path not in keep:
                 path.with_suffix(".json").unlink(missing_ok=True)  # uncommit first
@@ -241,6 +254,17 @@ class Checkpointer(Callback):
                     entry.unlink(missing_ok=True)  # left by a process killed while writing
             elif entry.suffix == ".pt" and entry not in listed and 0 <= sequence_of(entry) < newest:
                 entry.unlink(missing_ok=True)  # its .json was never written: a crash between the two
+
+    def _ranked(self, committed: list[Path]) -> list[Path]:
+        """The checkpoints with a value of ``monitor``, best first; of equal ones the oldest, as
+        a later equal value is no improvement (``EarlyStopping`` keeps the same epoch)."""
+        sign = 1.0 if self.mode == "min" else -1.0
+        scored = []
+        for path in committed:
+            value = _value(path, self.monitor)
+            if value is not None:
+                scored.append((sign * value, sequence_of(path), path))
+        return [path for *_, path in sorted(scored)]
 
 
 def _value(path: Path, monitor: str) -> float | None:

@@ -1,13 +1,16 @@
-"""EarlyStopping: end training when a metric has stopped improving."""
+"""EarlyStopping: end training when a metric has stopped improving, and give back the best weights."""
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from typing import Any
 
-from cadence import READ, Callback, CancelFit, MissingStateError, on
+import torch
+
+from cadence import READ, WRITE, Callback, CancelFit, NoConflict, Unresolvable, on
+from cadence.callbacks.accumulation import GradientAccumulation
+from cadence.callbacks.monitor import Monitor
 from cadence.events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from cadence.phases import Phase, TrainingPhase
 
@@ -18,25 +21,42 @@ log = logging.getLogger(__name__)
 
 class EarlyStopping(Callback):
     """Ends ``fit`` with ``CancelFit`` once ``monitor`` has not improved for ``patience``
-    epochs; the reason says so, e.g. ``fit(...).reason``.
+    epochs (Keras' semantics, ``baseline`` and ``start_from_epoch`` included); the reason says
+    so, e.g. ``fit(...).reason``.
 
     Args:
-        monitor: A key of ``cbstate.metrics``, ``"<phase>/<metric>"``. It is checked when that
-            phase's epoch ends, and must be a key that ``Metrics`` produces: a key nothing
-            produces is a ``MissingStateError`` when the learner is built.
+        monitor: A key of ``cbstate.metrics``, ``"<phase>/<metric>"``, judged when that
+            phase's epoch ends. A key that will not exist is a ``MissingStateError`` when the
+            learner is built (if ``Metrics`` produces the metrics) or when the phase's first
+            epoch ends.
         mode: ``"min"`` (lower is better) or ``"max"``.
         patience: The number of epochs with no improvement after which training stops (0 stops
             at the first such epoch, like 1).
         min_delta: How much better than the best value a value must be to count as improving.
+        baseline: A value to beat: an epoch counts as improving only if it also beats
+            ``baseline`` (by ``min_delta``), so if none does, training stops after
+            ``patience`` epochs. The best epoch is tracked regardless.
+        start_from_epoch: The number of first epochs (of the monitored phase, in each fit) not
+            judged at all, a warm-up in which no improvement is expected.
+        restore_best_weights: At the end of every fit, load the model's weights (its whole
+            ``state_dict``, buffers included) from the epoch with the best value.
 
     The decision is taken at the monitored phase's ``EpochEnd`` (after ``Metrics``, which the
     graph orders first), and training stops at the next training ``EpochBegin``: every
     callback handles the last epoch's ``EpochEnd`` (printers print, checkpoints save), and
     validation still runs after the training epoch that decided. A stop decided in the last
-    epoch of a ``fit`` changes nothing. Counters persist across ``fit`` calls and through
-    ``state_dict``, and so does a pending stop: a run resumed from a checkpoint taken after
-    the deciding epoch stops where the uninterrupted run did. A NaN value counts as no
-    improvement.
+    epoch of a ``fit`` changes nothing. A NaN value counts as no improvement.
+
+    Best weights: with ``restore_best_weights=True``, the weights are copied to the CPU when an
+    epoch improves on the best (into the same buffers each time; nothing happens per batch),
+    and loaded back at ``FitEnd`` of every fit in which there was a best epoch, however the
+    fit ended: stopped by this callback or another, after its last epoch (unlike Keras 2, which
+    restored only on a stop), or interrupted (a checkpoint saved on the way out holds the
+    weights of its moment). The callback then declares ``{"model": WRITE}``.
+
+    State: the best value and epoch, the epochs waited and judged, the best weights and a stop
+    decided but not yet raised are in ``state_dict``, so a resumed run stops where the
+    uninterrupted one did and restores the same weights. A new fit starts afresh (``reset``).
 
     Example:
         >>> from cadence import Metrics
@@ -51,73 +71,109 @@ class EarlyStopping(Callback):
     state_access = {"cbstate.metrics": READ}
 
     def __init__(
-        self, monitor: str = "valid/loss", mode: str = "min", *, patience: int = 3, min_delta: float = 0.0
+        self,
+        monitor: str = "valid/loss",
+        mode: str = "min",
+        *,
+        patience: int = 3,
+        min_delta: float = 0.0,
+        baseline: float | None = None,
+        start_from_epoch: int = 0,
+        restore_best_weights: bool = False,
     ) -> None:
-        phase_name, _, metric = monitor.partition("/") if isinstance(monitor, str) else ("", "", "")
-        if not (phase_name and metric):
-            raise ValueError(
-                f'EarlyStopping(monitor={monitor!r}): keys are "<phase>/<metric>", e.g. monitor="valid/loss".'
-            )
-        if mode not in ("min", "max"):
-            raise ValueError(f'EarlyStopping(mode={mode!r}): use "min" (lower is better) or "max".')
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping(patience={patience!r}): use an int >= 0.")
+        self._monitor = Monitor("EarlyStopping", monitor, mode, 'EarlyStopping(monitor="{key}")')
+        for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"EarlyStopping({name}={value!r}): use an int >= 0, e.g. {name}=3.")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
             raise ValueError(f"EarlyStopping(min_delta={min_delta!r}): use a number >= 0.")
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, float(min_delta)
-        self._phase_name = phase_name
+        if baseline is not None and (
+            isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or not math.isfinite(baseline)
+        ):
+            raise ValueError(
+                f"EarlyStopping(baseline={baseline!r}): use a finite number, the value to beat, e.g. "
+                f"baseline=0.5; or None for no baseline."
+            )
+        if not isinstance(restore_best_weights, bool):
+            raise TypeError(f"EarlyStopping(restore_best_weights=...) is True or False; got {restore_best_weights!r}.")
+        self.monitor, self.mode = monitor, mode
+        self.patience, self.min_delta, self.start_from_epoch = patience, float(min_delta), start_from_epoch
+        self.baseline = None if baseline is None else float(baseline)
+        self.restore_best_weights = restore_best_weights
+        if restore_best_weights:  # it loads the weights back at FitEnd
+            self.state_access = {"cbstate.metrics": READ, "model": WRITE}
+        self.reset()
+
+    @property
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        """The model's ``state_dict`` at the best epoch, on the CPU (None before one, or
+        without ``restore_best_weights``)."""
+        return self._weights
+
+    def reset(self) -> None:
+        """Forget the best value, the counts, the best weights and a pending stop."""
         self.best: float | None = None
-        self.best_epoch = 0
-        self.wait = 0  # epochs since the best one
-        self._seen = 0  # values of monitor already judged
-        self._judged = self._others_ended = False  # in this fit: a value judged, another phase's epoch ended
+        self.best_epoch = 0  # counted among the epochs judged, from 1
+        self.wait = 0  # epochs since the last improvement
+        self._epochs = 0  # values of monitor taken in this run
+        self._weights: dict[str, torch.Tensor] | None = None
+        self._took = self._others_ended = False  # in this fit: a value taken, another phase's epoch ended
         self._stop: str | None = None  # the reason, once decided
 
     def init(self, learner: Any) -> None:
-        keys = getattr(learner.cbstate.metrics, "keys", None)
-        if not isinstance(keys, (set, frozenset)) or not keys or self.monitor in keys:
-            return  # found, or a producer that plans no keys: nothing to check against
-        close = difflib.get_close_matches(self.monitor, sorted(keys), n=1)
-        raise MissingStateError(
-            f"EarlyStopping monitors {self.monitor!r}, but no callback produces it; cbstate.metrics "
-            f"will have {', '.join(sorted(keys))}.\n"
-            + (f'Did you mean EarlyStopping(monitor="{close[0]}")? ' if close else "")
-            + f"Monitor one of those keys, or add the metric to Metrics, e.g. "
-            f"Metrics(MetricSpec(my_metric, phases=\"{self._phase_name}\"))."
-        )
+        self._monitor.check_planned(learner.cbstate)
 
     @on(FitBegin)
     def fit_begin(self, event: Event, phase: Phase, learner: Any) -> None:
-        self._stop = None
-        self._judged = self._others_ended = False
+        self._monitor.start(learner.cbstate.metrics)
+        self._took = self._others_ended = False
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        if phase.name != self._phase_name:
+        if not self._monitor.watches(phase):
             self._others_ended = True
             return
-        values = learner.cbstate.metrics.epochs.get(self.monitor, [])
-        if len(values) <= self._seen:  # no new value: the epoch had no batches
+        value = self._monitor.new_value(learner.cbstate.metrics)
+        if value is None:  # no new value: the epoch had no batches
             return
-        self._seen, self._judged = len(values), True
-        value = values[-1]
-        if not math.isnan(value) and (self.best is None or self._improves(value, self.best)):
-            self.best, self.best_epoch, self.wait = value, len(values), 0
+        self._epochs += 1
+        self._took = True
+        if self._epochs <= self.start_from_epoch:
             return
+        if not math.isnan(value) and (self.best is None or self._monitor.improves(value, self.best, self.min_delta)):
+            self.best, self.best_epoch = value, self._epochs
+            if self.restore_best_weights:
+                self._keep(learner.model)
+            if self.baseline is None or self._monitor.improves(value, self.baseline, self.min_delta):
+                self.wait = 0
+                return
         self.wait += 1
         if self.wait >= self.patience:
-            best = "none (no value was a number)"
-            if self.best is not None:
-                best = f"{self.best:.4g} at epoch {self.best_epoch}"
-            self._stop = (
-                f"EarlyStopping: {self.monitor} did not improve by min_delta={self.min_delta} for "
-                f"{self.wait} epoch{'s' if self.wait > 1 else ''} (best {best})."
-            )
+            self._stop = f"EarlyStopping: {self._reason()}."
 
-    def _improves(self, value: float, best: float) -> bool:
-        if self.mode == "min":
-            return value < best - self.min_delta
-        return value > best + self.min_delta
+    def _reason(self) -> str:
+        best = "none (no value was a number)"
+        if self.best is not None:
+            best = f"{self.best:.4g} at epoch {self.best_epoch}"
+        epochs = f"{self.wait} epoch{'s' if self.wait > 1 else ''}"
+        baseline = self.baseline
+        if baseline is not None and (self.best is None or not self._monitor.improves(self.best, baseline, self.min_delta)):
+            what = f"did not beat baseline={baseline:g} in {epochs}"
+        else:
+            what = f"did not improve by min_delta={self.min_delta} for {epochs}"
+        restored = "; its weights are restored at the end of fit" if self._weights is not None else ""
+        return f"{self.monitor} {what} (best {best}{restored})"
+
+    def _keep(self, model: torch.nn.Module) -> None:
+        kept = self._weights
+        current = model.state_dict()
+        if kept is not None and kept.keys() == current.keys() and all(
+            kept[k].shape == v.shape and kept[k].dtype == v.dtype for k, v in current.items()
+        ):
+            for key, value in current.items():
+                kept[key].copy_(value)  # the same CPU buffers every time
+        else:
+            self._weights = {k: v.detach().to("cpu", copy=True) for k, v in current.items()}
 
     @on(EpochBegin, phase=TrainingPhase)
     def training_begin(self, event: Event, phase: Phase, learner: Any) -> None:
@@ -126,25 +182,42 @@ class EarlyStopping(Callback):
 
     @on(FitEnd)
     def fit_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        if self._others_ended and not self._judged:
+        if self._weights is not None:
+            learner.model.load_state_dict(self._weights)
+            log.info("EarlyStopping restored the weights of epoch %d (%s %.4g).", self.best_epoch, self.monitor, self.best)
+        if self._others_ended and not self._took:
             log.warning(
                 "EarlyStopping saw no new value of %s during this fit; is there data for the %s phase?",
-                self.monitor, self._phase_name,
+                self.monitor, self._monitor.phase_name,
             )
 
+    def resolve_conflict(self, other: Callback) -> Any:
+        # Both restore weights at FitEnd: one would undo the other.
+        if isinstance(other, EarlyStopping) and other.restore_best_weights:
+            return Unresolvable()
+        # Accumulation writes gradients at training EpochBegin/EpochEnd; the weights, which this
+        # copies there and writes at FitEnd only, are another part of the model.
+        if isinstance(other, GradientAccumulation):
+            return NoConflict()
+        return NotImplemented
+
     def state_dict(self) -> dict[str, Any]:
-        """The best value, its epoch, the epochs waited since, the values judged, and the
-        reason of a stop decided but not yet raised (None when there is none)."""
+        """The best value, its epoch, the epochs waited since, the values taken (``seen``:
+        all so far, ``judged``: in this run), the reason of a stop decided but not yet raised
+        (None when there is none), and the best weights (CPU tensors, or None)."""
         return {
-            "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "seen": self._seen, "stop": self._stop,
+            "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "seen": self._monitor.seen,
+            "judged": self._epochs, "stop": self._stop, "best_weights": self._weights,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned; a pending stop is raised at the next training
-        ``EpochBegin``. (Resuming restores after ``FitBegin``, which clears the stop of a
-        previous ``fit``.)"""
+        ``EpochBegin``."""
         best, stop = state["best"], state.get("stop")  # no "stop" in older checkpoints
         self.best = None if best is None else float(best)
         self.best_epoch, self.wait = int(state["best_epoch"]), int(state["wait"])
-        self._seen = int(state["seen"])
+        self._monitor.seen = int(state["seen"])
+        self._epochs = int(state.get("judged", state["seen"]))
         self._stop = None if stop is None else str(stop)
+        weights = state.get("best_weights")
+        self._weights = None if weights is None else {str(k): v.to("cpu", copy=True) for k, v in weights.items()}

@@ -141,6 +141,14 @@ class Metrics(Callback):
         names = [name + (f"[{', '.join(sorted(phases))}]" if phases else "") for name, phases, _ in self._specs]
         return f"Metrics({', '.join(names)})"
 
+    def reset(self) -> None:
+        """A new fit starts with no values: the epoch and step values (in place) and any epoch
+        under way are forgotten."""
+        self._values.epochs.clear()
+        self._values.step.clear()
+        for tracker in self._trackers.values():
+            tracker.open, tracker.resumed, tracker.count = False, None, 0
+
     def state_dict(self) -> dict[str, Any]:
         """Every epoch's values, ``{"epochs": {key: [float, ...]}}``, and under ``"running"``,
         per phase name with an epoch under way, its state so far: ``count``, ``sums`` (the

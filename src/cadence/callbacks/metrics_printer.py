@@ -54,6 +54,12 @@ class MetricsPrinter(Callback):
         self._widths: list[int] = []  # and their widths, which the rows below it keep
         self._pending = False  # a training epoch ended and its row is not printed yet
 
+    def reset(self) -> None:
+        """A new fit prints a new table, from its first epoch."""
+        self._printed.clear()
+        self._header = []
+        self._pending = False
+
     @on(EpochEnd, phase=TrainingPhase)
     def training_end(self, event: Event, phase: Phase, learner: Any) -> None:
         self._pending = True

@@ -119,6 +119,12 @@ class StopOnNaNLoss(Callback):
             f"(epoch {self._epochs}, batch {step - self._epoch_start})."
         )
 
+    def reset(self) -> None:
+        """A new fit names steps and epochs from 1."""
+        self._steps = self._epochs = self._epoch_start = 0
+        self._pending.clear()
+        self._on_host = None
+
     def state_dict(self) -> dict[str, Any]:
         """The step and epoch counters and the step the current epoch began at, so that steps
         and batches are named alike after a resume, mid-epoch too."""

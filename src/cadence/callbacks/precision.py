@@ -169,6 +169,10 @@ class MixedPrecision(Callback):
             return RunFirst(other)
         return NotImplemented
 
+    def reset(self) -> None:
+        """Keeps the float16 ``GradScaler``'s scale across fits on purpose: like the optimizer's
+        state, it is calibrated to the model, and a fresh one would skip steps to find it again."""
+
     def state_dict(self) -> dict[str, Any]:
         if self.dtype is not torch.float16:
             return {}

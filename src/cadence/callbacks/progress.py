@@ -167,6 +167,11 @@ class ProgressPrinter(Callback):
     def _label(self, phase_name: str) -> str:
         return f"{phase_name} epoch {self._epochs[phase_name]}"
 
+    def reset(self) -> None:
+        """A new fit numbers its epochs from 1."""
+        self._epochs.clear()
+        self._bars.clear()
+
     def state_dict(self) -> dict[str, Any]:
         """Epochs begun per phase name, so that numbering goes on after a resume, and the
         batches done in each epoch under way, so that its bar goes on from there."""

@@ -68,6 +68,10 @@ class Recorder(Callback):
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
         self._history[phase].epochs += 1
 
+    def reset(self) -> None:
+        """A new fit counts from zero: every phase's history is emptied (in place)."""
+        self._history.clear()
+
     def state_dict(self) -> dict[str, Any]:
         """Each phase's history as plain data: ``{"history": {"module.PhaseClass": [epochs,
         steps, steps_in_epoch]}}``.

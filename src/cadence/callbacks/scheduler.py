@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence, Sized
 from typing import Any, Literal
@@ -31,16 +32,19 @@ class Scheduler(Callback):
     means a constant. ``total``, the length of the run in units, is ``n_epochs`` for
     ``unit="epoch"`` and ``n_epochs * len(train data)`` for ``unit="step"``, unless given: it
     depends only on the ``fit`` call, never on the position. The position is the scheduler's
-    own counter (it never reads ``cbstate.history``), the units completed so far; it goes on
-    across calls of ``fit`` (past ``total``, the built-in schedules hold their last value).
+    own counter (it never reads ``cbstate.history``), the units completed so far (past
+    ``total``, the built-in schedules hold their last value). A new ``fit`` starts the schedules
+    over (``reset``): a second ``fit(2)`` after ``fit(2)`` runs the whole one-cycle again, and a
+    torch ``LRScheduler`` is rewound to its state when this ``Scheduler`` was built.
     Batches count as steps, micro-batches of ``GradientAccumulation`` included.
 
     Checkpoints: ``state_dict()`` holds ``position`` (and ``lr_scheduler``, the torch
     scheduler's own state, when there is one). Nothing at ``FitBegin`` or ``EpochBegin`` resets
     the position or derives the run's length from it, so ``load_state_dict`` restores it
     exactly whenever it is called; ``fit(n_epochs, resume=...)`` then continues the run's
-    schedule where the checkpoint was taken, in a fresh learner or in the same one. The
-    optimizer's values at that point come back with the optimizer's state.
+    schedule where the checkpoint was taken, in a fresh learner or in the same one (the
+    restore comes after the new fit's reset). The optimizer's values at that point come back
+    with the optimizer's state.
 
     Instead of schedules, pass a ``torch.optim.lr_scheduler.LRScheduler`` built on the same
     optimizer: its ``step()`` is called after each batch (or epoch), as torch expects.
@@ -76,9 +80,11 @@ class Scheduler(Callback):
         **named: Schedule | float,
     ) -> None:
         self._torch: LRScheduler | None = None
+        self._torch_start: dict[str, Any] = {}  # its state when given: where a new fit rewinds it
         if isinstance(schedules, LRScheduler):
             _check_torch(schedules, named, param_groups, total)
             self._torch, schedules = schedules, None
+            self._torch_start = copy.deepcopy(self._torch.state_dict())
         elif not (schedules is None or isinstance(schedules, Mapping)):
             raise TypeError(
                 f"Scheduler expects schedules by name, e.g. Scheduler(lr=cosine(0.1, 0.001)) or "
@@ -102,6 +108,23 @@ class Scheduler(Callback):
     def position(self) -> int:
         """Units (training batches or epochs) completed so far."""
         return self._position
+
+    @property
+    def scheduled(self) -> frozenset[str]:
+        """The names of the hyperparameters it sets (``{"lr"}`` for a torch ``LRScheduler``)."""
+        return frozenset(name for name, _ in self._writes())
+
+    def reset(self) -> None:
+        """Start the schedules over: position 0, and a torch ``LRScheduler`` back to its state
+        when this ``Scheduler`` was built, with the optimizer's rates set to its first ones."""
+        if self._torch is not None and self._position:
+            self._torch.load_state_dict(copy.deepcopy(self._torch_start))
+            for group, lr in zip(self._torch.optimizer.param_groups, self._torch.get_last_lr()):
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+        self._position = 0
 
     def init(self, learner: Any) -> None:
         optimizer = learner.optimizer
@@ -236,8 +259,10 @@ class Scheduler(Callback):
 def _check_torch(scheduler: LRScheduler, named: Mapping[str, object], groups: object, total: object) -> None:
     if isinstance(scheduler, ReduceLROnPlateau):
         raise TypeError(
-            "Scheduler does not drive ReduceLROnPlateau, which needs a metric at each step; call "
-            "its step(metric) from a callback that reads cbstate.metrics at EpochEnd."
+            "Scheduler does not drive torch's ReduceLROnPlateau, which needs a metric at each "
+            "step; use cadence's callback with the same arguments instead, e.g. "
+            "ReduceLROnPlateau(monitor=\"valid/loss\", factor=0.1, patience=10) from "
+            "cadence.callbacks.plateau (or cadence)."
         )
     if named or groups is not None or total is not None:
         raise TypeError(

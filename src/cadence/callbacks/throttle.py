@@ -153,6 +153,11 @@ class Throttled(Callback):
             return RunFirst(self)
         return answer
 
+    def reset(self) -> None:
+        """A new fit counts firings and times afresh, and resets the wrapped callback."""
+        self._counts, self._last, self._restored = {}, {}, {}
+        self.callback.reset()
+
     def state_dict(self) -> dict[str, Any]:
         """The wrapped callback's state and the firing counts (times are not kept)."""
         counts = {_key_name(key): n for key, n in self._counts.items()}

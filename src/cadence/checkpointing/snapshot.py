@@ -22,7 +22,7 @@ from cadence.callback import Callback, callback_labels
 from cadence.checkpointing.files import Checkpoint, CheckpointError
 from cadence.checkpointing.plain import check_plain
 
-__all__ = ["capture_state", "check_fits", "restore_state"]
+__all__ = ["capture_state", "check_fits", "check_model", "check_optimizer", "restore_state"]
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +81,43 @@ def check_fits(checkpoint: Checkpoint, learner: Any, extra: Mapping[str, Any]) -
     """
     path, meta, state = checkpoint.path, checkpoint.meta, checkpoint.state
     _check_model(path, state["model"], learner.model)
-    if meta["optimizer"] != _qualname(learner.optimizer):
-        raise CheckpointError(
-            f"{path} holds the state of a {meta['optimizer']}, but the learner's optimizer is a "
-            f"{_qualname(learner.optimizer)}. Build the learner with the same optimizer."
-        )
-    saved_groups = [len(g.get("params", ())) for g in state["optimizer"].get("param_groups", ())]
-    groups = [len(g["params"]) for g in learner.optimizer.param_groups]
-    if saved_groups != groups:
-        raise CheckpointError(
-            f"{path} holds an optimizer over parameter groups of sizes {saved_groups}, but the "
-            f"learner's has {groups}. Build the optimizer over the same parameters, in the same groups."
-        )
+    check_optimizer(checkpoint, learner.optimizer)
     _check_callbacks(path, checkpoint, list(learner.callbacks))
     if set(state["extra"]) != set(extra):
         raise CheckpointError(
             f"{path} holds extra states {sorted(state['extra'])}, but the Checkpointer's extra has "
             f"{sorted(extra)}. Pass the same objects: Checkpointer(..., extra={{name: obj}})."
         )
+
+
+def check_optimizer(checkpoint: Checkpoint, optimizer: Any) -> None:
+    """Check that ``checkpoint``'s optimizer state can be loaded into ``optimizer``.
+
+    Raises:
+        CheckpointError: another optimizer class, or other parameter groups.
+    """
+    path, meta, state = checkpoint.path, checkpoint.meta, checkpoint.state
+    if meta["optimizer"] != _qualname(optimizer):
+        raise CheckpointError(
+            f"{path} holds the state of a {meta['optimizer']}, but the learner's optimizer is a "
+            f"{_qualname(optimizer)}. Build the learner with the same optimizer."
+        )
+    saved_groups = [len(g.get("params", ())) for g in state["optimizer"].get("param_groups", ())]
+    groups = [len(g["params"]) for g in optimizer.param_groups]
+    if saved_groups != groups:
+        raise CheckpointError(
+            f"{path} holds an optimizer over parameter groups of sizes {saved_groups}, but the "
+            f"learner's has {groups}. Build the optimizer over the same parameters, in the same groups."
+        )
+
+
+def check_model(checkpoint: Checkpoint, model: Any) -> None:
+    """Check that ``checkpoint``'s model state fits ``model`` (same keys and shapes).
+
+    Raises:
+        CheckpointError: naming the missing, unexpected and reshaped entries.
+    """
+    _check_model(checkpoint.path, checkpoint.state["model"], model)
 
 
 def restore_state(checkpoint: Checkpoint, learner: Any, extra: Mapping[str, Any]) -> None:

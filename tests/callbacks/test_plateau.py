@@ -1,0 +1,181 @@
+"""ReduceLROnPlateau: the learning rates of torch's ReduceLROnPlateau step for step, its
+arguments checked, its place against Scheduler and loggers, exact resume, and a new fit."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cadence import READ, Callback, Checkpointer, ConflictError, Learner, Metrics, ReduceLROnPlateau, Scheduler, on
+from cadence.checkpointing.files import list_checkpoints
+from cadence.events import EpochEnd
+from cadence.phases import Phase, ValidationPhase
+from cadence.schedules import cosine
+from cadence.testing import make_test_learner, regression_batches
+from helpers import ScriptedMetrics, run_order
+
+# Flat stretches, noise, a fall, a rise and a NaN: every branch of torch's step.
+VALUES = [1.0, 0.9, 0.95, 0.9, 0.9, 0.85, 0.86, 0.87, 0.5, 0.49995, 0.6, 0.7, float("nan"), 0.4, 0.4, 0.41, 0.39, 0.5, 0.5, 0.5]
+
+
+class LrLog(Callback):
+    """Every param group's learning rate after each validation epoch."""
+
+    state_access = {"optimizer": READ}
+
+    def __init__(self) -> None:
+        self.rates: list[list[float]] = []
+
+    @on(EpochEnd, phase=ValidationPhase)
+    def log(self, event: Any, phase: Phase, learner: Any) -> None:
+        self.rates.append([float(g["lr"]) for g in learner.optimizer.param_groups])
+
+
+def two_groups() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    return model, torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.05}], lr=0.2)
+
+
+def torch_rates(values: list[float], kwargs: dict[str, Any]) -> list[list[float]]:
+    _, optimizer = two_groups()
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)
+    rates = []
+    for value in values:
+        plateau.step(value)
+        rates.append([float(g["lr"]) for g in optimizer.param_groups])
+    return rates
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"patience": 0, "factor": 0.5},
+        {"patience": 1, "factor": 0.5, "cooldown": 2},
+        {"mode": "max", "patience": 1, "factor": 0.3, "threshold": 0.05, "threshold_mode": "abs"},
+        {"mode": "max", "patience": 0, "factor": 0.5, "cooldown": 1, "min_lr": 0.04},
+        {"patience": 0, "factor": 0.1, "min_lr": [1e-3, 1e-4], "threshold": 0.0},
+        {"patience": 0, "factor": 0.9, "min_lr": 0.17, "eps": 0.015},  # 0.2 -> 0.18, then 0.18 -> 0.17 is below eps
+        {"patience": 2, "threshold": 0.1, "threshold_mode": "rel", "cooldown": 1},
+    ],
+    ids=lambda kwargs: ",".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults",
+)
+@pytest.mark.parametrize("flip", [False, True], ids=["as is", "negated"])
+def test_the_rates_equal_torchs_step_for_step(kwargs: dict[str, Any], flip: bool) -> None:
+    values = [-v for v in VALUES] if flip else VALUES
+    model, optimizer = two_groups()
+    log = LrLog()
+    callbacks = [log, ReduceLROnPlateau("valid/score", **kwargs), ScriptedMetrics(values)]
+    batches = regression_batches(1)
+    learner = Learner(model, torch.nn.functional.mse_loss, optimizer, data=(batches, batches), callbacks=callbacks, default_callbacks=False)
+    learner.fit(len(values))
+    expected = torch_rates(values, kwargs)
+    assert log.rates == expected
+    assert len({tuple(r) for r in expected}) > 1 or kwargs == {}  # the rates change, except with the defaults
+
+
+def test_a_training_key_works_without_validation() -> None:
+    plateau = ReduceLROnPlateau("train/score", patience=0, factor=0.5)
+    learner = make_test_learner(plateau, ScriptedMetrics([3, 4, 5]), n_batches=1, lr=0.4)
+    learner.fit(3, data=(regression_batches(1), None))
+    assert learner.optimizer.param_groups[0]["lr"] == 0.1
+    assert learner.cbstate.hyperparams == {"lr/group0": 0.1}
+
+
+def test_it_runs_after_metrics_and_before_readers_of_the_rates() -> None:
+    class RateLogger(Callback):
+        state_access = {"cbstate.hyperparams": READ}
+
+        @on(EpochEnd)
+        def log(self, event: Any, phase: Phase, learner: Any) -> None:
+            pass
+
+    learner = make_test_learner(RateLogger(), ReduceLROnPlateau(), Metrics())
+    assert run_order(learner, EpochEnd, ValidationPhase) == ["Metrics.epoch_end", "ReduceLROnPlateau.epoch_end", "RateLogger.log"]
+
+
+def test_with_a_scheduler_of_other_hyperparameters_in_any_order() -> None:
+    for callbacks in ([Scheduler(momentum=cosine(0.9, 0.8)), ReduceLROnPlateau(patience=0)], [ReduceLROnPlateau(patience=0), Scheduler(momentum=cosine(0.9, 0.8))]):
+        learner = make_test_learner(*callbacks, Metrics(), lr=1.5, n_batches=4)
+        learner.optimizer.param_groups[0]["momentum"] = 0.9
+        assert learner.fit(2) is None
+        assert sorted(learner.cbstate.hyperparams) == ["lr/group0", "momentum/group0"]
+
+
+@pytest.mark.parametrize("scheduler", [lambda opt: Scheduler(lr=cosine(0.1, 0.01)), lambda opt: Scheduler(torch.optim.lr_scheduler.StepLR(opt, 2))])
+def test_with_a_scheduler_of_the_learning_rate_is_refused(scheduler: Any) -> None:
+    learner = make_test_learner(Metrics())
+    learner.add_callback(scheduler(learner.optimizer))
+    with pytest.raises(
+        ConflictError,
+        match=(
+            r"ReduceLROnPlateau and Scheduler\(.*\) both set the learning rate: the Scheduler would undo every "
+            r"reduction at its next step\. Set lr with one of them; a Scheduler can still schedule other "
+            r"hyperparameters beside ReduceLROnPlateau, e\.g\. Scheduler\(momentum=cosine\(0\.95, 0\.85\)\)"
+        ),
+    ):
+        learner.add_callback(ReduceLROnPlateau())
+
+
+def test_two_are_refused() -> None:
+    with pytest.raises(ConflictError, match=r"ReduceLROnPlateau#1 and ReduceLROnPlateau#2 cannot be used together"):
+        make_test_learner(ReduceLROnPlateau(), ReduceLROnPlateau("train/loss"), Metrics())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"factor": 1.0}, r"ReduceLROnPlateau\(factor=1\.0\): the rate is multiplied by factor, a number between 0 and 1 \(exclusive\), e\.g\. factor=0\.1\."),
+        ({"patience": -1}, r"ReduceLROnPlateau\(patience=-1\): use an int >= 0, e\.g\. patience=2\."),
+        ({"cooldown": 0.5}, r"ReduceLROnPlateau\(cooldown=0\.5\): use an int >= 0, e\.g\. cooldown=2\."),
+        ({"threshold": -1e-4}, r"ReduceLROnPlateau\(threshold=-0\.0001\): use a number >= 0\."),
+        ({"threshold_mode": "relative"}, r"ReduceLROnPlateau\(threshold_mode='relative'\): expected \"rel\" \(relative to the best value\) or \"abs\" \(absolute\); write e\.g\. ReduceLROnPlateau\(threshold_mode=\"rel\"\)\."),
+        ({"min_lr": -1}, r"ReduceLROnPlateau\(min_lr=-1\): use a number >= 0, or a list of them with one per param group, e\.g\. min_lr=1e-6 or min_lr=\[1e-6, 1e-5\]\."),
+        ({"mode": "lowest"}, r"ReduceLROnPlateau\(mode='lowest'\): expected \"min\""),
+    ],
+)
+def test_arguments_are_checked_at_construction(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ReduceLROnPlateau(**kwargs)
+
+
+def test_one_min_lr_per_group_is_checked_when_the_learner_is_built() -> None:
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau\(min_lr=\[0\.1, 0\.2\]\) has 2 values, but SGD has 1 param group\(s\); give one per group, or a single number for all\."):
+        make_test_learner(ReduceLROnPlateau(min_lr=[0.1, 0.2]), Metrics())
+
+
+def plateau_learner(folder: Path) -> Learner:
+    callbacks = [ReduceLROnPlateau(patience=0, factor=0.5, cooldown=1), Metrics(), Checkpointer(folder, every_steps=3, keep_last=100)]
+    return make_test_learner(*callbacks, n_batches=4, lr=1.5)
+
+
+def test_a_resume_from_any_checkpoint_lowers_the_rate_where_the_run_did(tmp_path: Path) -> None:
+    reference = plateau_learner(tmp_path / "run")
+    reference.fit(5)
+    plateau = reference.get_callback(ReduceLROnPlateau)
+    assert plateau is not None
+    expected = (reference.optimizer.param_groups[0]["lr"], plateau.state_dict(), reference.cbstate.metrics.epochs)
+    assert expected[0] < 1.5 / 2  # at least two reductions
+    for path in list_checkpoints(tmp_path / "run"):
+        resumed = plateau_learner(tmp_path / "again")
+        resumed.fit(5, resume=path)
+        got = resumed.get_callback(ReduceLROnPlateau)
+        assert got is not None
+        assert (resumed.optimizer.param_groups[0]["lr"], got.state_dict(), resumed.cbstate.metrics.epochs) == expected, path.name
+        assert torch.equal(resumed.model.weight, reference.model.weight), path.name
+
+
+def test_a_new_fit_forgets_the_counts_and_keeps_the_rate() -> None:
+    plateau = ReduceLROnPlateau("valid/score", patience=1, factor=0.5, cooldown=3)
+    learner = make_test_learner(plateau, ScriptedMetrics([3, 4, 5]), n_batches=1, lr=0.4)
+    learner.fit(3)
+    assert (plateau.best, plateau.cooldown_left, learner.optimizer.param_groups[0]["lr"]) == (3, 3, 0.2)
+    learner.fit(2)  # the script starts over: 3 is the best again, 4 one bad epoch, not in cooldown
+    assert (plateau.best, plateau.bad_epochs, plateau.cooldown_left) == (3, 1, 0)
+    assert learner.optimizer.param_groups[0]["lr"] == 0.2  # as the previous fit left it (Keras does so)
+    assert math.isinf(ReduceLROnPlateau().best)
