@@ -2,11 +2,12 @@
 
     python resume_script.py FOLDER OUT [--resume] [--kill-at STEP] [--kill-in-write MODE:N]
 
-Trains an MLP with dropout on synthetic data: Adam, a cosine ``Scheduler``, ``EarlyStopping``,
-``Metrics`` (with torchmetrics' ``MeanAbsoluteError``) and ``Recorder``, a shuffled
-``DataLoader`` drawing from the global RNG, and a ``Checkpointer`` in FOLDER saving every 2
-steps and every epoch. Writes the final weights and the loss and metric history to OUT (a
-``torch.save`` file).
+Trains an MLP with dropout on synthetic data: Adam, a cosine ``Scheduler`` of beta1,
+``ReduceLROnPlateau``, ``EarlyStopping`` restoring the best weights, ``Metrics`` (with
+torchmetrics' ``MeanAbsoluteError``) and ``Recorder``, a shuffled ``DataLoader`` drawing from
+the global RNG, and a ``Checkpointer`` in FOLDER saving every 2 steps and every epoch and
+keeping the best. Writes the final and the last trained weights, the loss and metric history
+and the monitors' states to OUT (a ``torch.save`` file).
 
 - ``--kill-at STEP``: SIGKILL this process after the backward pass of training step STEP
   (counted from 1 in this process), before the optimizer step.
@@ -35,10 +36,11 @@ from torchmetrics.regression import MeanAbsoluteError
 from cadence import READ, Callback, Learner, Metrics, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
+from cadence.callbacks.plateau import ReduceLROnPlateau
 from cadence.callbacks.scheduler import Scheduler
-from cadence.checkpointing.files import latest_checkpoint
-from cadence.events import BackwardEnd, BatchEnd, Event
-from cadence.phases import Phase, TrainingPhase
+from cadence.checkpointing.files import latest_checkpoint, load_checkpoint
+from cadence.events import BackwardEnd, BatchEnd, EpochEnd, Event
+from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.schedules import cosine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
@@ -60,6 +62,16 @@ class KillAt(Callback):
         self.seen += 1
         if self.seen == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class LastWeights(Callback):
+    """The weights after the last validation, before EarlyStopping restores the best."""
+
+    state_access = {"model": READ}
+
+    @on(EpochEnd, phase=ValidationPhase)
+    def keep(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.weights = {k: v.clone() for k, v in learner.model.state_dict().items()}
 
 
 def kill_in_write(mode: str, n: int) -> None:
@@ -103,10 +115,12 @@ def build(folder: str, kill_at: int | None, resume: bool) -> Learner:
     valid = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=BATCH_SIZE)
     callbacks: list[Callback] = [
         LossLog(),
-        Scheduler(lr=cosine(0.02, 0.001)),
-        EarlyStopping(patience=10),
+        LastWeights(),
+        Scheduler(beta1=cosine(0.9, 0.8)),  # the learning rate is ReduceLROnPlateau's
+        ReduceLROnPlateau(patience=0, factor=0.5, threshold=0.5, cooldown=1),
+        EarlyStopping(patience=10, restore_best_weights=True),
         Metrics(MeanAbsoluteError()),
-        Checkpointer(folder, every_steps=2, every_epochs=1, keep_last=2),
+        Checkpointer(folder, every_steps=2, every_epochs=1, keep_last=2, keep_best=1),
     ]
     if kill_at is not None:
         callbacks.append(KillAt(kill_at))
@@ -116,7 +130,7 @@ def build(folder: str, kill_at: int | None, resume: bool) -> Learner:
     random.seed(seed)
     np.random.seed(seed)
     return Learner(
-        model, torch.nn.functional.mse_loss, torch.optim.Adam(model.parameters()), data=(train, valid), callbacks=callbacks
+        model, torch.nn.functional.mse_loss, torch.optim.Adam(model.parameters(), lr=0.05), data=(train, valid), callbacks=callbacks
     )
 
 
@@ -138,11 +152,19 @@ def main(argv: list[str]) -> None:
         latest = latest_checkpoint(args.folder)
         resumed_from = None if latest is None else latest.meta["position"]
     result = learner.fit(N_EPOCHS, resume="latest" if args.resume else None)
-    log = learner.get_callback(LossLog)
-    assert isinstance(log, LossLog)
+    log, last = learner.get_callback(LossLog), learner.get_callback(LastWeights)
+    stopping, plateau = learner.get_callback(EarlyStopping), learner.get_callback(ReduceLROnPlateau)
+    checkpointer = learner.get_callback(Checkpointer)
+    assert isinstance(log, LossLog) and isinstance(last, LastWeights) and isinstance(checkpointer, Checkpointer)
+    assert stopping is not None and plateau is not None and checkpointer.best_path is not None
     torch.save(
         {
             "weights": learner.model.state_dict(),
+            "last_weights": last.weights,
+            "stopping": stopping.state_dict(),
+            "plateau": plateau.state_dict(),
+            "lr": learner.optimizer.param_groups[0]["lr"],
+            "best_checkpoint": load_checkpoint(checkpointer.best_path).meta["position"],
             "losses": log.losses,
             "epochs": {k: list(v) for k, v in learner.cbstate.metrics.epochs.items()},
             "reason": None if result is None else result.reason,

@@ -360,10 +360,22 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return result
 
 
+def same_tensors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> bool:
+    return got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
 def same_run(got: dict[str, Any], expected: dict[str, Any]) -> None:
-    assert got["weights"].keys() == expected["weights"].keys()
-    assert all(torch.equal(got["weights"][k], expected["weights"][k]) for k in got["weights"])
+    assert same_tensors(got["weights"], expected["weights"])
     assert got["losses"] == expected["losses"] and len(got["losses"]) == 24
+    # The monitors' state: EarlyStopping's best weights (restored: the model ends with them, not
+    # with the last trained weights), ReduceLROnPlateau's counters and rate, the best checkpoint.
+    assert same_tensors(got["last_weights"], expected["last_weights"])
+    assert not same_tensors(expected["weights"], expected["last_weights"])
+    got_stopping, expected_stopping = dict(got["stopping"]), dict(expected["stopping"])
+    assert same_tensors(got_stopping.pop("best_weights"), expected_stopping.pop("best_weights"))
+    assert got_stopping == expected_stopping and expected_stopping["best_epoch"] == 3
+    assert got["plateau"] == expected["plateau"] and got["lr"] == expected["lr"] == 0.05 / 4
+    assert got["best_checkpoint"] == expected["best_checkpoint"] == {"epoch": 3, "batch": 0, "step": 18}
     assert got["reason"] == expected["reason"]
     # Every epoch value of every key, the epoch resumed mid-way included (Metrics saves its
     # running sums and the torchmetrics states).
