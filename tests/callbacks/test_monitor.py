@@ -3,6 +3,7 @@ Checkpointer: at construction, when the learner is built, and when the phase's f
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,11 @@ def test_a_key_metrics_will_not_write_is_refused_when_the_learner_is_built(name:
 
 
 @pytest.mark.parametrize("name", OWNERS)
-def test_a_key_missing_when_its_phase_first_ends_is_an_error(name: str, tmp_path: Path) -> None:
+def test_a_key_missing_when_its_phase_first_ends_is_an_error(name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # The producer plans no keys, so only the epoch end can tell.
     learner = make_test_learner(owner(name, "valid/scor", tmp_path), ScriptedMetrics([3, 2, 1]), n_batches=2)
     fix = OWNERS[name][1].format(key="valid/score")
-    with pytest.raises(
+    with caplog.at_level(logging.WARNING), pytest.raises(
         MissingStateError,
         match=(
             rf"^{name} monitors 'valid/scor', but the valid epoch ended without it; cbstate.metrics has "
@@ -63,6 +64,7 @@ def test_a_key_missing_when_its_phase_first_ends_is_an_error(name: str, tmp_path
     assert any("EpochEnd" in note and "ValidationPhase" in note for note in raised.value.__notes__)
     if name == "Checkpointer":
         assert list_checkpoints(tmp_path) == []  # refused before it saved with no value
+    assert caplog.text == ""  # the error says it all: no "saw no new value" from FitEnd
 
 
 @pytest.mark.parametrize("name", OWNERS)

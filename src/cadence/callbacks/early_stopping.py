@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cadence import READ, WRITE, Callback, CancelFit, NoConflict, Unresolvable, on
+from cadence import READ, WRITE, Callback, CancelFit, MissingStateError, NoConflict, Unresolvable, on
 from cadence.callbacks.accumulation import GradientAccumulation
 from cadence.callbacks.monitor import Monitor
 from cadence.events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
@@ -50,9 +50,9 @@ class EarlyStopping(Callback):
     Best weights: with ``restore_best_weights=True``, the weights are copied to the CPU when an
     epoch improves on the best (into the same buffers each time; nothing happens per batch),
     and loaded back at ``FitEnd`` of every fit in which there was a best epoch, however the
-    fit ended: stopped by this callback or another, after its last epoch (unlike Keras 2, which
-    restored only on a stop), or interrupted (a checkpoint saved on the way out holds the
-    weights of its moment). The callback then declares ``{"model": WRITE}``.
+    fit ended: stopped by this callback or another, after its last epoch (as Keras 3 does;
+    Keras 2 restored only on a stop), or interrupted (a checkpoint saved on the way out holds
+    the weights of its moment). The callback then declares ``{"model": WRITE}``.
 
     State: the best value and epoch, the epochs waited and judged, the best weights and a stop
     decided but not yet raised are in ``state_dict``, so a resumed run stops where the
@@ -133,7 +133,11 @@ class EarlyStopping(Callback):
         if not self._monitor.watches(phase):
             self._others_ended = True
             return
-        value = self._monitor.new_value(learner.cbstate.metrics)
+        try:
+            value = self._monitor.new_value(learner.cbstate.metrics)
+        except MissingStateError:
+            self._took = True  # the error says what is wrong; FitEnd need not guess
+            raise
         if value is None:  # no new value: the epoch had no batches
             return
         self._epochs += 1
