@@ -288,16 +288,23 @@ def test_restored_weights_are_those_of_the_best_epoch(values: list[float], best:
 
 def test_best_weights_stay_on_the_cpu_in_the_same_buffers() -> None:
     stopper = EarlyStopping("valid/score", patience=5, restore_best_weights=True)
-    learner = make_test_learner(stopper, ScriptedMetrics([5, 4, 3]), n_batches=2)
-    learner.fit(1)
-    kept = stopper.best_weights
-    assert kept is not None and set(kept) == {"weight"}
-    assert kept["weight"].device.type == "cpu" and kept["weight"].data_ptr() != learner.model.weight.data_ptr()
-    pointer = kept["weight"].data_ptr()
-    learner.fit(2)  # a new fit: afresh, but the improvements copy into a fresh buffer once, then reuse it
-    second = stopper.best_weights
-    assert second is not None and second["weight"].data_ptr() != pointer
-    assert stopper.state_dict()["best_weights"] is second
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    class Peek(Callback):
+        state_access = {"model": READ}
+        run_after = (EarlyStopping,)
+
+        @on(EpochEnd, phase=ValidationPhase)
+        def peek(self, event: Any, phase: Phase, learner: Any) -> None:
+            kept = stopper.best_weights
+            assert kept is not None and set(kept) == {"weight"} and kept["weight"].device.type == "cpu"
+            assert torch.equal(kept["weight"], learner.model.weight)  # every epoch improves
+            seen.append((kept["weight"].data_ptr(), learner.model.weight.data_ptr()))
+
+    learner = make_test_learner(stopper, Peek(), ScriptedMetrics([5, 4, 3]), n_batches=2)
+    learner.fit(3)
+    assert len(seen) == 3 and len({kept for kept, _ in seen}) == 1  # copied into one buffer
+    assert all(kept != weight for kept, weight in seen)  # a copy, not the parameter
 
 
 def test_best_weights_go_through_state_dict() -> None:

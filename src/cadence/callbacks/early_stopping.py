@@ -113,7 +113,7 @@ class EarlyStopping(Callback):
     def reset(self) -> None:
         """Forget the best value, the counts, the best weights and a pending stop."""
         self.best: float | None = None
-        self.best_epoch = 0  # counted among the epochs judged, from 1
+        self.best_epoch = 0  # among the monitored phase's epochs in this run, from 1
         self.wait = 0  # epochs since the last improvement
         self._epochs = 0  # values of monitor taken in this run
         self._weights: dict[str, torch.Tensor] | None = None
