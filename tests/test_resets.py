@@ -114,16 +114,17 @@ def test_a_second_fit_runs_the_one_cycle_again(scheduler: Callable[[torch.optim.
 
 
 def test_a_resumed_fit_restores_over_the_reset(tmp_path: Path) -> None:
-    def build(folder: Path) -> tuple[Learner, LrLog]:
+    def build(folder: Path, every_epochs: int | None = 1) -> tuple[Learner, LrLog]:
         log = LrLog()
-        return make_test_learner(log, Scheduler(lr=cosine(0.1, 0.0)), Recorder(), Checkpointer(folder), n_batches=4), log
+        checkpointer = Checkpointer(folder, every_epochs=every_epochs)
+        return make_test_learner(log, Scheduler(lr=cosine(0.1, 0.0)), Recorder(), checkpointer, n_batches=4), log
 
     learner, log = build(tmp_path / "run")
     learner.fit(3)
     expected = log.rates[4:]
     path = list_checkpoints(tmp_path / "run")[0]  # after epoch 2
     assert path.name.endswith("epoch2-batch0.pt")
-    again, log = build(tmp_path / "again")
+    again, log = build(tmp_path / "again", every_epochs=None)  # a folder belongs to one run: save nothing
     again.fit(1)
     again.fit(3, resume=path)  # reset, then the checkpoint's position (8 steps) and history
     assert log.rates == expected[4:] and len(log.rates) == 4

@@ -87,7 +87,12 @@ def test_a_key_without_a_phase_is_refused_with_the_fix(name: str) -> None:
 
 
 def test_the_default_checkpointer_key_is_not_required(tmp_path: Path) -> None:
-    # Without keep_best and monitor, "valid/loss" is only recorded in each checkpoint's metadata.
+    # Without keep_best, "valid/loss" is only recorded in each checkpoint's metadata.
     learner = make_test_learner(Checkpointer(tmp_path), ScriptedMetrics([3, 2]), n_batches=2)
     assert learner.fit(2) is None
     assert len(list_checkpoints(tmp_path)) == 2
+
+
+def test_another_checkpointer_key_is_checked_without_keep_best(tmp_path: Path) -> None:
+    with pytest.raises(MissingStateError, match=r"^Checkpointer monitors 'valid/los', but no callback produces it"):
+        make_test_learner(Checkpointer(tmp_path, monitor="valid/los"), Metrics())

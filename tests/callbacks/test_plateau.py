@@ -161,8 +161,8 @@ def test_a_resume_from_any_checkpoint_lowers_the_rate_where_the_run_did(tmp_path
     assert plateau is not None
     expected = (reference.optimizer.param_groups[0]["lr"], plateau.state_dict(), reference.cbstate.metrics.epochs)
     assert expected[0] < 1.5 / 2  # at least two reductions
-    for path in list_checkpoints(tmp_path / "run"):
-        resumed = plateau_learner(tmp_path / "again")
+    for i, path in enumerate(list_checkpoints(tmp_path / "run")):
+        resumed = plateau_learner(tmp_path / f"again{i}")  # a folder belongs to one run
         resumed.fit(5, resume=path)
         got = resumed.get_callback(ReduceLROnPlateau)
         assert got is not None

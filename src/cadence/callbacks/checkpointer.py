@@ -60,8 +60,8 @@ class Checkpointer(Callback):
         keep_last: How many of the newest checkpoints to keep, at least 1.
         keep_best: How many of the best checkpoints by ``monitor`` to keep as well; the best
             is ``best_path``, which ``learner.load(...)`` loads.
-        monitor: The ``cbstate.metrics`` key ``keep_best`` ranks by, ``"valid/loss"`` when not
-            given. With ``keep_best`` or a ``monitor`` given, a key that will not exist is a
+        monitor: The ``cbstate.metrics`` key ``keep_best`` ranks by, e.g. ``"valid/loss"``.
+            With ``keep_best``, or another key than the default, a key that will not exist is a
             ``MissingStateError`` when the learner is built or its phase's first epoch ends,
             as for ``EarlyStopping``.
         mode: ``"min"`` (lower is better) or ``"max"``.
@@ -89,7 +89,7 @@ class Checkpointer(Callback):
         every_steps: int | None = None,
         keep_last: int = 2,
         keep_best: int = 0,
-        monitor: str | None = None,
+        monitor: str = "valid/loss",
         mode: str = "min",
         extra: Mapping[str, Any] | None = None,
     ) -> None:
@@ -106,9 +106,9 @@ class Checkpointer(Callback):
             )
         if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
             raise ValueError(f"Checkpointer(keep_best={keep_best!r}): use an int >= 0.")
-        watched = Monitor("Checkpointer", "valid/loss" if monitor is None else monitor, mode, _FIX)
-        # The default key is only recorded in each checkpoint's metadata, never required.
-        self._monitor = watched if keep_best or monitor is not None else None
+        watched = Monitor("Checkpointer", monitor, mode, _FIX)
+        # Without keep_best, the default key is only recorded in each checkpoint's metadata.
+        self._watched = watched if keep_best or monitor != "valid/loss" else None
         extra = dict(extra or {})
         for key, obj in extra.items():
             if not all(callable(getattr(obj, m, None)) for m in ("state_dict", "load_state_dict")):
@@ -119,7 +119,7 @@ class Checkpointer(Callback):
         self._folder = None if folder is None else Path(folder)
         self._run_folder: Any = None
         self.every_epochs, self.every_steps = every_epochs, every_steps
-        self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, watched.key, mode
+        self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, monitor, mode
         self.extra: dict[str, Any] = extra
         self._run: FitProgress | None = None
 
@@ -142,8 +142,8 @@ class Checkpointer(Callback):
         return next(iter(self._ranked(scan_folder(self.folder).committed)), None)
 
     def init(self, learner: Any) -> None:
-        if self._monitor is not None:
-            self._monitor.check_planned(learner.cbstate)
+        if self._watched is not None:
+            self._watched.check_planned(learner.cbstate)
 
     @property
     def folder(self) -> Path:
@@ -190,8 +190,8 @@ class Checkpointer(Callback):
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        if self._monitor is not None and self._monitor.watches(phase) and "metrics" in learner.cbstate:
-            self._monitor.check(learner.cbstate.metrics)
+        if self._watched is not None and self._watched.watches(phase) and "metrics" in learner.cbstate:
+            self._watched.check(learner.cbstate.metrics)
         run = self._run
         if run is None or not run.ends_epoch(phase):
             return
