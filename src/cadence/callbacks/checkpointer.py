@@ -141,10 +141,6 @@ class Checkpointer(Callback):
             )
         return next(iter(self._ranked(scan_folder(self.folder).committed)), None)
 
-    def init(self, learner: Any) -> None:
-        if self._watched is not None:
-            self._watched.check_planned(learner.cbstate)
-
     @property
     def folder(self) -> Path:
         """Where the checkpoints go."""
@@ -162,6 +158,8 @@ class Checkpointer(Callback):
                     'none. Add RunFolder() to the callbacks, or pass a folder: Checkpointer("checkpoints").'
                 )
             self._run_folder = learner.cbstate.run
+        if self._watched is not None:
+            self._watched.check_planned(learner.cbstate)
 
     def __repr__(self) -> str:
         # The folder stays first and positional, as it was before it had a default.
