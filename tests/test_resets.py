@@ -54,31 +54,57 @@ def quiet() -> ProgressPrinter:
     return ProgressPrinter(console=Console(file=io.StringIO()))
 
 
-BUILT_INS: dict[str, Callable[[], list[Callback]]] = {
-    "Recorder, Metrics, ProgressPrinter, StopOnNaNLoss": lambda: [Recorder(), Metrics(), quiet(), StopOnNaNLoss()],
-    "Scheduler": lambda: [Scheduler(lr=one_cycle(0.2))],
-    "EarlyStopping": lambda: [EarlyStopping(patience=1, min_delta=1.0, restore_best_weights=True), Metrics()],
-    "ReduceLROnPlateau": lambda: [ReduceLROnPlateau(patience=0, cooldown=5), Metrics()],
-    "GradientAccumulation": lambda: [GradientAccumulation(3)],
-    "throttle": lambda: [throttle(Recorder(), BatchEnd, every=3)],
+# Reset before every fit: (the callback, what it needs beside it).
+PER_FIT: dict[str, Callable[[], tuple[Callback, list[Callback]]]] = {
+    "Scheduler": lambda: (Scheduler(lr=one_cycle(0.2)), []),
+    "EarlyStopping": lambda: (EarlyStopping(patience=1, min_delta=1.0, restore_best_weights=True), [Metrics()]),
+    "ReduceLROnPlateau": lambda: (ReduceLROnPlateau(patience=0, cooldown=5), [Metrics()]),
+    "GradientAccumulation": lambda: (GradientAccumulation(3), []),
 }
 
 
-@pytest.mark.parametrize("make", BUILT_INS.values(), ids=BUILT_INS.keys())
-def test_a_second_fit_runs_as_with_new_callbacks(make: Callable[[], list[Callback]]) -> None:
-    again = make_test_learner(*make(), n_batches=5, lr=0.5)
+def same_learners(a: Learner, b: Learner) -> bool:
+    entries = a.cbstate.entries()
+    return (
+        all(same(x.state_dict(), y.state_dict()) for x, y in zip(a.callbacks, b.callbacks))
+        and entries.keys() == b.cbstate.entries().keys()
+        and all(same(getattr(v, "epochs", v), getattr(getattr(b.cbstate, k), "epochs", getattr(b.cbstate, k))) for k, v in entries.items())
+        and torch.equal(a.model.weight, b.model.weight)
+    )
+
+
+@pytest.mark.parametrize("make", PER_FIT.values(), ids=PER_FIT.keys())
+def test_a_second_fit_runs_as_with_a_new_instance(make: Callable[[], tuple[Callback, list[Callback]]]) -> None:
+    again, replaced = (make_test_learner(make()[0], *make()[1], n_batches=5, lr=0.5) for _ in range(2))
     again.fit(2)
-    fresh = make_test_learner(*make(), n_batches=5, lr=0.5)  # from where the first fit left the model
-    fresh.model.load_state_dict(again.model.state_dict())
-    fresh.optimizer.load_state_dict(again.optimizer.state_dict())
+    replaced.fit(2)
+    replaced.replace_callback(make()[0])  # the same learner, a new instance for the second fit
     again.fit(3)
-    fresh.fit(3)
-    assert all(same(a.state_dict(), b.state_dict()) for a, b in zip(again.callbacks, fresh.callbacks))
-    assert same(again.cbstate.entries().keys(), fresh.cbstate.entries().keys())
-    for name in again.cbstate.entries():
-        entry, expected = getattr(again.cbstate, name), getattr(fresh.cbstate, name)
-        assert same(getattr(entry, "epochs", entry), getattr(expected, "epochs", expected)), name
-    assert torch.equal(again.model.weight, fresh.model.weight)
+    replaced.fit(3)
+    assert same_learners(again, replaced)
+
+
+# Reset only in another learner: a second fit of the same learner counts on.
+PER_LEARNER: dict[str, Callable[[], list[Callback]]] = {
+    "Recorder, Metrics, ProgressPrinter, StopOnNaNLoss": lambda: [Recorder(), Metrics(), quiet(), StopOnNaNLoss()],
+    "throttle": lambda: [throttle(Recorder(), BatchEnd, every=3), Metrics()],
+}
+
+
+@pytest.mark.parametrize("make", PER_LEARNER.values(), ids=PER_LEARNER.keys())
+def test_counts_go_on_in_the_learner_and_start_afresh_in_another(make: Callable[[], list[Callback]]) -> None:
+    callbacks = make()
+    first = make_test_learner(*callbacks, n_batches=5, lr=0.5)
+    first.fit(2)
+    first.fit(3)
+    once = make_test_learner(*make(), n_batches=5, lr=0.5)
+    once.fit(5)
+    assert same_learners(first, once)  # two fits of one learner count as one of five epochs
+    reused = make_test_learner(*callbacks, n_batches=5, lr=0.5)  # the same instances
+    fresh = make_test_learner(*make(), n_batches=5, lr=0.5)
+    reused.fit(2)
+    fresh.fit(2)
+    assert same_learners(reused, fresh)
 
 
 class LrLog(Callback):

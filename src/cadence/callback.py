@@ -6,7 +6,7 @@ import inspect
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from cadence.access import parse_state_access
 from cadence.errors import DeclarationError
@@ -126,6 +126,11 @@ class Callback:
     #: True for callbacks whose handlers must run on the thread that runs the training step
     #: (they change per-thread state such as autocast); ``ThreadedExecutor`` never moves them.
     thread_affine: ClassVar[bool] = False
+    #: When ``fit`` calls ``reset()``: ``"fit"``, before every fit but the callback's first;
+    #: ``"learner"``, only before its first fit in another learner than its last, for counts
+    #: that are the learner's step axis (``Recorder``, ``Metrics``, the printers), which a second
+    #: fit of the same learner continues.
+    reset_when: ClassVar[Literal["fit", "learner"]] = "fit"
     #: For built-ins: how a fix hint writes this callback where it is missing, such as
     #: ``"Scheduler(lr=cosine(0.1, 0.001))"``. None: ``"Name()"``, or ``"a Name callback"`` when
     #: the constructor has required arguments.
@@ -158,11 +163,12 @@ class Callback:
         """Forget what an earlier fit left, so that a new fit starts afresh.
 
         ``fit`` calls it before ``FitBegin`` of every fit but the callback's first (in this
-        learner or another); a resumed fit then restores the checkpoint's state over it. The
-        default does nothing. A callback that keeps state (it implements ``state_dict``) but not
-        ``reset`` is logged with a warning when it starts a second fit: implement ``reset`` to
-        set that state back as ``__init__`` leaves it, or, to keep it across fits on purpose,
-        with a body that keeps it (``pass`` and a comment saying why).
+        learner or another; with ``reset_when = "learner"``, only of a fit in another learner);
+        a resumed fit then restores the checkpoint's state over it. The default does nothing. A
+        callback that keeps state (it implements ``state_dict``) but not ``reset`` is logged with
+        a warning when it starts a second fit: implement ``reset`` to set that state back as
+        ``__init__`` leaves it, or, to keep it across fits on purpose, with a body that keeps it
+        (``pass`` and a comment saying why).
         """
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -180,7 +180,7 @@ class Learner:
         self._fit_run = run
         result: CancelFit | None = None
         try:
-            reset_for_fit(self._callbacks)
+            reset_for_fit(self)
             self.fire(FitBegin(n_epochs, (train, valid), self._run_order()), FIT_PHASE)
             run.fit_began()
             for epoch in range(run.first_epoch, n_epochs):

@@ -12,7 +12,6 @@ from rich.console import Console
 from cadence import WRITE, Callback, Metrics, on
 from cadence.callbacks.metrics import MetricSpec
 from cadence.callbacks.metrics_printer import MetricsPrinter
-from cadence.errors import DataWarning
 from cadence.events import EpochEnd, Event
 from cadence.phases import Phase, ValidationPhase
 from cadence.testing import make_test_learner, regression_batches
@@ -44,31 +43,20 @@ def test_without_validation_rows_come_at_the_next_epoch_and_at_the_end_of_fit() 
     learner = make_test_learner(printer, Metrics(), lr=0.01)
     learner.fit(1, data=(regression_batches(4), None))
     assert out.getvalue().splitlines() == ["epoch  train/loss", "    1      2.7074"]
-    learner.fit(2)  # a new fit prints a new table, numbered from 1, with the validation column
+    learner.fit(2)  # the validation column appears: the header is printed again
     assert out.getvalue().splitlines()[2:] == [
         "epoch  train/loss  valid/loss",
-        "    1      2.6383      2.3455",
-        "    2      2.1229      1.8873",
+        "    2      2.6383      2.3455",
+        "    3      2.1229      1.8873",
     ]
-
-
-class FirstTimeOnly:
-    """Batches the first time it is iterated, none after: later epochs have no value."""
-
-    def __init__(self, batches: list[Any]) -> None:
-        self.batches: list[Any] | None = batches
-
-    def __iter__(self) -> Any:
-        batches, self.batches = self.batches or [], None
-        return iter(batches)
 
 
 def test_a_phase_without_a_new_value_is_left_blank() -> None:
     printer, out = plain()
     learner = make_test_learner(printer, Metrics(), lr=0.01)
-    with pytest.warns(DataWarning, match="ValidationPhase ran an epoch without batches"):
-        learner.fit(2, data=(regression_batches(4), FirstTimeOnly(regression_batches(4))))
-    assert out.getvalue().splitlines()[-1] == "    2      2.5781            "
+    learner.fit(1)
+    learner.fit(1, data=(regression_batches(4), None))
+    assert out.getvalue().splitlines()[-1] == "    2      2.1785            "
 
 
 def terminal_rows(epochs: dict[str, list[float]], numbers: range) -> list[str]:
@@ -84,8 +72,8 @@ def test_a_table_on_a_terminal_has_its_header_once_per_fit() -> None:
     epochs = learner.cbstate.metrics.epochs
     assert out.getvalue().splitlines() == [*header, *terminal_rows(epochs, range(1, 4))]
     assert out.getvalue().splitlines()[2] == "     1       2.7706       2.4631 "
-    learner.fit(1)  # a new fit: a new table, numbered from 1 (Metrics starts afresh too)
-    assert out.getvalue().splitlines()[5:] == [*header, *terminal_rows(epochs, range(1, 2))]
+    learner.fit(1)  # a new fit: the header again
+    assert out.getvalue().splitlines()[5:] == [*header, *terminal_rows(epochs, range(4, 5))]
 
 
 def test_on_a_terminal_new_columns_bring_a_new_header() -> None:
@@ -114,7 +102,7 @@ def test_plain_text_has_its_header_once_per_fit_too() -> None:
     learner = make_test_learner(printer, Metrics(), lr=0.01)
     learner.fit(2)
     learner.fit(1)
-    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["epoch", "1", "2", "epoch", "1"]
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["epoch", "1", "2", "epoch", "3"]
 
 
 @pytest.mark.parametrize(

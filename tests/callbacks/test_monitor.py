@@ -16,20 +16,17 @@ from cadence.testing import make_test_learner, regression_batches
 from helpers import ScriptedMetrics
 
 OWNERS = {
-    "EarlyStopping": (lambda key, **kw: EarlyStopping(key, **kw), 'EarlyStopping\\(monitor="{key}"\\)'),
-    "ReduceLROnPlateau": (lambda key, **kw: ReduceLROnPlateau(key, **kw), 'ReduceLROnPlateau\\(monitor="{key}"\\)'),
+    "EarlyStopping": (lambda key, folder, **kw: EarlyStopping(key, **kw), 'EarlyStopping\\(monitor="{key}"\\)'),
+    "ReduceLROnPlateau": (lambda key, folder, **kw: ReduceLROnPlateau(key, **kw), 'ReduceLROnPlateau\\(monitor="{key}"\\)'),
     "Checkpointer": (
-        lambda key, **kw: Checkpointer("unused", keep_best=1, monitor=key, **kw),
+        lambda key, folder, **kw: Checkpointer(folder, keep_best=1, monitor=key, **kw),
         'Checkpointer\\("checkpoints", keep_best=1, monitor="{key}"\\)',
     ),
 }
 
 
 def owner(name: str, key: str, tmp_path: Path | None = None, **kwargs: Any) -> Callback:
-    callback = OWNERS[name][0](key, **kwargs)
-    if tmp_path is not None and isinstance(callback, Checkpointer):
-        callback.folder = tmp_path
-    return callback
+    return OWNERS[name][0](key, tmp_path if tmp_path is not None else "unused", **kwargs)
 
 
 @pytest.mark.parametrize("name", OWNERS)

@@ -68,7 +68,7 @@ def test_the_data_being_iterated_gives_the_total() -> None:
     learner.fit(1, data=(iter(regression_batches(3)), None))  # no len(): no total
     lines = out.getvalue().splitlines()
     assert re.fullmatch(LINE.format("train", 1, "5/5"), lines[0])
-    assert re.fullmatch(LINE.format("train", 1, "3"), lines[1])  # a new fit numbers from 1
+    assert re.fullmatch(LINE.format("train", 2, "3"), lines[1])
 
 
 def test_plain_lines_are_throttled_by_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -113,7 +113,7 @@ class EarlyStopping(Callback):
     def reset(self) -> None:
         """Forget the best value, the counts, the best weights and a pending stop."""
         self.best: float | None = None
-        self.best_epoch = 0  # among the monitored phase's epochs in this run, from 1
+        self.best_epoch = 0  # numbered as cbstate.metrics counts the key's values, from 1
         self.wait = 0  # epochs since the last improvement
         self._epochs = 0  # values of monitor taken in this run
         self._weights: dict[str, torch.Tensor] | None = None
@@ -145,7 +145,7 @@ class EarlyStopping(Callback):
         if self._epochs <= self.start_from_epoch:
             return
         if not math.isnan(value) and (self.best is None or self._monitor.improves(value, self.best, self.min_delta)):
-            self.best, self.best_epoch = value, self._epochs
+            self.best, self.best_epoch = value, self._monitor.seen
             if self.restore_best_weights:
                 self._keep(learner.model)
             if self.baseline is None or self._monitor.improves(value, self.baseline, self.min_delta):

@@ -66,6 +66,7 @@ class Metrics(Callback):
         "batch.y_pred": READ,
         "cbstate.metrics": WRITE,
     }
+    reset_when = "learner"
 
     def __init__(self, *metrics: Any) -> None:
         specs = [m if isinstance(m, MetricSpec) else MetricSpec(m) for m in metrics]
@@ -142,8 +143,9 @@ class Metrics(Callback):
         return f"Metrics({', '.join(names)})"
 
     def reset(self) -> None:
-        """A new fit starts with no values: the epoch and step values (in place) and any epoch
-        under way are forgotten."""
+        """A fit in another learner starts with no values: the epoch and step values (in
+        place) and any epoch under way are forgotten. A second fit of the same learner appends
+        to its epoch values."""
         self._values.epochs.clear()
         self._values.step.clear()
         for tracker in self._trackers.values():

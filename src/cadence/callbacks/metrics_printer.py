@@ -44,6 +44,7 @@ class MetricsPrinter(Callback):
     """
 
     state_access = {"cbstate.metrics": READ}
+    reset_when = "learner"
 
     def __init__(self, *, console: Console | None = None, digits: int = 4) -> None:
         if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 12:
@@ -55,7 +56,8 @@ class MetricsPrinter(Callback):
         self._pending = False  # a training epoch ended and its row is not printed yet
 
     def reset(self) -> None:
-        """A new fit prints a new table, from its first epoch."""
+        """A fit in another learner prints its table from its first epoch (a second fit of
+        the same learner goes on numbering, under a header of its own)."""
         self._printed.clear()
         self._header = []
         self._pending = False

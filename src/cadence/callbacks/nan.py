@@ -50,6 +50,7 @@ class StopOnNaNLoss(Callback):
     """
 
     state_access = {"batch.loss": READ}
+    reset_when = "learner"
 
     def __init__(self, *, check_every: int = 32) -> None:
         if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
@@ -120,7 +121,8 @@ class StopOnNaNLoss(Callback):
         )
 
     def reset(self) -> None:
-        """A new fit names steps and epochs from 1."""
+        """A fit in another learner names steps and epochs from 1 (a second fit of the same
+        learner counts on, as ``Recorder`` does)."""
         self._steps = self._epochs = self._epoch_start = 0
         self._pending.clear()
         self._on_host = None

@@ -67,6 +67,7 @@ class ProgressPrinter(Callback):
     """
 
     state_access = {"batch.loss": READ}
+    reset_when = "learner"
 
     def __init__(
         self,
@@ -168,7 +169,8 @@ class ProgressPrinter(Callback):
         return f"{phase_name} epoch {self._epochs[phase_name]}"
 
     def reset(self) -> None:
-        """A new fit numbers its epochs from 1."""
+        """A fit in another learner numbers its epochs from 1 (a second fit of the same
+        learner goes on numbering)."""
         self._epochs.clear()
         self._bars.clear()
 

@@ -41,6 +41,7 @@ class Recorder(Callback):
     """
 
     state_access = {"cbstate.history": WRITE}
+    reset_when = "learner"
 
     def __init__(self) -> None:
         self._history: defaultdict[Phase, History] = defaultdict(History)
@@ -69,7 +70,9 @@ class Recorder(Callback):
         self._history[phase].epochs += 1
 
     def reset(self) -> None:
-        """A new fit counts from zero: every phase's history is emptied (in place)."""
+        """A fit in another learner counts from zero: every phase's history is emptied (in
+        place). A second fit of the same learner counts on: the history is the learner's step
+        axis (loggers write at its steps, and continue them)."""
         self._history.clear()
 
     def state_dict(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 import weakref
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from cadence import Callback, RunFirst
 from cadence.events import Event
@@ -153,8 +153,12 @@ class Throttled(Callback):
             return RunFirst(self)
         return answer
 
+    @property
+    def reset_when(self) -> Literal["fit", "learner"]:  # type: ignore[override]
+        return self.callback.reset_when
+
     def reset(self) -> None:
-        """A new fit counts firings and times afresh, and resets the wrapped callback."""
+        """When the wrapped callback is reset: count firings and times afresh, and reset it."""
         self._counts, self._last, self._restored = {}, {}, {}
         self.callback.reset()
 
