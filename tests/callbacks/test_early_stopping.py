@@ -385,3 +385,16 @@ def test_a_resumed_fit_of_the_same_learner_restores_over_the_reset(tmp_path: Pat
     result = again.fit(50, resume=path)
     assert result is not None and result.reason == expected.reason
     assert again.cbstate.metrics.epochs == learner.cbstate.metrics.epochs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_best_weights_of_a_model_on_the_gpu_are_kept_on_the_cpu_and_restored_there() -> None:
+    from cadence import ToDevice
+
+    stopper, log = EarlyStopping("valid/score", patience=3, restore_best_weights=True), WeightLog()
+    learner = make_test_learner(stopper, log, ToDevice("cuda"), ScriptedMetrics([5, 1, 2, 3]), n_batches=2)
+    learner.fit(4)
+    kept = stopper.best_weights
+    assert kept is not None and kept["weight"].device.type == "cpu"
+    assert learner.model.weight.device.type == "cuda"
+    assert same_weights({k: v.cpu() for k, v in learner.model.state_dict().items()}, {k: v.cpu() for k, v in log.weights[1].items()})

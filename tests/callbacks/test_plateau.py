@@ -179,3 +179,16 @@ def test_a_new_fit_forgets_the_counts_and_keeps_the_rate() -> None:
     assert (plateau.best, plateau.bad_epochs, plateau.cooldown_left) == (3, 1, 0)
     assert learner.optimizer.param_groups[0]["lr"] == 0.2  # as the previous fit left it (Keras does so)
     assert math.isinf(ReduceLROnPlateau().best)
+
+
+def test_a_tensor_learning_rate_stays_a_tensor() -> None:
+    # Capturable and fused optimizers keep lr as a tensor; replacing it with a float would break them.
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(1.5), foreach=False)
+    batches = regression_batches(4)
+    callbacks = [ReduceLROnPlateau(patience=0, factor=0.5), Metrics()]
+    learner = Learner(model, torch.nn.functional.mse_loss, optimizer, data=(batches, batches), callbacks=callbacks, default_callbacks=False)
+    learner.fit(4)
+    rate = optimizer.param_groups[0]["lr"]
+    assert isinstance(rate, torch.Tensor) and float(rate) < 1.5
+    assert learner.cbstate.hyperparams == {"lr/group0": float(rate)}
