@@ -335,3 +335,79 @@ def test_reads_see_the_current_batch() -> None:
 def test_learner_itself_is_not_protected() -> None:
     learner = Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss)
     assert learner.batch.loss is None
+
+
+# ---- per-handler access -------------------------------------------------------------------------
+
+
+class Narrow(Callback):
+    """``state_access`` for init and the undeclared handler; one handler declares its own."""
+
+    state_access = {"batch.loss": READ, "cbstate.seen": WRITE}
+
+    def init(self, learner: Any) -> None:
+        learner.cbstate.seen = []
+
+    @on(BatchEnd, phase=TrainingPhase, access={"batch.y": READ})
+    def targets(self, event: Event, phase: Phase, learner: Any) -> None:
+        learner.batch.y
+        learner.batch.loss  # not declared by this handler
+
+    @on(EpochEnd, phase=TrainingPhase)
+    def epoch(self, event: Event, phase: Phase, learner: Any) -> None:
+        learner.cbstate.seen.append(float(learner.batch.loss))
+
+
+def test_a_handler_sees_only_its_own_declaration_and_the_hint_names_it() -> None:
+    learner = make_test_learner(Narrow(), n_batches=2)
+    expected = (
+        "Read access to Learner.batch.loss disallowed.\n"
+        "Declare it in Narrow.targets's @on(BatchEnd, access=...), e.g. {\"batch.loss\": READ}."
+    )
+    with pytest.raises(ProtectedAccessError, match=f"^{re.escape(expected)}"):
+        learner.fit(1)
+
+
+def test_undeclared_handlers_and_init_keep_the_callbacks_state_access() -> None:
+    class Wide(Narrow):
+        @on(BatchEnd, phase=TrainingPhase, access={"batch.y": READ, "batch.loss": READ})
+        def targets(self, event: Event, phase: Phase, learner: Any) -> None:
+            super().targets(event, phase, learner)
+
+    learner = make_test_learner(Wide(), n_batches=2)
+    learner.fit(2)
+    assert len(learner.cbstate.seen) == 2
+
+
+def test_a_bad_path_in_a_handlers_access_names_the_handler() -> None:
+    class Typo(Callback):
+        @on(BatchEnd, access={"batch.los": READ})
+        def show(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    with pytest.raises(DeclarationError, match=r"^Typo\.show's @on\(BatchEnd, access=\.\.\.\) declares 'batch\.los', which is not a batch field"):
+        make_test_learner(Typo())
+
+
+class ViewIds:
+    """An executor that runs plans serially and records every view it hands to each handler."""
+
+    def __init__(self) -> None:
+        self.views: dict[tuple[str, str], set[int]] = {}
+
+    def run(self, plan: Any, event: Event, phase: Phase) -> None:
+        for label, (handler, view) in zip(plan.labels, plan.calls):
+            self.views.setdefault((label, type(event).__name__), set()).add(id(view))
+            handler(event, phase, view)
+
+
+def test_per_handler_views_are_built_once_not_per_event() -> None:
+    from cadence.callbacks.precision import MixedPrecision
+
+    executor = ViewIds()
+    learner = make_test_learner(MixedPrecision(torch.bfloat16), executor=executor, n_batches=3)
+    learner.fit(2)
+    learner.fit(1)
+    # One view per registration, the same in every phase and every fit: leave() has three
+    # registrations (BatchEnd, EpochEnd, FitEnd), the other handlers one each.
+    assert all(len(ids) == 1 for ids in executor.views.values()), executor.views
+    assert len(set().union(*executor.views.values())) == 7

@@ -10,9 +10,10 @@ import pytest
 from helpers import Entry
 
 import cadence
-from cadence import Callback, DeclarationError, NoConflict, RunFirst, Unresolvable, on
-from cadence.callback import Handler
-from cadence.events import BatchBegin, BatchEnd, EpochEnd, Event, FitBegin, LossBegin
+from cadence import READ, WRITE, Callback, DeclarationError, NoConflict, RunFirst, Unresolvable, on
+from cadence.access import AccessSet
+from cadence.callback import Handler, access_at
+from cadence.events import BackwardBegin, BatchBegin, BatchEnd, EpochBegin, EpochEnd, Event, FitBegin, LossBegin
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner
 
@@ -276,3 +277,46 @@ def test_a_producer_needing_arguments_is_suggested_by_name() -> None:
             make_test_learner(Reader())
     finally:
         PRODUCERS.pop("needy_notes", None)
+
+
+# ---- per-handler access ----------------------------------------------------------------------
+
+
+def test_on_records_a_handlers_own_access() -> None:
+    class Penalty(Callback):
+        state_access = {"model": WRITE}
+
+        @on(BackwardBegin, phase=TrainingPhase, access={"batch.loss": WRITE})
+        def add(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+        @on(EpochBegin, phase=TrainingPhase)
+        def freeze(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    assert [h.access for h in Penalty.handlers] == [{"batch.loss": WRITE}, None]
+    assert access_at(Penalty(), BackwardBegin, TrainingPhase) == AccessSet(writes=(("batch", "loss"),))
+    assert access_at(Penalty(), EpochBegin, TrainingPhase) == AccessSet(writes=(("model",),))
+    assert access_at(Penalty(), BatchEnd, TrainingPhase) is None
+
+
+def test_a_malformed_handler_access_names_the_handler() -> None:
+    with pytest.raises(TypeError, match=r'@on\(BatchEnd, access=\.\.\.\) of .*Bad\.show expects a dict of paths to READ or WRITE, e\.g\. access=\{"batch\.loss": WRITE\}; got list'):
+
+        class Bad(Callback):
+            @on(BatchEnd, access=["batch.loss"])  # type: ignore[arg-type]
+            def show(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+
+def test_one_method_with_two_accesses_for_the_same_events_is_an_error() -> None:
+    with pytest.raises(DeclarationError, match=r"Twice\.show has @on\(BatchEnd, phase=TrainingPhase\) and @on\(BatchEnd, phase=Phase\) with different access, and both can handle the same event; give both the same access=, or split the method in two"):
+
+        class Twice(Callback):
+            @on(BatchEnd, access={"batch.loss": READ})
+            @on(BatchEnd, phase=TrainingPhase, access={"batch.y": READ})
+            def show(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    class Apart(Callback):  # different events never meet: different access is fine
+        @on(BatchEnd, access={"batch.loss": READ})
+        @on(EpochEnd, access={})
+        def show(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    assert len(Apart.handlers) == 2

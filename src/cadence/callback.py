@@ -5,10 +5,10 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
-from cadence.access import parse_state_access
+from cadence.access import AccessSet, parse_state_access
 from cadence.errors import DeclarationError
 from cadence.events import Event
 from cadence.phases import Phase
@@ -21,8 +21,11 @@ __all__ = [
     "Resolution",
     "RunFirst",
     "Unresolvable",
+    "access_at",
     "callback_labels",
+    "handler_access_label",
     "on",
+    "picked_handler",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,11 +34,17 @@ _MARK = "__cadence_on__"
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """One ``@on`` registration: the method ``name`` handles ``event`` in ``phase``."""
+    """One ``@on`` registration: the method ``name`` handles ``event`` in ``phase``.
+
+    ``access`` is the registration's own declaration (``@on(..., access=...)``), used instead
+    of the callback's ``state_access`` wherever this registration handles an event; None
+    means the callback's ``state_access``.
+    """
 
     event: type[Event]
     phase: type[Phase]
     name: str
+    access: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def covers(self, other: Handler) -> bool:
         """Whether every (event, phase) that ``other`` handles is also handled by ``self``."""
@@ -45,11 +54,17 @@ class Handler:
         return issubclass(event, self.event) and issubclass(phase, self.phase)
 
 
-def on(event: type[Event], phase: type[Phase] = Phase) -> Callable[[F], F]:
+def on(
+    event: type[Event], phase: type[Phase] = Phase, *, access: Mapping[str, Any] | None = None
+) -> Callable[[F], F]:
     """Register a ``Callback`` method as the handler of ``event`` in ``phase`` (and subclasses).
 
     The method is called as ``method(event, phase, learner)``, where ``learner`` is a view that
-    enforces the callback's ``state_access``. A method may carry several ``@on``.
+    enforces the callback's ``state_access``, or ``access`` when given: a declaration of the
+    same form (``{"batch.loss": WRITE}``) that applies to this handler alone, in place of
+    ``state_access``, so that the graph orders and checks this event by what this handler
+    touches. A method may carry several ``@on``; two of them that can match the same event and
+    phase must declare the same ``access``.
 
     Example:
         >>> from cadence import Callback, on, READ
@@ -69,8 +84,14 @@ def on(event: type[Event], phase: type[Phase] = Phase) -> Callable[[F], F]:
         raise TypeError(f"@on(..., phase=...) expects a Phase class such as TrainingPhase; got {phase!r}.")
 
     def mark(method: F) -> F:
-        marks: list[tuple[type[Event], type[Phase]]] = getattr(method, _MARK, [])
-        setattr(method, _MARK, [*marks, (event, phase)])
+        if access is not None and not isinstance(access, Mapping):
+            raise TypeError(
+                f"@on({event.__name__}, access=...) of {getattr(method, '__qualname__', method)} expects "
+                f'a dict of paths to READ or WRITE, e.g. access={{"batch.loss": WRITE}}; got '
+                f"{type(access).__name__}."
+            )
+        marks: list[tuple[type[Event], type[Phase], Mapping[str, Any] | None]] = getattr(method, _MARK, [])
+        setattr(method, _MARK, [*marks, (event, phase, access)])
         return method
 
     return mark
@@ -112,7 +133,8 @@ class Callback:
            (event, phase), the most specific runs; two equally specific ones are an error.
         3. Declare the state the handlers (and ``init``) touch in ``state_access``, e.g.
            ``{"batch.loss": READ, "cbstate.history": READ}``. Undeclared access raises
-           ``ProtectedAccessError``.
+           ``ProtectedAccessError``. A handler that touches less (or other state) than the rest
+           declares its own: ``@on(BackwardBegin, access={"batch.loss": WRITE})``.
         4. Optionally: ``run_after`` (callback types this one runs after), ``resolve_conflict``
            (how to order against another writer of the same state), and ``init`` (create the
            ``cbstate`` entries this callback writes).
@@ -198,10 +220,55 @@ PRODUCERS: dict[str, str] = {}
 
 
 def _register_producer(cls: type[Callback]) -> None:
-    access = parse_state_access(cls.__name__, cls.state_access) if cls.state_access else None
-    for path in access.writes if access else ():
+    for path in _merged(cls.__name__, cls.state_access, cls.handlers).writes:
         if path[0] == "cbstate" and len(path) > 1:
             PRODUCERS.setdefault(path[1], _producer_example(cls))
+
+
+def handler_access_label(owner: str, handler: Handler) -> str:
+    """How messages name a handler's own declaration: ``"Printer.show's @on(BatchEnd, access=...)"``."""
+    return f"{owner}.{handler.name}'s @on({handler.event.__name__}, access=...)"
+
+
+def access_at(callback: Callback, event: type[Event], phase: type[Phase]) -> AccessSet | None:
+    """What ``callback`` declares for its handler of (event, phase): the handler's own
+    ``access=``, else the callback's ``state_access``; None when it does not handle it. For
+    ``resolve_conflict`` implementations that depend on what the other callback does where
+    (``MixedPrecision``'s does).
+
+    Example:
+        >>> from cadence import WRITE
+        >>> from cadence.events import BackwardBegin, BatchEnd
+        >>> class Penalty(Callback):
+        ...     @on(BackwardBegin, access={"batch.loss": WRITE})
+        ...     def add(self, event, phase, learner): ...
+        >>> access_at(Penalty(), BackwardBegin, Phase), access_at(Penalty(), BatchEnd, Phase)
+        (AccessSet(writes=(('batch', 'loss'),), reads=()), None)
+    """
+    if callback.handler_for(event, phase) is None:
+        return None
+    name = type(callback).__name__
+    handler = picked_handler(callback, event, phase)
+    if handler is not None and handler.access is not None:
+        return parse_state_access(name, handler.access, where=handler_access_label(name, handler))
+    return parse_state_access(name, callback.state_access)
+
+
+def _merged(name: str, state_access: Mapping[str, Any], handlers: Sequence[Handler]) -> AccessSet:
+    own = [h for h in handlers if h.access is not None]
+    if not state_access and not own:
+        return AccessSet()
+    parts = [parse_state_access(name, state_access)]
+    parts += [parse_state_access(name, h.access, where=handler_access_label(name, h)) for h in own]
+    writes = tuple(dict.fromkeys(p for part in parts for p in part.writes))
+    reads = tuple(dict.fromkeys(p for part in parts for p in part.reads if p not in writes))
+    return AccessSet(writes=writes, reads=reads)
+
+
+def picked_handler(callback: Callback, event: type[Event], phase: type[Phase]) -> Handler | None:
+    """The registration of ``callback.handlers`` that handles (event, phase): the most specific
+    one (see ``Callback.handler_for``), or None."""
+    return _best(type(callback).__name__, callback.handlers, event, phase)
 
 
 def _producer_example(cls: type[Callback]) -> str:
@@ -214,17 +281,17 @@ def _producer_example(cls: type[Callback]) -> str:
 
 def _collect_handlers(cls: type[Callback]) -> tuple[Handler, ...]:
     # A subclass that overrides a handler without repeating @on keeps the base's registration.
-    marks: dict[str, list[tuple[type[Event], type[Phase]]]] = {}
+    marks: dict[str, list[tuple[type[Event], type[Phase], Mapping[str, Any] | None]]] = {}
     for klass in reversed(cls.__mro__):
         for name, attr in vars(klass).items():
             own = getattr(attr, _MARK, None)
             if own is not None:
                 marks[name] = list(own)
     found: list[Handler] = []
-    for name, pairs in marks.items():
-        check_handler(cls, name, [f"@on({e.__name__}, phase={p.__name__})" for e, p in pairs])
-        for event, phase in pairs:
-            found.append(Handler(event, phase, name))
+    for name, registrations in marks.items():
+        check_handler(cls, name, [f"@on({e.__name__}, phase={p.__name__})" for e, p, _ in registrations])
+        for event, phase, access in registrations:
+            found.append(Handler(event, phase, name, access))
     for i, a in enumerate(found):
         for b in found[i + 1 :]:
             _check_pair(cls, a, b, found)
@@ -232,6 +299,14 @@ def _collect_handlers(cls: type[Callback]) -> tuple[Handler, ...]:
 
 
 def _check_pair(cls: type[Callback], a: Handler, b: Handler, found: list[Handler]) -> None:
+    events_meet = issubclass(a.event, b.event) or issubclass(b.event, a.event)
+    phases_meet = issubclass(a.phase, b.phase) or issubclass(b.phase, a.phase)
+    if a.name == b.name and events_meet and phases_meet and a.access != b.access:
+        raise DeclarationError(
+            f"{cls.__name__}.{a.name} has @on({a.event.__name__}, phase={a.phase.__name__}) and "
+            f"@on({b.event.__name__}, phase={b.phase.__name__}) with different access, and both can "
+            f"handle the same event; give both the same access=, or split the method in two."
+        )
     if a.covers(b) or b.covers(a):
         if (a.event, a.phase) == (b.event, b.phase) and a.name != b.name:
             raise DeclarationError(
@@ -239,8 +314,6 @@ def _check_pair(cls: type[Callback], a: Handler, b: Handler, found: list[Handler
                 f"{a.name} and {b.name}; keep one handler per (event, phase)."
             )
         return
-    events_meet = issubclass(a.event, b.event) or issubclass(b.event, a.event)
-    phases_meet = issubclass(a.phase, b.phase) or issubclass(b.phase, a.phase)
     if events_meet and phases_meet:
         # Where both apply, another handler (or the same method) may settle it; _pick says.
         event = a.event if issubclass(a.event, b.event) else b.event
@@ -264,13 +337,18 @@ def _pick(cls: type[Callback], event: type[Event], phase: type[Phase]) -> str | 
 def _pick_from(
     owner: str, handlers: Sequence[Handler], event: type[Event], phase: type[Phase]
 ) -> str | None:
+    best = _best(owner, handlers, event, phase)
+    return None if best is None else best.name
+
+
+def _best(owner: str, handlers: Sequence[Handler], event: type[Event], phase: type[Phase]) -> Handler | None:
     matching = [h for h in handlers if h.matches(event, phase)]
     if not matching:
         return None
     # The most specific handlers: those no other matching handler is strictly narrower than.
     best = [h for h in matching if not any(h.covers(g) and not g.covers(h) for g in matching)]
     if len({h.name for h in best}) == 1:
-        return best[0].name
+        return best[0]
     a, b = best[:2]
     raise DeclarationError(_ambiguity(owner, event, phase, a, b))
 

@@ -7,13 +7,13 @@ import dataclasses
 import gc
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from cadence.access import LearnerView
-from cadence.callback import Callback
+from cadence.callback import Callback, Handler, handler_access_label
 from cadence.diagnostics import check_data
 from cadence.errors import CadenceError, CancelBatch, CancelEpoch, CancelFit, CancelSignal
 from cadence.events import Event, FitBegin, FitEnd
@@ -38,6 +38,8 @@ _FIT_END = FitEnd()
 
 Data = tuple[Iterable[Any], Iterable[Any] | None]
 PhasePlans = dict[type[Event], Plan | None]
+HandlerViews = Sequence[Mapping[Handler, LearnerView]]
+Views = tuple[list[LearnerView], list[dict[Handler, LearnerView]]]
 
 
 class Learner:
@@ -149,7 +151,11 @@ class Learner:
     # ---- training ---------------------------------------------------------------------------
 
     def fit(
-        self, n_epochs: int, data: Data | None = None, *, resume: str | os.PathLike[str] | None = None
+        self,
+        n_epochs: int,
+        data: Data | None = None,
+        *,
+        resume: str | os.PathLike[str] | None = None,
     ) -> CancelFit | None:
         """Train for ``n_epochs``, validating after each training epoch when there is
         validation data.
@@ -329,7 +335,7 @@ class Learner:
         try:
             for i in graph.init_order():
                 if id(callbacks[i]) in joining_ids:
-                    callbacks[i].init(views[i])
+                    callbacks[i].init(views[0][i])
         except BaseException as exc:
             self._callbacks = previous[0]
             self._graph, self._views, self._plans = previous[1]
@@ -340,12 +346,17 @@ class Learner:
         return tuple(self._callbacks[i] for i in self._graph.init_order())
 
     def _graph_state(self) -> tuple[Any, Any, Any]:
-        return getattr(self, "_graph", None), getattr(self, "_views", []), self._plans
+        return getattr(self, "_graph", None), getattr(self, "_views", ([], [])), self._plans
 
-    def _plan_all(self, graph: CallbackGraph) -> tuple[list[LearnerView], dict[type[Phase], PhasePlans]]:
-        """Views of the learner for ``graph``'s callbacks, and every known phase's plans with them."""
+    def _plan_all(self, graph: CallbackGraph) -> tuple[Views, dict[type[Phase], PhasePlans]]:
+        """Views of the learner for ``graph``'s callbacks (one per callback, and one per handler
+        that declares its own access), and every known phase's plans with them."""
         views = [LearnerView(self, label, access) for label, access in zip(graph.labels, graph.accesses)]
-        return views, {kind: _plans_for(graph, kind, views) for kind in self._phases}
+        handler_views = [
+            {h: LearnerView(self, label, access, handler_access_label(label, h)) for h, access in own.items()}
+            for label, own in zip(graph.labels, graph.handler_accesses)
+        ]
+        return (views, handler_views), {kind: _plans_for(graph, kind, views, handler_views) for kind in self._phases}
 
     def _ensure_plans(self, phase: Phase) -> None:
         if not isinstance(phase, Phase):
@@ -357,7 +368,7 @@ class Learner:
             self._views, self._plans = self._plan_all(self._graph)
         kind = type(phase)
         if kind not in self._plans:
-            self._plans[kind] = _plans_for(self._graph, kind, self._views)
+            self._plans[kind] = _plans_for(self._graph, kind, *self._views)
             self._phases.append(kind)
 
     def _find(self, target: Callback | type[Callback]) -> Callback | None:
@@ -406,13 +417,15 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _plans_for(graph: CallbackGraph, kind: type[Phase], views: Sequence[LearnerView]) -> PhasePlans:
+def _plans_for(
+    graph: CallbackGraph, kind: type[Phase], views: Sequence[LearnerView], handler_views: HandlerViews
+) -> PhasePlans:
     # Empty batch- and epoch-level plans are stored as None so that firing them costs one
     # lookup. Fit-level plans always reach the executor, so that executors see fit boundaries
     # (a thread pool can shut down at FitEnd, a timer can print its table).
     plans: PhasePlans = {}
     for event in kind.events:
-        plan = graph.plan(event, kind, views)
+        plan = graph.plan(event, kind, views, handler_views)
         plans[event] = plan if plan.calls or kind is Phase else None
     return plans
 

@@ -15,6 +15,7 @@ from cadence.callbacks.precision import MixedPrecision
 from cadence.events import BackwardBegin, BackwardEnd, BatchBegin, Event, LossBegin
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.testing import make_test_learner, regression_batches
+from helpers import run_order
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -58,13 +59,36 @@ class AuxiliaryLoss(Callback):
 
 
 class WeightPenalty(Callback):
-    """Adds a penalty on the weights: it reads the model, so it runs after MixedPrecision."""
+    """Adds a penalty on the weights at BackwardBegin: it reads the model and rewrites the loss."""
 
     state_access = {"batch.loss": WRITE, "model": READ}
 
     @on(BackwardBegin, phase=TrainingPhase)
     def penalise(self, event: Event, phase: Phase, learner: Any) -> None:
         learner.batch.loss = learner.batch.loss + 0.01 * learner.model.weight.square().sum()
+
+
+class PenaltyAndClipping(WeightPenalty):
+    """The penalty and a gradient clipping in one callback, declared per callback: it writes the
+    model, so on main it too ran after the scaling at BackwardBegin."""
+
+    state_access = {"batch.loss": WRITE, "model": WRITE}
+
+    @on(BackwardEnd, phase=TrainingPhase)
+    def clip(self, event: Event, phase: Phase, learner: Any) -> None:
+        torch.nn.utils.clip_grad_norm_(learner.model.parameters(), 1e6)
+
+
+class NarrowedPenaltyAndClipping(PenaltyAndClipping):
+    """The same, each handler declaring what it touches."""
+
+    @on(BackwardBegin, phase=TrainingPhase, access={"batch.loss": WRITE, "model": READ})
+    def penalise(self, event: Event, phase: Phase, learner: Any) -> None:
+        super().penalise(event, phase, learner)
+
+    @on(BackwardEnd, phase=TrainingPhase, access={"model": WRITE})
+    def clip(self, event: Event, phase: Phase, learner: Any) -> None:
+        super().clip(event, phase, learner)
 
 
 class CancelFirstForward(Callback):
@@ -164,11 +188,33 @@ def test_the_loss_is_scaled_after_other_loss_writers_in_either_order() -> None:
         learner.fit(1)
 
 
-def test_a_loss_rewrite_after_scaling_is_caught_at_the_first_batch() -> None:
-    learner = make_test_learner(WeightPenalty(), MixedPrecision(torch.float16))
-    with pytest.raises(CadenceError, match=r"batch.loss was rewritten after MixedPrecision\(torch.float16\) scaled it.*Add the term inside loss_fn"):
-        learner.fit(1)
-    make_test_learner(WeightPenalty(), MixedPrecision(torch.bfloat16)).fit(1)  # nothing to scale
+def penalised_mse(y_pred: torch.Tensor, y: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(y_pred, y) + 0.01 * model.weight.square().sum()
+
+
+def test_a_weight_penalty_combines_with_float16_in_either_order() -> None:
+    # On main this combination raised "batch.loss was rewritten after MixedPrecision(torch.float16)
+    # scaled it" at the first BackwardEnd: MixedPrecision wrote the model at every event, so the
+    # penalty, which reads it, ran after the scaling. Now scaling declares batch.loss only.
+    reference = make_test_learner(MixedPrecision(torch.float16), n_batches=4)
+    reference.loss_fn = lambda y_pred, y: penalised_mse(y_pred, y, reference.model)  # the penalty in loss_fn
+    reference.fit(2)
+    for callbacks in ([WeightPenalty(), MixedPrecision(torch.float16)], [MixedPrecision(torch.float16), WeightPenalty()]):
+        learner = make_test_learner(*callbacks, n_batches=4)
+        plan = learner.explain(BackwardBegin, TrainingPhase)
+        assert plan.index("Penalty.penalise") < plan.index("MixedPrecision.scale")
+        learner.fit(2)
+        assert torch.equal(learner.model.weight, reference.model.weight)
+
+
+def test_a_loss_rewrite_after_scaling_is_still_caught_with_the_fix() -> None:
+    # One resolve_conflict answer holds for both events; unscaling first at BackwardEnd wins.
+    for penalty in (PenaltyAndClipping(), NarrowedPenaltyAndClipping()):
+        learner = make_test_learner(penalty, MixedPrecision(torch.float16))
+        assert run_order(learner, BackwardEnd, TrainingPhase) == ["MixedPrecision.unscale", f"{type(penalty).__name__}.clip"]
+        with pytest.raises(CadenceError, match=r"batch.loss was rewritten after MixedPrecision\(torch.float16\) scaled it.*Split it into two callbacks, one per event"):
+            learner.fit(1)
+    make_test_learner(PenaltyAndClipping(), MixedPrecision(torch.bfloat16)).fit(1)  # nothing to scale
 
 
 def test_scaler_state_round_trips_without_pickle() -> None:

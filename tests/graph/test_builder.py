@@ -877,3 +877,57 @@ def test_cycle_message_shows_only_the_cycle() -> None:
         "  A runs before First: First.run_after includes A",
     ]
     assert "Downstream" not in str(info.value)
+
+
+# ---- per-handler access: edges and conflicts per plan ---------------------------------------------
+
+
+class Freezer(Callback):
+    """Writes the model at EpochBegin (freezing layers) and only reads the loss at BatchEnd."""
+
+    state_access = {"model": WRITE, "batch.loss": READ}
+
+    @on(EpochBegin, phase=TrainingPhase)
+    def freeze(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def log(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+
+class NarrowFreezer(Freezer):
+    @on(BatchEnd, phase=TrainingPhase, access={"batch.loss": READ})
+    def log(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+
+class Averager(Callback):
+    """Writes the model at every BatchEnd (a weight average)."""
+
+    state_access = {"model": WRITE}
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def average(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+
+class ModelReader(Callback):
+    @on(BatchEnd, phase=TrainingPhase, access={"model": READ})
+    def read(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    @on(EpochBegin, phase=TrainingPhase, access={})
+    def start(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+
+def test_per_handler_access_decides_conflicts_per_plan() -> None:
+    with pytest.raises(ConflictError, match=r"Write conflict between Freezer and Averager at BatchEnd in TrainingPhase"):
+        make_test_learner(Freezer(), Averager())
+    learner = make_test_learner(NarrowFreezer(), Averager())  # its BatchEnd handler writes nothing
+    assert run_order(learner, BatchEnd, TrainingPhase) == ["NarrowFreezer.log", "Averager.average"]
+
+
+def test_per_handler_access_decides_edges_per_plan() -> None:
+    learner = make_test_learner(ModelReader(), Averager(), NarrowFreezer())
+    assert run_order(learner, BatchEnd, TrainingPhase) == ["Averager.average", "ModelReader.read", "NarrowFreezer.log"]
+    assert "after Averager: Averager writes model, ModelReader reads model" in learner.explain(BatchEnd)
+    # At EpochBegin the reader declares nothing: the freezer, which writes the model, orders nothing.
+    assert run_order(learner, EpochBegin, TrainingPhase) == ["ModelReader.start", "NarrowFreezer.freeze"]
+    plan = cadence.graph.CallbackGraph([ModelReader()]).plan(BatchEnd, TrainingPhase, [None])
+    assert plan.accesses[0].reads == (("model",),)

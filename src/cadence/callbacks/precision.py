@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from cadence import READ, WRITE, CadenceError, Callback, RunFirst, Unresolvable, on
-from cadence.access import parse_state_access
+from cadence.callback import access_at
 from cadence.callbacks.device import ToDevice
 from cadence.events import BackwardBegin, BackwardEnd, BatchBegin, BatchEnd, EpochEnd, Event, FitBegin, FitEnd
 from cadence.phases import Phase, TrainingPhase
@@ -23,10 +23,12 @@ _THREADS = (
 )
 _REWRITTEN = (
     "batch.loss was rewritten after MixedPrecision(torch.float16) scaled it, so part of the "
-    "gradient is unscaled and unscaling would shrink it. A callback that reads the model and "
-    "rewrites batch.loss at BackwardBegin runs after MixedPrecision, which writes the model. "
-    "Add the term inside loss_fn instead, or use MixedPrecision(torch.bfloat16), which does not "
-    "scale the loss."
+    "gradient is unscaled and unscaling would shrink it. A callback that rewrites batch.loss at "
+    "BackwardBegin and also writes the model or the loss at BackwardEnd (a penalty and a "
+    "clipping in one class) runs after MixedPrecision at both events: resolve_conflict answers "
+    "once per pair, and unscaling must come first at BackwardEnd. Split it into two callbacks, "
+    "one per event; or add the term inside loss_fn, or use MixedPrecision(torch.bfloat16), "
+    "which does not scale the loss."
 )
 
 
@@ -37,22 +39,24 @@ class MixedPrecision(Callback):
     batch was cancelled or failed, so it never leaks out of ``fit``.
 
     With ``torch.float16`` a ``torch.amp.GradScaler`` scales the loss at ``BackwardBegin`` and
-    unscales the gradients at ``BackwardEnd``; when they hold inf or nan it sets them to
+    unscales the gradients at ``BackwardEnd`` (of every phase that fires them); when they hold inf or nan it sets them to
     ``None``, so the optimizer step skips every parameter (what ``GradScaler.step`` does), and
     the scale is updated. Reading that flag is one host-device synchronisation per step, as in
     ``GradScaler.step``. ``batch.loss`` holds the unscaled loss from ``BackwardEnd`` on.
     ``torch.bfloat16`` needs no scaler (and works on the CPU).
 
-    Ordering: unscaling comes before anything else touches the gradients. Against any other
-    callback that writes the model at the same event (``GradientAccumulation``,
-    ``GradientClipping``, yours) ``resolve_conflict`` answers ``RunFirst(self)``; against one
-    that rewrites ``batch.loss`` without writing the model ``RunFirst(other)``, so the loss is
-    scaled last; ``ToDevice`` runs first. Limitation: access is declared per callback, so a
-    callback that *reads* the model and rewrites ``batch.loss`` (a weight penalty) is ordered
-    after this one at ``BackwardBegin`` by the writer-before-reader rule; with float16 that
-    is caught at the first ``BackwardEnd`` (``CadenceError`` naming the fix: add the penalty in
-    ``loss_fn``). Autocast state is per thread: this callback's handlers must run on the thread
-    that runs the model (a ``CadenceError`` says so when they do not).
+    Ordering: each handler declares its own access (``@on(..., access=...)``): scaling writes
+    only ``batch.loss``, unscaling the model (the gradients) and ``batch.loss``. So at
+    ``BackwardEnd`` unscaling comes before anything else touches the gradients: against any
+    other callback that writes the model there (``GradientAccumulation``, ``GradientClipping``,
+    yours) ``resolve_conflict`` answers ``RunFirst(self)``. At ``BackwardBegin`` a callback that
+    rewrites ``batch.loss``, reading the model or not (a weight penalty), runs first
+    (``RunFirst(other)``), so the loss is scaled last, unless that callback also writes the
+    model or the loss at ``BackwardEnd``: one answer holds for both events, and unscaling first
+    wins; the loss rewritten after scaling is then caught at the first ``BackwardEnd`` with a
+    ``CadenceError`` naming the fix (split the callback). ``ToDevice`` runs first everywhere. Autocast state
+    is per thread: this callback's handlers must run on the thread that runs the model (a
+    ``CadenceError`` says so when they do not).
 
     Args:
         dtype: ``torch.bfloat16`` (default) or ``torch.float16``.
@@ -66,7 +70,7 @@ class MixedPrecision(Callback):
         False
     """
 
-    state_access = {"model": WRITE, "batch.loss": WRITE, "optimizer": READ}
+    state_access = {"model": WRITE, "batch.loss": WRITE, "optimizer": READ}  # all its handlers touch
     thread_affine = True  # autocast is per thread: it must be entered where the forward runs
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16, *, device_type: str | None = None) -> None:
@@ -93,18 +97,18 @@ class MixedPrecision(Callback):
         self._scaled = 0  # where the scaled loss lives, to check that it is what was backpropagated
         self._saved: dict[str, Any] | None = None  # scaler state loaded before the scaler exists
 
-    @on(FitBegin)
+    @on(FitBegin, access={"model": READ})
     def fit_begin(self, event: Event, phase: Phase, learner: Any) -> None:
         self._setup(learner.model)
 
-    @on(BatchBegin)
+    @on(BatchBegin, access={"model": READ})
     def enter(self, event: Event, phase: Phase, learner: Any) -> None:
         if not self._active:
             # _setup here serves epoch() and step() called without fit().
             (self._autocast or self._setup(learner.model)).__enter__()  # type: ignore[no-untyped-call]
             self._active, self._thread = True, threading.get_ident()
 
-    @on(BackwardBegin, phase=TrainingPhase)
+    @on(BackwardBegin, access={"batch.loss": WRITE})
     def scale(self, event: Event, phase: Phase, learner: Any) -> None:
         self.leave(event, phase, learner)
         if self.scaler is not None:
@@ -113,7 +117,7 @@ class MixedPrecision(Callback):
             scaled = batch.loss = self.scaler.scale(batch.loss)
             self._scaled = scaled.data_ptr()
 
-    @on(BackwardEnd, phase=TrainingPhase)
+    @on(BackwardEnd, access={"model": WRITE, "batch.loss": WRITE, "optimizer": READ})
     def unscale(self, event: Event, phase: Phase, learner: Any) -> None:
         scaler = self.scaler
         if scaler is None:
@@ -135,9 +139,9 @@ class MixedPrecision(Callback):
                     param.grad = None
         scaler.update()
 
-    @on(BatchEnd)
-    @on(EpochEnd)
-    @on(FitEnd)
+    @on(BatchEnd, access={})
+    @on(EpochEnd, access={})
+    @on(FitEnd, access={})
     def leave(self, event: Event, phase: Phase, learner: Any) -> None:
         if self._active and self._autocast is not None:
             if threading.get_ident() != self._thread:
@@ -162,10 +166,14 @@ class MixedPrecision(Callback):
             return Unresolvable()
         if isinstance(other, ToDevice):
             return RunFirst(other)
-        writes = parse_state_access(type(other).__name__, other.state_access).writes
-        if any(path[0] == "model" for path in writes):
+        # One answer per pair, for every event where both write: they can only meet where this
+        # callback writes, at BackwardEnd (unscaling must come first) and BackwardBegin (the
+        # loss is scaled last); BackwardEnd wins when the other writes at both.
+        unscaling = access_at(other, BackwardEnd, TrainingPhase)
+        if unscaling is not None and any(path[0] in ("model", "batch") for path in unscaling.writes):
             return RunFirst(self)
-        if any(path[0] == "batch" for path in writes):
+        scaling = access_at(other, BackwardBegin, TrainingPhase)
+        if scaling is not None and any(path[0] == "batch" for path in scaling.writes):
             return RunFirst(other)
         return NotImplemented
 

@@ -5,7 +5,9 @@ Edges, for the callbacks that handle one (event, phase):
 - ``run_after``: global and transitive (also through callbacks that do not handle the event);
   a plan keeps only the nearest ones (an edge from B to C, not from A to C, for a chain
   A → B → C of handlers), so that long chains stay cheap to plan and to explain;
-- automatic: a callback that writes a path runs before one that only reads an overlapping path;
+- automatic: a callback that writes a path runs before one that only reads an overlapping path
+  (what each handles the event with declares: its own ``@on(..., access=...)`` if it has one,
+  else the callback's ``state_access``);
 - resolutions: two writers of overlapping paths that nothing else orders ask
   ``a.resolve_conflict(b)`` and ``b.resolve_conflict(a)``; no answer is a ``ConflictError``.
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cadence.access import AccessSet, Path, dotted, parse_state_access
-from cadence.callback import PRODUCERS, Callback, callback_labels
+from cadence.callback import PRODUCERS, Callback, Handler, callback_labels, handler_access_label, picked_handler
 from cadence.graph.conflicts import Resolver
 from cadence.errors import CycleError, DeclarationError, MissingStateError
 from cadence.events import Event
@@ -51,7 +53,8 @@ class Plan:
     Attributes:
         calls: ``(bound handler, view)`` pairs in run order: what an executor calls.
         labels: ``"Callback.method"`` per handler, for messages.
-        accesses: each handler's callback's declared access.
+        accesses: what each handler declares: its own ``access=``, else its callback's
+            ``state_access``.
         predecessors: per handler, the positions of the handlers it must run after.
         reasons: per handler, one line per edge into it: the handler it runs after and why.
         cache: a place for an executor to keep what it precomputes per plan.
@@ -111,9 +114,19 @@ class CallbackGraph:
         self.accesses = tuple(
             parse_state_access(label, cb.state_access) for label, cb in zip(self.labels, self.callbacks)
         )
+        # Per callback, the registrations that declare their own access (@on(..., access=...)).
+        self.handler_accesses: tuple[dict[Handler, AccessSet], ...] = tuple(
+            {
+                h: parse_state_access(label, h.access, where=handler_access_label(label, h))
+                for h in cb.handlers
+                if h.access is not None
+            }
+            for label, cb in zip(self.labels, self.callbacks)
+        )
         self._writes = _WriteIndex()
         for owner, access in enumerate(self.accesses):
-            for path in access.writes:
+            own = [a.writes for a in self.handler_accesses[owner].values()]
+            for path in dict.fromkeys(p for writes in (access.writes, *own) for p in writes):
                 self._writes.add(owner, path)
         self._check_handlers()
         self._after = self._run_after_edges()
@@ -182,7 +195,8 @@ class CallbackGraph:
 
     def _check_producers(self) -> None:
         for reader, access in enumerate(self.accesses):
-            for path in access.reads:
+            own = [a.reads for a in self.handler_accesses[reader].values()]
+            for path in dict.fromkeys(p for reads in (access.reads, *own) for p in reads):
                 if path[0] != "cbstate" or len(path) == 1:
                     continue
                 if not self._writes.overlapping(path):
@@ -210,13 +224,27 @@ class CallbackGraph:
 
     # ---- one (event, phase) ---------------------------------------------------------------
 
-    def plan(self, event: type[Event], phase: type[Phase], views: Sequence[Any]) -> Plan:
-        """Order the handlers of (event, phase); ``views[i]`` is callback i's learner view."""
+    def plan(
+        self,
+        event: type[Event],
+        phase: type[Phase],
+        views: Sequence[Any],
+        handler_views: Sequence[Mapping[Handler, Any]] | None = None,
+    ) -> Plan:
+        """Order the handlers of (event, phase); ``views[i]`` is callback i's learner view and
+        ``handler_views[i]`` the views of its handlers that declare their own access."""
         members: list[tuple[int, str]] = []
+        declared: list[AccessSet] = []  # what each member handles this event with
+        registrations: list[Handler | None] = []
         for i, cb in enumerate(self.callbacks):
             method = cb.handler_for(event, phase)
             if method is not None:
                 members.append((i, method))
+                own = self.handler_accesses[i]
+                handler = picked_handler(cb, event, phase) if own else None
+                handler = handler if handler in own else None
+                registrations.append(handler)
+                declared.append(self.accesses[i] if handler is None else own[handler])
         position = {i: p for p, (i, _) in enumerate(members)}
         edges: dict[tuple[int, int], list[str]] = defaultdict(list)
 
@@ -225,12 +253,12 @@ class CallbackGraph:
                 edges[(position[j], p)].append(reason)
 
         local = _WriteIndex()
-        for p, (i, _) in enumerate(members):
-            for path in self.accesses[i].writes:
+        for p in range(len(members)):
+            for path in declared[p].writes:
                 local.add(p, path)
         conflicts: dict[tuple[int, int], tuple[Path, Path]] = {}
         for q, (j, _) in enumerate(members):
-            for path in self.accesses[j].reads:
+            for path in declared[q].reads:
                 for p, written in local.overlapping(path):
                     if p != q:
                         reason = (
@@ -238,7 +266,7 @@ class CallbackGraph:
                             f"{self.labels[j]} reads {dotted(path)}"
                         )
                         edges[(p, q)].append(reason)
-            for path in self.accesses[j].writes:
+            for path in declared[q].writes:
                 for p, written in local.overlapping(path):
                     if p < q:
                         conflicts.setdefault((p, q), (written, path))
@@ -279,13 +307,18 @@ class CallbackGraph:
             # also implies (every edge into Checkpointer) is one edge, not two.
             reasons.append([f"after {self.labels[members[order[r]][0]]}: {'; '.join(why)}" for r, why in edges_in])
         chosen = [members[p] for p in order]
+
+        def view(p: int) -> Any:
+            i, handler = members[p][0], registrations[p]
+            return views[i] if handler is None or handler_views is None else handler_views[i][handler]
+
         return Plan(
             event=event,
             phase=phase,
             callbacks=tuple(self.callbacks[i] for i, _ in chosen),
-            calls=tuple((getattr(self.callbacks[i], m), views[i]) for i, m in chosen),
+            calls=tuple((getattr(self.callbacks[i], m), view(p)) for p, (i, m) in zip(order, chosen)),
             labels=tuple(f"{self.labels[i]}.{m}" for i, m in chosen),
-            accesses=tuple(self.accesses[i] for i, _ in chosen),
+            accesses=tuple(declared[p] for p in order),
             predecessors=tuple(tuple(ps) for ps in predecessors),
             reasons=tuple(tuple(rs) for rs in reasons),
             edges=tuple(
