@@ -73,11 +73,15 @@ def test_unpack_accepts_pairs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("batch", "shown"),
-    [((1, 2, 3), "a tuple of length 3"), (torch.zeros(2), "a Tensor"), ({"x": 1}, "a dict")],
+    ("batch", "shown", "fix"),
+    [
+        ((1, 2, 3), "a tuple of length 3", r"adapter=TupleBatches\(n_inputs=2\)"),
+        (torch.zeros(2), "a Tensor", r"subclass cadence\.batches\.BatchAdapter"),
+        ({"x": 1}, "a dict with the keys 'x'", r'adapter=DictBatches\(target="labels"\)'),
+    ],
 )
-def test_unpack_says_what_a_batch_should_look_like(batch: object, shown: str) -> None:
-    with pytest.raises(TypeError, match=rf"Each batch must be an \(x, y\) pair; got {shown}\. .*DataLoader\(TensorDataset\(x, y\)"):
+def test_unpack_says_what_a_batch_should_look_like(batch: object, shown: str, fix: str) -> None:
+    with pytest.raises(TypeError, match=rf"Each batch must be an \(x, y\) pair; got {shown}\. .*DataLoader\(TensorDataset\(x, y\).*{fix}"):
         unpack(batch)
 
 

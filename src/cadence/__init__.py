@@ -1,6 +1,7 @@
 """cadence: a PyTorch training loop whose callbacks are safe to combine."""
 
 from cadence.access import READ, WRITE
+from cadence.batches import BatchAdapter, DictBatches, TupleBatches
 from cadence.callback import Callback, NoConflict, RunFirst, Unresolvable, on
 from cadence.errors import (
     CadenceError,
@@ -50,6 +51,7 @@ from cadence.callbacks.run_folder import RunFolder  # isort: skip
 __all__ = [
     "READ",
     "WRITE",
+    "BatchAdapter",
     "CadenceError",
     "Callback",
     "CallbackTimer",
@@ -63,6 +65,7 @@ __all__ = [
     "CycleError",
     "DataWarning",
     "DeclarationError",
+    "DictBatches",
     "EarlyStopping",
     "GradientAccumulation",
     "GradientClipping",
@@ -99,6 +102,7 @@ __all__ = [
     "ThreadedExecutor",
     "Throttled",
     "ToDevice",
+    "TupleBatches",
     "Unresolvable",
     "on",
     "throttle",

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from cadence.access import LearnerView
+from cadence.batches import BatchAdapter
 from cadence.callback import Callback, Handler, handler_access_label
 from cadence.diagnostics import check_data
 from cadence.errors import CadenceError, CancelBatch, CancelEpoch, CancelFit, CancelSignal
@@ -50,12 +51,15 @@ class Learner:
         loss_fn: ``loss_fn(y_pred, y)`` returning a scalar tensor.
         optimizer: A ``torch.optim.Optimizer``; ``None`` means ``Adam(model.parameters())``.
         data: ``(train, valid)``, each an iterable of ``(x, y)`` batches; ``valid`` may be None.
+            Other batches (dicts, several inputs) need an ``adapter``.
         callbacks: Callback instances. Their order is kept wherever their declarations do not
             order them.
         executor: Runs each event's handlers; ``SerialExecutor()`` by default.
         default_callbacks: Add ``Recorder()``, ``Metrics()``, ``ProgressPrinter()``,
             ``MetricsPrinter()`` and ``StopOnNaNLoss()`` (after the user's callbacks), each unless
             a callback of its type is already there. ``False`` adds none.
+        adapter: How a batch is unpacked, the model called and the loss computed
+            (``cadence.batches``); ``BatchAdapter()``, for ``(x, y)`` pairs, by default.
 
     The callbacks are validated and ordered here: a ``ConflictError``, ``CycleError``,
     ``MissingStateError`` or ``DeclarationError`` comes from the constructor (or
@@ -84,6 +88,7 @@ class Learner:
         callbacks: Iterable[Callback] = (),
         executor: Executor | None = None,
         default_callbacks: bool = True,
+        adapter: BatchAdapter | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"Learner(model=...) expects a torch.nn.Module; got {type(model).__name__}.")
@@ -105,6 +110,12 @@ class Learner:
         self.optimizer = optimizer
         self.data = None if data is None else _check_data(data, "Learner(data=...)")
         self.executor = SerialExecutor() if executor is None else executor
+        if not isinstance(adapter, (BatchAdapter, type(None))):
+            raise TypeError(
+                f"Learner(adapter=...) expects a BatchAdapter, e.g. DictBatches(target=\"labels\"), "
+                f"or a subclass of cadence.batches.BatchAdapter; got {type(adapter).__name__}."
+            )
+        self.adapter = BatchAdapter() if adapter is None else adapter
         self._batch = Batch()
         self._cbstate = CallbackState()
         self._callbacks: tuple[Callback, ...] = ()

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor
 
+from cadence.batches import BatchAdapter
 from cadence.diagnostics import check_backward, check_loss, note_step_error, warn_no_batches
 from cadence.events import (
     BackwardBegin,
@@ -92,6 +93,7 @@ class Loop(Protocol):
     model: torch.nn.Module
     loss_fn: Callable[..., Any]
     optimizer: torch.optim.Optimizer
+    adapter: BatchAdapter
 
     @property
     def batch(self) -> Batch: ...
@@ -99,17 +101,13 @@ class Loop(Protocol):
     def fire(self, event: Event, phase: Phase) -> None: ...
 
 
+_PAIRS = BatchAdapter()
+
+
 def unpack(batch: object) -> tuple[Any, Any]:
-    """Split one item of the data into ``(x, y)``, or say what the data should look like."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    shown = f"a {type(batch).__name__}"
-    if isinstance(batch, (tuple, list)):
-        shown += f" of length {len(batch)}"
-    raise TypeError(
-        f"Each batch must be an (x, y) pair; got {shown}. Make the data yield (inputs, targets), "
-        f"e.g. DataLoader(TensorDataset(x, y), batch_size=32)."
-    )
+    """Split one ``(x, y)`` item of the data, or say what the data should look like (what the
+    default ``BatchAdapter`` does; phases call the learner's ``loop.adapter.unpack``)."""
+    return _PAIRS.unpack(batch)
 
 
 @dataclass(frozen=True)
@@ -122,7 +120,10 @@ class Phase:
         2. List the events it fires in ``events``; if its batches carry more than ``x``, ``y``,
            ``y_pred`` and ``loss``, subclass ``Batch`` and set ``batch_type``.
         3. Implement ``step(loop, batch)``: set the batch fields, call the model, and fire each
-           event with ``loop.fire(event, self)``. ``CancelBatch`` raised by a handler ends the
+           event with ``loop.fire(event, self)``. Going through ``loop.adapter`` (``x, y =
+           loop.adapter.unpack(batch)``, ``loop.adapter.forward(loop.model, x)``,
+           ``loop.adapter.loss(loop.loss_fn, y_pred, y)``) keeps the learner's batch adapter
+           (``cadence.batches``) working in your phase. ``CancelBatch`` raised by a handler ends the
            batch; once there is nothing left to cancel (at ``BatchEnd``), turn it into
            ``scope_error(signal, ...)`` as the built-in phases do. Override ``epoch_context`` for
            per-epoch setup such as ``torch.no_grad()``.
@@ -211,6 +212,8 @@ class TrainingPhase(Phase):
     - ``BatchEnd``: after ``optimizer.step()``.
     - ``EpochEnd``.
 
+    The batch is unpacked, the model called and the loss computed by the learner's
+    ``adapter`` (``cadence.batches``; ``(x, y)``, ``model(x)``, ``loss_fn(y_pred, y)`` by default).
     Gradients are cleared with ``optimizer.zero_grad(set_to_none=True)`` before the forward.
     The model is put in train mode when the epoch starts (a handler may change that at
     ``EpochBegin``, e.g. to keep batch-norm statistics frozen).
@@ -232,14 +235,14 @@ class TrainingPhase(Phase):
         return contextlib.nullcontext()
 
     def step(self, loop: Loop, batch: object) -> None:
-        state, fire = loop.batch, loop.fire
-        state.x, state.y = unpack(batch)
+        state, fire, adapter = loop.batch, loop.fire, loop.adapter
+        state.x, state.y = adapter.unpack(batch)
         state.y_pred = state.loss = None
         fire(BATCH_BEGIN, self)
         loop.optimizer.zero_grad(set_to_none=True)
-        state.y_pred = loop.model(state.x)
+        state.y_pred = adapter.forward(loop.model, state.x)
         fire(LOSS_BEGIN, self)
-        state.loss = loop.loss_fn(state.y_pred, state.y)
+        state.loss = adapter.loss(loop.loss_fn, state.y_pred, state.y)
         if state.loss.__class__ is not Tensor or state.loss.ndim:  # the full check only then
             check_loss(state.loss, self)
         fire(BACKWARD_BEGIN, self)
@@ -279,13 +282,13 @@ class ValidationPhase(Phase):
         return _evaluating(loop.model)
 
     def step(self, loop: Loop, batch: object) -> None:
-        state, fire = loop.batch, loop.fire
-        state.x, state.y = unpack(batch)
+        state, fire, adapter = loop.batch, loop.fire, loop.adapter
+        state.x, state.y = adapter.unpack(batch)
         state.y_pred = state.loss = None
         fire(BATCH_BEGIN, self)
-        state.y_pred = loop.model(state.x)
+        state.y_pred = adapter.forward(loop.model, state.x)
         fire(LOSS_BEGIN, self)
-        state.loss = loop.loss_fn(state.y_pred, state.y)
+        state.loss = adapter.loss(loop.loss_fn, state.y_pred, state.y)
         if state.loss.__class__ is not Tensor or state.loss.ndim:  # the full check only then
             check_loss(state.loss, self)
         try:
