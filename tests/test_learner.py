@@ -40,7 +40,7 @@ def events_of(log: list[Entry], phase: type[Phase]) -> list[type[Event]]:
 
 def test_training_and_validation_events_in_order(log: list[Entry]) -> None:
     learner = make_test_learner(RecordingCallback(log), n_batches=2)
-    assert learner.fit(2) is None
+    assert learner.fit(2).stopped is None
     train_epoch = [(e, TrainingPhase) for e in [EpochBegin, *TRAIN_BATCH, *TRAIN_BATCH, EpochEnd]]
     valid_epoch = [(e, ValidationPhase) for e in [EpochBegin, *VALID_BATCH, *VALID_BATCH, EpochEnd]]
     expected = [(FitBegin, Phase), *train_epoch, *valid_epoch, *train_epoch, *valid_epoch, (FitEnd, Phase)]

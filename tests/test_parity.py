@@ -53,7 +53,7 @@ def test_fit_matches_the_hand_written_loop_bit_for_bit(name: str) -> None:
     optimizer = None if name == "default-adam" else OPTIMIZERS[name](model)
     learner = Learner(model, torch.nn.functional.mse_loss, optimizer, data=(train, valid))
     assert len(learner.callbacks) == 5  # the default callbacks are on
-    assert learner.fit(3) is None
+    assert learner.fit(3).stopped is None
 
     for (key, got), (_, want) in zip(model.state_dict().items(), expected.state_dict().items(), strict=True):
         assert torch.equal(got, want), f"{name}: {key} differs from the hand-written loop"

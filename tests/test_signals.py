@@ -69,7 +69,7 @@ def test_cancel_batch_before_the_step_skips_the_rest_of_the_batch(log: list[Entr
         Raiser(CancelBatch("skip"), event, TrainingPhase), RecordingCallback(log), recorder, n_batches=3
     )
     before = learner.model.weight.detach().clone()
-    assert learner.fit(1) is None
+    assert learner.fit(1).stopped is None
     assert torch.equal(learner.model.weight, before)  # no optimizer step
     train = [e for e, p in seen(log) if p is TrainingPhase]
     order = [BatchBegin, LossBegin, BackwardBegin, BackwardEnd]
@@ -124,7 +124,7 @@ def test_cancel_epoch_skips_the_rest_of_the_epoch_then_validates(log: list[Entry
     learner = make_test_learner(
         Raiser(CancelEpoch(), BatchEnd, TrainingPhase, batches={0}), RecordingCallback(log), Recorder(), n_batches=3
     )
-    assert learner.fit(1) is None
+    assert learner.fit(1).stopped is None
     assert seen(log) == [
         (FitBegin, Phase),
         (EpochBegin, TrainingPhase),
@@ -152,7 +152,7 @@ def test_cancel_epoch_at_epoch_begin_runs_no_batch(log: list[Entry]) -> None:
 
 def test_cancel_epoch_at_epoch_end_stops_the_remaining_handlers(log: list[Entry]) -> None:
     learner = make_test_learner(Raiser(CancelEpoch(), EpochEnd, TrainingPhase), RecordingCallback(log), n_batches=1)
-    assert learner.fit(2) is None
+    assert learner.fit(2).stopped is None
     assert (EpochEnd, TrainingPhase) not in seen(log)
     assert seen(log).count((EpochBegin, TrainingPhase)) == 2
 
@@ -167,7 +167,7 @@ def test_cancel_fit_returns_the_signal_and_fires_fit_end(log: list[Entry]) -> No
             raise CancelFit("loss is low enough")
 
     learner = make_test_learner(Stopper(), RecordingCallback(log), Recorder(), n_batches=3)
-    result = learner.fit(5)
+    result = learner.fit(5).stopped
     assert isinstance(result, CancelFit)
     assert result.reason == "loss is low enough"
     assert result.origin == "Stopper.stop"
@@ -186,7 +186,7 @@ def test_cancel_fit_returns_the_signal_and_fires_fit_end(log: list[Entry]) -> No
 
 def test_cancel_fit_in_validation_restores_train_mode() -> None:
     learner = make_test_learner(Raiser(CancelFit("enough"), BatchEnd, ValidationPhase), n_batches=1)
-    result = learner.fit(3)
+    result = learner.fit(3).stopped
     assert result is not None and result.reason == "enough"
     assert result.origin == "Raiser.maybe_raise"
     assert learner.model.training
@@ -195,7 +195,7 @@ def test_cancel_fit_in_validation_restores_train_mode() -> None:
 
 def test_cancel_fit_at_fit_begin_runs_no_epoch(log: list[Entry]) -> None:
     learner = make_test_learner(Raiser(CancelFit("nothing to do"), FitBegin), RecordingCallback(log))
-    result = learner.fit(3)
+    result = learner.fit(3).stopped
     assert result is not None and result.reason == "nothing to do"
     assert seen(log) == [(FitEnd, Phase)]
 
@@ -208,7 +208,7 @@ def test_cancel_fit_at_epoch_end_fires_no_further_epoch_end(log: list[Entry]) ->
 
 
 def test_a_complete_fit_returns_none() -> None:
-    assert make_test_learner(Recorder()).fit(2) is None
+    assert make_test_learner(Recorder()).fit(2).stopped is None
 
 
 # ---- signals out of scope ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from cadence.errors import (
     SignalScopeError,
 )
 from cadence.executors import SerialExecutor, ThreadedExecutor
+from cadence.fit_result import FitResult
 from cadence.learner import Learner
 
 # Built-in callbacks come last: they are written on the public names above.
@@ -67,6 +68,7 @@ __all__ = [
     "DeclarationError",
     "DictBatches",
     "EarlyStopping",
+    "FitResult",
     "GradientAccumulation",
     "GradientClipping",
     "HandlerTime",

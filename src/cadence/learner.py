@@ -19,6 +19,7 @@ from cadence.diagnostics import check_data
 from cadence.errors import CadenceError, CancelBatch, CancelEpoch, CancelFit, CancelSignal
 from cadence.events import Event, FitBegin, FitEnd
 from cadence.executors import Executor, SerialExecutor
+from cadence.fit_result import FitResult, fit_result, metric_lengths
 from cadence.graph import CallbackGraph, Plan
 from cadence.phases import Phase, TrainingPhase, ValidationPhase, scope_error
 from cadence.checkpointing.files import Checkpoint
@@ -167,7 +168,7 @@ class Learner:
         data: Data | None = None,
         *,
         resume: str | os.PathLike[str] | None = None,
-    ) -> CancelFit | None:
+    ) -> FitResult:
         """Train for ``n_epochs``, validating after each training epoch when there is
         validation data.
 
@@ -181,9 +182,10 @@ class Learner:
                 after the checkpoint, with the same data order (see ``cadence.checkpointing.resume``).
 
         Returns:
-            None when every epoch ran, or the ``CancelFit`` that stopped training (its
-            ``reason`` says why). Once ``FitEnd`` has run, ``learner.batch`` is reset, so that
-            the last batch's tensors do not outlive the fit.
+            A ``FitResult``: ``history``, the epoch metrics this fit recorded per key, and
+            ``stopped``, the ``CancelFit`` that ended training early or None (``reason`` says
+            why). Once ``FitEnd`` has run, ``learner.batch`` is reset, so that the last batch's
+            tensors do not outlive the fit.
 
         Raises:
             CheckpointError: the checkpoint is missing, corrupt or does not fit this learner.
@@ -196,9 +198,11 @@ class Learner:
         run = FitRun(self, n_epochs, train, valid is not None, resume)
         self._fit_run = run
         result: CancelFit | None = None
+        since: dict[str, int] = {}  # a resumed fit's history is the whole run's
         try:
             reset_for_fit(self)
             self.fire(FitBegin(n_epochs, (train, valid), self._run_order()), FIT_PHASE)
+            since = {} if resume is not None else metric_lengths(self._cbstate)
             run.fit_began()
             for epoch in range(run.first_epoch, n_epochs):
                 self.epoch(TRAINING, run.training_data(epoch))
@@ -215,7 +219,7 @@ class Learner:
             self._end_fit(exc, run)
             raise
         self._end_fit(None, run)
-        return run.outcome(result)
+        return fit_result(self._cbstate, since, run.outcome(result))
 
     def _end_fit(self, pending: BaseException | None, run: FitRun) -> None:
         run.close()

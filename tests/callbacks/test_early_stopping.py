@@ -26,7 +26,7 @@ def run(values: list[float], **kwargs: Any) -> tuple[CancelFit | None, int]:
     """Fit until the scripted values run out; return the result and the epochs run."""
     stopper = EarlyStopping(**{"monitor": "valid/score", **kwargs})
     learner = make_test_learner(stopper, ScriptedMetrics(values), n_batches=1)
-    result = learner.fit(len(values))
+    result = learner.fit(len(values)).stopped
     return result, len(learner.cbstate.metrics.epochs["valid/score"])
 
 
@@ -77,14 +77,14 @@ def test_a_stop_decided_in_the_last_epoch_lets_fit_finish() -> None:
 
 def test_monitoring_training_values_without_validation() -> None:
     learner = make_test_learner(EarlyStopping("train/score", patience=1), ScriptedMetrics([3, 2, 2.5, 1]), n_batches=1)
-    result = learner.fit(4, data=(regression_batches(1), None))
+    result = learner.fit(4, data=(regression_batches(1), None)).stopped
     assert result is not None and "train/score did not improve" in result.reason
     assert learner.cbstate.metrics.epochs == {"train/score": [3, 2, 2.5]}
 
 
 def test_a_training_monitor_still_lets_validation_run() -> None:
     learner = make_test_learner(EarlyStopping("train/score", patience=0), ScriptedMetrics([3, 4, 5]), n_batches=1)
-    assert learner.fit(3) is not None
+    assert learner.fit(3).stopped is not None
     assert learner.cbstate.metrics.epochs == {"train/score": [3, 4], "valid/score": [3, 4]}
 
 
@@ -142,7 +142,7 @@ def test_state_dict_round_trip_resumes_the_count() -> None:
     learner = make_test_learner(resumed, scripted, n_batches=1)
     learner.cbstate.metrics.epochs["valid/score"] = [5, 4, 4.5]
     learner.cbstate.metrics.epochs["train/score"] = [5, 4, 4.5]
-    result = learner.fit(2)
+    result = learner.fit(2).stopped
     assert result is not None and "for 2 epochs (best 4 at epoch 2)" in result.reason
     assert learner.cbstate.metrics.epochs["valid/score"] == [5, 4, 4.5, 4.6]
 
@@ -162,17 +162,17 @@ def test_a_resumed_run_stops_where_the_uninterrupted_run_stopped(tmp_path: Path)
         return make_test_learner(EarlyStopping(patience=2, min_delta=1e-3), Metrics(), Checkpointer(folder, keep_last=50))
 
     reference = build(tmp_path)
-    expected = reference.fit(50)
+    expected = reference.fit(50).stopped
     assert expected is not None and len(reference.cbstate.metrics.epochs["valid/loss"]) == 6
     checkpoints = list_checkpoints(tmp_path)
     assert len(checkpoints) == 6  # one per epoch; the last one holds the pending stop
     for path in checkpoints:
         resumed = build(tmp_path / "again" / path.stem)  # a folder belongs to one run
-        result = resumed.fit(50, resume=path)
+        result = resumed.fit(50, resume=path).stopped
         assert result is not None and result.reason == expected.reason, path.name
         assert resumed.cbstate.metrics.epochs == reference.cbstate.metrics.epochs, path.name
     latest = build(tmp_path)
-    result = latest.fit(50, resume="latest")  # the repro: it ran a 7th epoch
+    result = latest.fit(50, resume="latest").stopped  # the repro: it ran a 7th epoch
     assert result is not None and result.reason == expected.reason
     assert len(latest.cbstate.metrics.epochs["valid/loss"]) == 6
 
@@ -188,7 +188,7 @@ def test_no_warning_when_fit_stops_before_any_epoch_ends(caplog: pytest.LogCaptu
     learner = make_test_learner(EarlyStopping(), Metrics(), lr=1e20)
     learner.add_callback(StopOnNaNLoss())
     with caplog.at_level(logging.WARNING, logger="cadence.callbacks.early_stopping"):
-        assert learner.fit(1) is not None
+        assert learner.fit(1).stopped is not None
         learner.fit(0)
     assert caplog.text == ""
 
@@ -204,7 +204,7 @@ def test_every_callback_sees_the_last_epoch_end() -> None:
     for callbacks in ([EarlyStopping(patience=0), Last()], [Last(), EarlyStopping(patience=0)]):
         ends.clear()
         learner = make_test_learner(*callbacks, Metrics(), lr=1.5)  # oscillates: valid/loss goes up at once
-        result = learner.fit(10)
+        result = learner.fit(10).stopped
         assert result is not None
         assert len(ends) == len(learner.cbstate.metrics.epochs["valid/loss"]) == 2
 
@@ -277,7 +277,7 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 def test_restored_weights_are_those_of_the_best_epoch(values: list[float], best: int, stops: bool) -> None:
     stopper, log = EarlyStopping("valid/score", patience=3, restore_best_weights=True), WeightLog()
     learner = make_test_learner(stopper, log, ScriptedMetrics(values), n_batches=2)
-    result = learner.fit(len(values))
+    result = learner.fit(len(values)).stopped
     assert (result is not None) == stops
     assert len(log.weights) == (6 if stops else 4)
     assert same_weights(learner.model.state_dict(), log.weights[best])
@@ -330,7 +330,7 @@ def test_restoring_combines_with_the_other_model_writers() -> None:
     stopper = EarlyStopping(restore_best_weights=True)
     others = [GradientAccumulation(2), GradientClipping(1.0), MixedPrecision(torch.bfloat16), ToDevice("cpu")]
     learner = make_test_learner(stopper, *others, Metrics(), n_batches=4)
-    assert learner.fit(2) is None
+    assert learner.fit(2).stopped is None
     with pytest.raises(ConflictError, match=r"EarlyStopping#1 and EarlyStopping#2 cannot be used together: both write model"):
         make_test_learner(EarlyStopping(restore_best_weights=True), EarlyStopping("train/loss", restore_best_weights=True), Metrics())
 
@@ -342,7 +342,7 @@ def stopped_twice(stopper: EarlyStopping) -> tuple[list[str], list[int], torch.T
     learner = make_test_learner(stopper, Metrics(), lr=0.3)
     reasons, epochs = [], []
     for _ in range(2):
-        result = learner.fit(50)
+        result = learner.fit(50).stopped
         assert result is not None
         reasons.append(result.reason)
         epochs.append(len(learner.cbstate.metrics.epochs["valid/loss"]))
@@ -356,7 +356,7 @@ def test_a_second_fit_judges_afresh() -> None:
     learner = make_test_learner(EarlyStopping(patience=2, min_delta=1e-3), Metrics(), lr=0.3)
     learner.fit(50)
     learner.replace_callback(EarlyStopping(patience=2, min_delta=1e-3))
-    result = learner.fit(50)
+    result = learner.fit(50).stopped
     assert result is not None and reasons[1] == result.reason
     assert epochs[1] == len(learner.cbstate.metrics.epochs["valid/loss"])  # Metrics counts on
     assert epochs[1] - epochs[0] == 3  # the first epoch of the second fit is its best: 1 + patience
@@ -376,13 +376,13 @@ def test_a_reused_instance_starts_afresh_in_a_new_learner() -> None:
 
 def test_a_resumed_fit_of_the_same_learner_restores_over_the_reset(tmp_path: Path) -> None:
     learner = make_test_learner(EarlyStopping(patience=2, min_delta=1e-3), Metrics(), Checkpointer(tmp_path, keep_last=50))
-    expected = learner.fit(50)
+    expected = learner.fit(50).stopped
     assert expected is not None
     path = list_checkpoints(tmp_path)[2]  # after epoch 3 of 6
     # It saves nothing: a folder belongs to one run, and the resumed one is another.
     again = make_test_learner(EarlyStopping(patience=2, min_delta=1e-3), Metrics(), Checkpointer(tmp_path / "again", every_epochs=None))
     again.fit(2)  # a fit first: the resume must not go on from its state
-    result = again.fit(50, resume=path)
+    result = again.fit(50, resume=path).stopped
     assert result is not None and result.reason == expected.reason
     assert again.cbstate.metrics.epochs == learner.cbstate.metrics.epochs
 

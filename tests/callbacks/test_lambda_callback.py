@@ -88,7 +88,7 @@ def test_signals_pass_through() -> None:
     def stop(event: Event, phase: Phase, learner: Any) -> None:
         raise CancelFit("enough")
 
-    result = make_test_learner(LambdaCallback(stop, BatchEnd)).fit(3)
+    result = make_test_learner(LambdaCallback(stop, BatchEnd)).fit(3).stopped
     assert isinstance(result, CancelFit)
     assert result.origin == "LambdaCallback.stop"
 

@@ -67,7 +67,7 @@ def test_a_key_missing_when_its_phase_first_ends_is_an_error(name: str, tmp_path
 @pytest.mark.parametrize("name", OWNERS)
 def test_a_key_of_a_phase_that_never_ran_is_not_an_error(name: str, tmp_path: Path) -> None:
     learner = make_test_learner(owner(name, "valid/scor", tmp_path), ScriptedMetrics([3, 2, 1]), n_batches=2)
-    assert learner.fit(2, data=(regression_batches(2), None)) is None
+    assert learner.fit(2, data=(regression_batches(2), None)).stopped is None
 
 
 @pytest.mark.parametrize("name", OWNERS)
@@ -86,7 +86,7 @@ def test_a_key_without_a_phase_is_refused_with_the_fix(name: str) -> None:
 def test_the_default_checkpointer_key_is_not_required(tmp_path: Path) -> None:
     # Without keep_best, "valid/loss" is only recorded in each checkpoint's metadata.
     learner = make_test_learner(Checkpointer(tmp_path), ScriptedMetrics([3, 2]), n_batches=2)
-    assert learner.fit(2) is None
+    assert learner.fit(2).stopped is None
     assert len(list_checkpoints(tmp_path)) == 2
 
 

@@ -34,7 +34,7 @@ class OnDevice(StopOnNaNLoss):
 
 def test_a_nan_loss_stops_fit_naming_the_step() -> None:
     learner = make_test_learner(StopOnNaNLoss())
-    result = learner.fit(3, data=(poisoned({2: math.nan}), None))
+    result = learner.fit(3, data=(poisoned({2: math.nan}), None)).stopped
     assert isinstance(result, CancelFit)
     assert result.reason == "StopOnNaNLoss: the training loss is nan at step 3 (epoch 1, batch 3)."
     assert result.origin == "StopOnNaNLoss.batch_end"
@@ -43,19 +43,19 @@ def test_a_nan_loss_stops_fit_naming_the_step() -> None:
 def test_an_infinite_loss_stops_fit_in_a_later_epoch() -> None:
     clean = regression_batches(4, 4)
     learner = make_test_learner(StopOnNaNLoss())
-    assert learner.fit(2, data=(clean, None)) is None
-    result = learner.fit(1, data=(poisoned({1: math.inf}, n_batches=4), None))
+    assert learner.fit(2, data=(clean, None)).stopped is None
+    result = learner.fit(1, data=(poisoned({1: math.inf}, n_batches=4), None)).stopped
     assert result is not None
     assert result.reason == "StopOnNaNLoss: the training loss is inf at step 10 (epoch 3, batch 2)."
 
 
 def test_finite_losses_run_every_epoch() -> None:
-    assert make_test_learner(StopOnNaNLoss()).fit(2) is None
+    assert make_test_learner(StopOnNaNLoss()).fit(2).stopped is None
 
 
 def test_validation_losses_are_not_checked() -> None:
     learner = make_test_learner(StopOnNaNLoss())
-    assert learner.fit(1, data=(regression_batches(4, 4), poisoned({0: math.nan}, 4))) is None
+    assert learner.fit(1, data=(regression_batches(4, 4), poisoned({0: math.nan}, 4))).stopped is None
 
 
 def test_on_an_accelerator_losses_are_checked_every_check_every_steps_naming_the_first_bad_one() -> None:
@@ -69,7 +69,7 @@ def test_on_an_accelerator_losses_are_checked_every_check_every_steps_naming_the
         original()
 
     callback._check = counting  # type: ignore[method-assign]
-    result = learner.fit(1, data=(poisoned({5: math.nan, 6: math.inf}), None))
+    result = learner.fit(1, data=(poisoned({5: math.nan, 6: math.inf}), None)).stopped
     assert result is not None
     assert result.reason == "StopOnNaNLoss: the training loss is nan at step 6 (epoch 1, batch 6)."
     assert seen == [4, 8]  # read twice in 8 steps, not once per step
@@ -77,7 +77,7 @@ def test_on_an_accelerator_losses_are_checked_every_check_every_steps_naming_the
 
 def test_on_an_accelerator_the_end_of_the_epoch_checks_what_is_pending() -> None:
     learner = make_test_learner(OnDevice(check_every=32))
-    result = learner.fit(2, data=(poisoned({8: math.inf}), None))
+    result = learner.fit(2, data=(poisoned({8: math.inf}), None)).stopped
     assert result is not None
     assert result.reason == "StopOnNaNLoss: the training loss is inf at step 9 (epoch 1, batch 9)."
     assert result.origin == "OnDevice.epoch_end"
@@ -95,7 +95,7 @@ def test_state_dict_keeps_the_step_numbering() -> None:
     assert state == {"steps": 4, "epochs": 1, "epoch_start": 0}
     callback = StopOnNaNLoss()
     callback.load_state_dict(state)
-    result = make_test_learner(callback).fit(1, data=(poisoned({0: math.nan}), None))
+    result = make_test_learner(callback).fit(1, data=(poisoned({0: math.nan}), None)).stopped
     assert result is not None and "at step 5 (epoch 2, batch 1)" in result.reason
 
 
@@ -105,7 +105,7 @@ def test_after_a_mid_epoch_resume_the_reason_names_the_batch_of_the_epoch(tmp_pa
     path = next(p for p in list_checkpoints(tmp_path) if p.name.endswith("epoch1-batch2.pt"))
     resumed = make_test_learner(StopOnNaNLoss(), Checkpointer(tmp_path / "again"))
     # The same data, but the last batch of the second epoch is poisoned.
-    result = resumed.fit(2, data=(poisoned({3: math.nan}, n_batches=4), None), resume=path)
+    result = resumed.fit(2, data=(poisoned({3: math.nan}, n_batches=4), None), resume=path).stopped
     assert result is not None
     assert result.reason == "StopOnNaNLoss: the training loss is nan at step 8 (epoch 2, batch 4)."
 
@@ -162,6 +162,6 @@ def test_no_host_device_sync_per_batch_on_cuda() -> None:
     model = torch.nn.Linear(1, 1, bias=False).to(device)
     learner = Learner(model, torch.nn.functional.mse_loss, torch.optim.SGD(model.parameters(), lr=0.1),
                       callbacks=[StopOnNaNLoss(check_every=1000)], default_callbacks=False)
-    result = learner.fit(1, data=(strict(batches), None))
+    result = learner.fit(1, data=(strict(batches), None)).stopped
     assert result is not None
     assert result.reason == "StopOnNaNLoss: the training loss is nan at step 41 (epoch 1, batch 41)."

@@ -45,7 +45,7 @@ def test_metrics_and_early_stopping(reverse: bool) -> None:
         "after Metrics: Metrics writes cbstate.metrics, EarlyStopping reads cbstate.metrics"
         in learner.explain(EpochEnd, ValidationPhase)
     )
-    result = learner.fit(10)
+    result = learner.fit(10).stopped
     values = learner.cbstate.metrics.epochs["valid/loss"]
     assert result is not None and len(values) == 2
     assert stopper.best == values[0]
@@ -61,7 +61,7 @@ def test_metrics_and_early_stopping_on_a_metric(reverse: bool) -> None:
 
     stopper = EarlyStopping("valid/error", mode="max", patience=0)
     learner = make_test_learner(*ordered(reverse, Metrics(MetricSpec(error, phases="valid")), stopper), lr=0.01)
-    assert learner.fit(10) is not None
+    assert learner.fit(10).stopped is not None
     assert stopper.best == learner.cbstate.metrics.epochs["valid/error"][0]
     assert len(learner.cbstate.metrics.epochs["valid/error"]) == 2
 
@@ -84,7 +84,7 @@ def test_metrics_printer_and_early_stopping_in_any_order(order: tuple[int, ...])
     shown, out = printer()
     callbacks: list[Callback] = [Metrics(), shown, EarlyStopping(mode="max", patience=0)]
     learner = make_test_learner(*[callbacks[i] for i in order], lr=0.01)
-    assert learner.fit(10) is not None
+    assert learner.fit(10).stopped is not None
     # The epoch that decided to stop is printed too, whatever the order.
     assert [line.split()[0] for line in out.getvalue().splitlines()] == ["epoch", "1", "2"]
 
@@ -94,7 +94,7 @@ def test_without_validation_the_last_training_row_is_printed_in_any_order(order:
     shown, out = printer()
     callbacks: list[Callback] = [Metrics(), shown, EarlyStopping("train/loss", mode="max", patience=0)]
     learner = make_test_learner(*[callbacks[i] for i in order], lr=0.01)
-    assert learner.fit(10, data=(regression_batches(4), None)) is not None
+    assert learner.fit(10, data=(regression_batches(4), None)).stopped is not None
     assert [line.split()[0] for line in out.getvalue().splitlines()] == ["epoch", "1", "2"]
 
 
@@ -109,4 +109,4 @@ def test_the_default_set_builds_in_any_order() -> None:
         assert run_order(learner, EpochEnd, ValidationPhase).index("Metrics.epoch_end") < run_order(
             learner, EpochEnd, ValidationPhase
         ).index("MetricsPrinter.validation_end")
-    assert learner.fit(1, data=(learner.data[0], None)) is None  # type: ignore[index]
+    assert learner.fit(1, data=(learner.data[0], None)).stopped is None  # type: ignore[index]

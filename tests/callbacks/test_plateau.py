@@ -103,7 +103,7 @@ def test_with_a_scheduler_of_other_hyperparameters_in_any_order() -> None:
     for callbacks in ([Scheduler(momentum=cosine(0.9, 0.8)), ReduceLROnPlateau(patience=0)], [ReduceLROnPlateau(patience=0), Scheduler(momentum=cosine(0.9, 0.8))]):
         learner = make_test_learner(*callbacks, Metrics(), lr=1.5, n_batches=4)
         learner.optimizer.param_groups[0]["momentum"] = 0.9
-        assert learner.fit(2) is None
+        assert learner.fit(2).stopped is None
         assert sorted(learner.cbstate.hyperparams) == ["lr/group0", "momentum/group0"]
 
 

@@ -120,7 +120,7 @@ def test_the_bar_is_closed_after_cancel_fit() -> None:
             raise CancelFit("enough")
 
     printer, _ = terminal()
-    assert make_test_learner(printer, Stop()).fit(1) is not None
+    assert make_test_learner(printer, Stop()).fit(1).stopped is not None
     assert printer._progress is None
 
 

@@ -39,7 +39,7 @@ def problems(learner: Learner, n_epochs: int = 1) -> str:
 
 def test_a_sound_setup_passes_and_trains() -> None:
     learner = learner_with()
-    assert learner.fit(2) is None
+    assert learner.fit(2).stopped is None
     assert isinstance(SanityCheckError("x"), CadenceError)
 
 
@@ -81,7 +81,7 @@ def test_changes_nothing() -> None:
     modes = [m.training for m in model.modules()]
     rng = torch.get_rng_state()
 
-    result = learner.fit(1)
+    result = learner.fit(1).stopped
 
     assert isinstance(result, CancelFit) and result.reason == "checked"
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())

@@ -102,7 +102,7 @@ def test_signals_and_errors_keep_their_origin_and_are_timed() -> None:
         raise CancelFit("enough")
 
     timer = CallbackTimer(print_report=False)
-    result = make_test_learner(LambdaCallback(stop, BatchEnd), executor=timer).fit(2)
+    result = make_test_learner(LambdaCallback(stop, BatchEnd), executor=timer).fit(2).stopped
     assert isinstance(result, CancelFit) and result.origin == "LambdaCallback.stop"
     assert by_key(timer)[("LambdaCallback.stop", "BatchEnd", "TrainingPhase")].calls == 1
 

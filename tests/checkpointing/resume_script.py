@@ -167,7 +167,7 @@ def main(argv: list[str]) -> None:
             "best_checkpoint": load_checkpoint(checkpointer.best_path).meta["position"],
             "losses": log.losses,
             "epochs": {k: list(v) for k, v in learner.cbstate.metrics.epochs.items()},
-            "reason": None if result is None else result.reason,
+            "reason": result.reason,
             "resumed_from": resumed_from,
         },
         args.out,

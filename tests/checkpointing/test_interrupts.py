@@ -226,7 +226,7 @@ def test_a_users_own_sigterm_handler_is_left_alone(tmp_path: Path) -> None:
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         learner = make_test_learner(send_at(BatchEnd, TrainingPhase, 1, signal.SIGTERM), Checkpointer(tmp_path), n_batches=2)
-        assert learner.fit(1) is None
+        assert learner.fit(1).stopped is None
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert received == [signal.SIGTERM]

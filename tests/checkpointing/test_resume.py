@@ -117,7 +117,7 @@ def test_resuming_from_any_checkpoint_is_exact(tmp_path: Path, kind: str) -> Non
     assert len(checkpoints) == 15 and {p["batch"] for p in positions} == {0, 1, 2, 3, 4}
     for index, path in enumerate(checkpoints):
         resumed = make_learner(tmp_path / f"again{index}", kind, seed=123)  # a folder per run
-        assert resumed.fit(3, resume=path) is None
+        assert resumed.fit(3, resume=path).stopped is None
         assert_same(outcome(resumed), expected)
 
 
@@ -155,7 +155,7 @@ def test_latest_resumes_from_the_newest_intact_checkpoint(tmp_path: Path, caplog
 def test_latest_with_no_checkpoint_yet_starts_from_the_beginning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     learner = make_learner(tmp_path / "new")
     with caplog.at_level(logging.INFO, logger="cadence.checkpointing.locate"):
-        assert learner.fit(1, resume="latest") is None
+        assert learner.fit(1, resume="latest").stopped is None
     assert "No checkpoint in" in caplog.text and "starting from the beginning" in caplog.text
     assert len(outcome(learner)["losses"]) == 4
 

@@ -88,7 +88,7 @@ def probe(learner: Learner) -> LrProbe:
 @pytest.mark.parametrize("setup", list(SETUPS))
 def test_resuming_from_any_checkpoint_is_exact(tmp_path: Path, setup: str, same_object: bool) -> None:
     reference = make_learner(tmp_path / "run", setup)
-    assert reference.fit(N_EPOCHS) is None
+    assert reference.fit(N_EPOCHS).stopped is None
     expected, lrs = weights(reference), list(probe(reference).seen)
     assert len(lrs) == N_EPOCHS * N_BATCHES and (setup == "accumulation" or len(set(lrs)) > 2)
     checkpoints = list_checkpoints(tmp_path / "run")
@@ -100,7 +100,7 @@ def test_resuming_from_any_checkpoint_is_exact(tmp_path: Path, setup: str, same_
         # The same object resumes with whatever a finished run left in it (positions, counters).
         resumed = reference if same_object else make_learner(tmp_path / "again", setup, seed=123, saves=False)
         probe(resumed).seen.clear()
-        assert resumed.fit(N_EPOCHS, resume=path) is None
+        assert resumed.fit(N_EPOCHS, resume=path).stopped is None
         assert all(torch.equal(a, b) for a, b in zip(weights(resumed), expected)), path.name
         step = load_checkpoint(path).meta["position"]["step"]
         assert probe(resumed).seen == lrs[step:], path.name

@@ -197,7 +197,7 @@ callback_specs = st.lists(
 
 def final_state(executor: Executor, classes: list[type[Callback]]) -> tuple[Any, Any, torch.Tensor]:
     learner = make_test_learner(Store(), *(cls() for cls in classes), n_batches=3, executor=executor)
-    assert learner.fit(2) is None
+    assert learner.fit(2).stopped is None
     return learner.cbstate.a, learner.cbstate.b, torch.nn.utils.parameters_to_vector(learner.model.parameters())
 
 
@@ -401,7 +401,7 @@ def test_a_cancel_signal_stops_handlers_not_yet_started_and_sets_its_origin() ->
 def test_a_cancel_signal_takes_effect_as_in_serial_execution() -> None:
     scenario = Scenario(lambda: CancelBatch("skip"), event=BatchBegin)
     learner = make_test_learner(*scenario.callbacks, Recorder(), n_batches=4, executor=forced())
-    assert learner.fit(1) is None
+    assert learner.fit(1).stopped is None
     assert learner.cbstate.history[TrainingPhase()].steps == 0  # every training batch cancelled
     assert learner.cbstate.history[ValidationPhase()].steps == 0
 
@@ -413,7 +413,7 @@ def test_cancel_fit_from_a_worker_is_returned_by_fit_with_its_origin() -> None:
 
     classes = [handler_class("Stopper", {}, [BatchEnd], stop), handler_class_noop("Other", {"cbstate.o": WRITE})]
     learner = make_test_learner(*(cls() for cls in classes), Recorder(), executor=forced())
-    result = learner.fit(3)
+    result = learner.fit(3).stopped
     assert isinstance(result, CancelFit)
     assert (result.reason, result.origin) == ("enough", "Stopper.handle")
     assert not worker_threads()

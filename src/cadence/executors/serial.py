@@ -17,7 +17,7 @@ class SerialExecutor:
     Example:
         >>> from cadence.testing import make_test_learner
         >>> learner = make_test_learner(executor=SerialExecutor())
-        >>> learner.fit(1) is None
+        >>> learner.fit(1).stopped is None
         True
     """
 

@@ -105,7 +105,7 @@ class ThreadedExecutor:
     Example:
         >>> from cadence.testing import make_test_learner
         >>> learner = make_test_learner(executor=ThreadedExecutor(max_workers=4))
-        >>> learner.fit(1) is None
+        >>> learner.fit(1).stopped is None
         True
 
     Extending:

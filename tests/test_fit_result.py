@@ -1,0 +1,39 @@
+"""What fit returns: Keras' History (this fit's epoch metrics per key) and how it stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cadence import CancelFit, Checkpointer, EarlyStopping, FitResult, Metrics, Recorder
+from cadence.checkpointing.files import list_checkpoints
+from cadence.testing import make_test_learner
+
+
+def test_the_history_holds_this_fits_epoch_values_per_key() -> None:
+    learner = make_test_learner(Recorder(), Metrics(), n_batches=4)
+    first = learner.fit(2)
+    epochs = learner.cbstate.metrics.epochs
+    assert first == FitResult({"train/loss": epochs["train/loss"], "valid/loss": epochs["valid/loss"]})
+    assert first.stopped is None and first.reason is None
+    second = learner.fit(3)  # like Keras: a second fit's History has only its own epochs
+    assert second.history == {key: values[2:] for key, values in epochs.items()}
+    assert len(second.history["valid/loss"]) == 3
+
+
+def test_a_stopped_fit_says_why() -> None:
+    learner = make_test_learner(EarlyStopping(patience=1, min_delta=1.0), Metrics())
+    result = learner.fit(10)
+    assert isinstance(result.stopped, CancelFit) and result.stopped.origin == "EarlyStopping.training_begin"
+    assert result.reason == result.stopped.reason and result.reason.startswith("EarlyStopping: valid/loss")
+    assert len(result.history["valid/loss"]) == 2
+
+
+def test_without_metrics_the_history_is_empty() -> None:
+    assert make_test_learner(Recorder()).fit(1) == FitResult()
+
+
+def test_a_resumed_fit_has_the_whole_runs_history(tmp_path: Path) -> None:
+    full = make_test_learner(Metrics(), Checkpointer(tmp_path, keep_last=10), n_batches=2).fit(3)
+    path = list_checkpoints(tmp_path)[0]  # after epoch 1
+    resumed = make_test_learner(Metrics(), Checkpointer(tmp_path / "again"), n_batches=2).fit(3, resume=path)
+    assert resumed.history == full.history
