@@ -22,6 +22,7 @@ from cadence.errors import (
 )
 from cadence.executors import SerialExecutor, ThreadedExecutor
 from cadence.fit_result import FitResult
+from cadence.inference import EvaluationPhase, PredictionPhase
 from cadence.learner import Learner
 
 # Built-in callbacks come last: they are written on the public names above.
@@ -68,6 +69,7 @@ __all__ = [
     "DeclarationError",
     "DictBatches",
     "EarlyStopping",
+    "EvaluationPhase",
     "FitResult",
     "GradientAccumulation",
     "GradientClipping",
@@ -89,6 +91,7 @@ __all__ = [
     "MissingStateError",
     "MixedPrecision",
     "NoConflict",
+    "PredictionPhase",
     "ProgressPrinter",
     "ProtectedAccessError",
     "Recorder",

@@ -21,6 +21,7 @@ from cadence.events import Event, FitBegin, FitEnd
 from cadence.executors import Executor, SerialExecutor
 from cadence.fit_result import FitResult, fit_result, metric_lengths
 from cadence.graph import CallbackGraph, Plan
+from cadence.inference import gather, validate
 from cadence.phases import Phase, TrainingPhase, ValidationPhase, scope_error
 from cadence.checkpointing.files import Checkpoint
 from cadence.checkpointing.resume import FitRun
@@ -246,7 +247,10 @@ class Learner:
     def epoch(self, phase: Phase, data: Iterable[Any]) -> None:
         """Run one epoch of ``phase`` over ``data``, firing its events.
 
-        ``CancelFit`` raised inside propagates to the caller (``fit`` handles it).
+        ``CancelFit`` raised inside propagates to the caller (``fit`` handles it). An epoch of
+        ``ValidationPhase()`` is a validation epoch of training: every validation callback
+        reacts (``EarlyStopping`` counts it). To evaluate held-out data without changing
+        training state, use ``validate(data)``, which runs an ``EvaluationPhase`` epoch.
         """
         self._ensure_plans(phase)
         check_data(data, "epoch(phase, data): data")
@@ -261,6 +265,30 @@ class Learner:
         self._ensure_plans(phase)
         with phase.epoch_context(self):
             phase.run_step(self, batch)
+
+    # ---- evaluating and predicting (cadence.inference) -----------------------------------
+
+    def validate(self, data: Iterable[Any] | None = None) -> dict[str, float]:
+        """Evaluate ``data`` (by default the validation data) without changing training state,
+        and return the epoch values ``Metrics`` computed, by metric name (``{"loss": ...}``).
+
+        It runs an ``EvaluationPhase`` epoch: the model in eval mode under ``torch.no_grad()``,
+        with the callbacks that handle every phase (``ToDevice``, ``MixedPrecision``,
+        ``Metrics``, under ``"eval/..."`` keys) and none of those registered for
+        ``TrainingPhase`` or ``ValidationPhase`` (see ``cadence.inference``).
+        """
+        return validate(self, self._valid_data(data, "validate"))
+
+    def predict(self, data: Iterable[Any]) -> Any:
+        """The model's predictions for ``data`` (batches of inputs, or of ``(x, y)``), in eval
+        mode under ``torch.no_grad()``, concatenated over the batches and on the CPU; the same
+        batch callbacks apply as in validation (see ``cadence.inference``)."""
+        return gather(self, data)[0]
+
+    def get_preds(self, data: Iterable[Any] | None = None) -> tuple[Any, Any]:
+        """``(predictions, targets)`` for ``data`` (by default the validation data), as
+        ``predict`` makes them; ``targets`` is None when the data has none."""
+        return gather(self, self._valid_data(data, "get_preds"))
 
     def fire(self, event: Event, phase: Phase) -> None:
         """Run the handlers of (event, phase). Phases call this; so may custom phases."""
@@ -385,6 +413,17 @@ class Learner:
         if kind not in self._plans:
             self._plans[kind] = _plans_for(self._graph, kind, *self._views)
             self._phases.append(kind)
+
+    def _valid_data(self, data: Iterable[Any] | None, caller: str) -> Iterable[Any]:
+        if data is not None:
+            return data
+        valid = self.data[1] if self.data is not None else None
+        if valid is None:
+            raise ValueError(
+                f"{caller}() has no data: pass it, {caller}(batches), or give the learner "
+                f"validation data, Learner(..., data=(train, valid))."
+            )
+        return valid
 
     def _find(self, target: Callback | type[Callback]) -> Callback | None:
         if isinstance(target, type):

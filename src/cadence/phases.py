@@ -38,6 +38,7 @@ __all__ = [
     "Phase",
     "TrainingPhase",
     "ValidationPhase",
+    "evaluating",
     "known_batch_fields",
     "phases_firing",
     "scope_error",
@@ -279,7 +280,7 @@ class ValidationPhase(Phase):
     )
 
     def epoch_context(self, loop: Loop) -> contextlib.AbstractContextManager[None]:
-        return _evaluating(loop.model)
+        return evaluating(loop.model)
 
     def step(self, loop: Loop, batch: object) -> None:
         state, fire, adapter = loop.batch, loop.fire, loop.adapter
@@ -298,7 +299,8 @@ class ValidationPhase(Phase):
 
 
 @contextlib.contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """``model.eval()`` under ``torch.no_grad()``; the previous train/eval mode comes back after."""
     was_training = model.training
     model.eval()
     try:

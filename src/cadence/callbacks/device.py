@@ -7,15 +7,16 @@ from typing import Any
 import torch
 
 from cadence import WRITE, Callback, RunFirst, Unresolvable, on
-from cadence.events import BatchBegin, Event, FitBegin
+from cadence.events import BatchBegin, EpochBegin, Event, FitBegin
 from cadence.phases import Phase
 
 __all__ = ["ToDevice"]
 
 
 class ToDevice(Callback):
-    """Moves the model to ``device`` once, at ``FitBegin``, and each batch's ``x`` and ``y``
-    at ``BatchBegin`` (tensors, and lists, tuples and dicts of them).
+    """Moves the model to ``device`` at ``FitBegin`` and at each ``EpochBegin`` (a no-op once it
+    is there; it serves ``validate()``, ``predict()`` and ``lr_find()`` before any ``fit``), and
+    each batch's ``x`` and ``y`` at ``BatchBegin`` (tensors, and lists, tuples and dicts of them).
 
     ``Module.to`` moves parameters in place, so the optimizer keeps its parameters; any
     optimizer state that exists already (a resumed Adam, say) is moved next to its parameter.
@@ -56,6 +57,7 @@ class ToDevice(Callback):
         self._non_blocking = self.device.type != "cpu"
 
     @on(FitBegin)
+    @on(EpochBegin)  # epochs outside fit: validate(), predict(), lr_find(), learner.epoch()
     def fit_begin(self, event: Event, phase: Phase, learner: Any) -> None:
         learner.model.to(self.device)
         for param, state in learner.optimizer.state.items():

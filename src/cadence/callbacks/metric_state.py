@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from cadence.errors import CheckpointError
-from cadence.phases import Phase
+from cadence.inference import EvaluationPhase
+from cadence.phases import Phase, ValidationPhase
 
 __all__ = ["MetricSpec", "MetricValues", "Trackers", "batch_size", "check_running", "phase_names"]
 
@@ -55,6 +56,7 @@ class MetricSpec:
         name: The key's metric part; by default the function's ``__name__`` or the snake-cased
             class name without a ``Binary``/``Multiclass``/``Multilabel`` prefix.
         phases: Phase names (``"train"``, ``"valid"``) or classes; by default every phase.
+            ``"valid"`` covers evaluation (``learner.validate``, phase ``"eval"``) too.
     """
 
     metric: Any
@@ -98,6 +100,8 @@ class MetricSpec:
                 f"MetricSpec({name!r}, phases=...) names unknown phases {sorted(unknown) or '(none)'}; "
                 f"phases are {sorted(phase_names())}, e.g. phases=\"valid\"."
             )
+        if ValidationPhase.name in names:  # evaluation computes the validation metrics
+            names |= {EvaluationPhase.name}
         return name, names
 
 

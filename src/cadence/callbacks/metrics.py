@@ -16,6 +16,7 @@ from cadence.callbacks.metric_state import (
     phase_names,
 )
 from cadence.events import BatchEnd, EpochBegin, EpochEnd, Event
+from cadence.inference import PredictionPhase
 from cadence.phases import Phase
 
 __all__ = ["MetricSpec", "MetricValues", "Metrics"]
@@ -29,6 +30,9 @@ class Metrics(Callback):
         *metrics: torchmetrics metrics (any object with ``update``, ``compute``, ``reset``),
             functions ``(y_pred, y) -> scalar tensor``, or ``MetricSpec`` for a custom name or
             a subset of phases. The loss is always tracked, as ``"loss"``.
+
+    Prediction (``learner.predict``) is not tracked; evaluation
+    (``learner.validate``) is, under ``"eval/<name>"`` keys.
 
     Epoch values: the loss and functions are averaged over the epoch weighted by batch size,
     which is exact for mean-reduced values; a stateful metric's is its ``compute()`` over the
@@ -125,6 +129,10 @@ class Metrics(Callback):
         self._values.step[tracker.loss_key] = loss
         if len(tracker.sums) > 1 or tracker.stateful:
             tracker.update(batch.y_pred, batch.y, size, self._values.step)
+
+    @on(BatchEnd, phase=PredictionPhase)
+    def untracked(self, event: Event, phase: Phase, learner: Any) -> None:
+        """Predictions have no loss: nothing to track."""
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:

@@ -12,6 +12,7 @@ from rich.table import Column, Table
 
 from cadence import READ, Callback, on
 from cadence.events import EpochBegin, EpochEnd, Event, FitEnd
+from cadence.inference import EvaluationPhase
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 
 __all__ = ["MetricsPrinter"]
@@ -24,7 +25,8 @@ class MetricsPrinter(Callback):
     The row of an epoch is printed when its validation epoch ends, or, when no validation
     follows the training epoch, when the next training epoch begins or ``fit`` ends. A key with
     no new value since the last row is left blank. ``epoch`` is the number of values the row's
-    keys have (in a fit, the training epoch, counting those restored from a checkpoint).
+    keys have (in a fit, the training epoch, counting those restored from a checkpoint). An
+    evaluation (``learner.validate``) prints its row when it ends, ``epoch`` counting evaluations.
 
     On a terminal it prints the rows of a rich table, elsewhere (CI logs, pipes) plain aligned
     text; either way the header comes once per ``fit``, and again only when the columns change.
@@ -67,6 +69,7 @@ class MetricsPrinter(Callback):
         self._pending = True
 
     @on(EpochEnd, phase=ValidationPhase)
+    @on(EpochEnd, phase=EvaluationPhase)
     def validation_end(self, event: Event, phase: Phase, learner: Any) -> None:
         self._print_row(learner.cbstate.metrics.epochs)
 

@@ -1,0 +1,253 @@
+"""validate(), predict() and get_preds(): the same batch callbacks as validation, no second loop,
+and no change to training state (issue 13)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cadence import (
+    READ,
+    WRITE,
+    CadenceError,
+    Callback,
+    CancelBatch,
+    EarlyStopping,
+    EvaluationPhase,
+    Learner,
+    Metrics,
+    MetricSpec,
+    MixedPrecision,
+    PredictionPhase,
+    Recorder,
+    SignalScopeError,
+    ToDevice,
+    on,
+)
+from cadence.events import BatchBegin, BatchEnd, EpochEnd, Event, LossBegin
+from cadence.inference import concatenate
+from cadence.phases import Phase, TrainingPhase, ValidationPhase
+from cadence.testing import make_test_learner, regression_batches
+
+HELD_OUT = regression_batches(4, 8, coefficient=-3.0, seed=7)  # worse than anything seen in training
+
+
+def mean_error(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (y_pred - y).abs().mean()
+
+
+def hand_written_predictions(model: torch.nn.Module, batches: list[Any]) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x) for x, *_ in batches])
+
+
+# ---- validate ----------------------------------------------------------------------------------
+
+
+def test_validate_returns_what_fit_computes_on_the_same_data() -> None:
+    learner = make_test_learner(Recorder(), Metrics(MetricSpec(mean_error, phases="valid")), n_batches=4)
+    learner.fit(2)
+    values = learner.validate()  # the validation data, with the weights the last epoch validated
+    epochs = learner.cbstate.metrics.epochs
+    assert values == {"loss": epochs["valid/loss"][-1], "mean_error": epochs["valid/mean_error"][-1]}
+    held_out = learner.validate(HELD_OUT)
+    with torch.no_grad():
+        losses = [float(torch.nn.functional.mse_loss(learner.model(x), y)) for x, y in HELD_OUT]
+    assert held_out["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+    assert epochs["eval/loss"] == [values["loss"], held_out["loss"]]
+
+
+def test_validate_without_metrics_or_data_says_what_to_add() -> None:
+    with pytest.raises(CadenceError, match=r"no Metrics callback\. Add one: Learner\(\.\.\., callbacks=\[Metrics\(\)\]\)"):
+        make_test_learner(Recorder()).validate()
+    learner = make_test_learner(Metrics())
+    learner.data = (regression_batches(2), None)
+    with pytest.raises(ValueError, match=r"validate\(\) has no data: pass it, validate\(batches\), or give the learner validation data"):
+        learner.validate()
+    with pytest.raises(CadenceError, match=r"the data yielded no batches"):
+        learner.validate([])
+
+
+# ---- evaluation leaves training state alone (issue 13) ------------------------------------------
+
+
+class Plateau(Callback):
+    """A plateau schedule as a callback monitoring ``valid/loss``: torch's ReduceLROnPlateau
+    stepped with each new value, from any phase's EpochEnd."""
+
+    state_access = {"cbstate.metrics": READ, "optimizer": WRITE}
+
+    def __init__(self) -> None:
+        self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self.seen = 0
+
+    @on(EpochEnd)
+    def step(self, event: Event, phase: Phase, learner: Any) -> None:
+        values = learner.cbstate.metrics.epochs.get("valid/loss", [])
+        if len(values) > self.seen:
+            self.seen = len(values)
+            if self.scheduler is None:
+                self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(learner.optimizer, patience=0, factor=0.5)
+            self.scheduler.step(values[-1])
+
+
+class ValidationCounter(Callback):
+    """A user's validation callback, registered for ValidationPhase."""
+
+    def __init__(self) -> None:
+        self.epochs = 0
+
+    @on(EpochEnd, phase=ValidationPhase)
+    def count(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.epochs += 1
+
+
+def training_state(learner: Learner) -> dict[str, Any]:
+    stopper = learner.get_callback(EarlyStopping)
+    plateau = learner.get_callback(Plateau)
+    counter = learner.get_callback(ValidationCounter)
+    assert stopper is not None and isinstance(plateau, Plateau) and isinstance(counter, ValidationCounter)
+    epochs = learner.cbstate.metrics.epochs
+    history = learner.cbstate.history
+    return {
+        "stopper": stopper.state_dict(),
+        "plateau": plateau.scheduler.state_dict() if plateau.scheduler else None,
+        "lr": [group["lr"] for group in learner.optimizer.param_groups],
+        "optimizer": copy.deepcopy(learner.optimizer.state_dict()),
+        "metrics": {k: list(v) for k, v in epochs.items() if not k.startswith("eval/")},
+        "history": {kind: copy.copy(history[kind()]) for kind in (TrainingPhase, ValidationPhase)},
+        "counter": counter.epochs,
+        "weights": learner.model.weight.detach().clone(),
+        "rng": torch.get_rng_state(),
+    }
+
+
+def learner_for_issue_13() -> Learner:
+    callbacks = [EarlyStopping(patience=1), Plateau(), ValidationCounter(), Recorder(), Metrics()]
+    return make_test_learner(*callbacks, n_batches=4, lr=0.05)
+
+
+def test_evaluating_held_out_data_leaves_every_training_value_unchanged() -> None:
+    learner, twin = learner_for_issue_13(), learner_for_issue_13()
+    learner.fit(2)
+    twin.fit(2)
+    before = training_state(learner)
+    for _ in range(3):  # three bad evaluations: each would be "no improvement" if it counted
+        assert learner.validate(HELD_OUT)["loss"] > 1.0
+    after = training_state(learner)
+    assert after.keys() == before.keys()
+    for key in before:
+        value, expected = after[key], before[key]
+        same = torch.equal(value, expected) if isinstance(value, torch.Tensor) else value == expected
+        assert same, key
+    assert len(learner.cbstate.metrics.epochs["eval/loss"]) == 3  # its own keys
+    # A fit after the evaluations runs exactly as one without them.
+    result, expected = learner.fit(6), twin.fit(6)
+    assert torch.equal(learner.model.weight, twin.model.weight)
+    assert result.history == expected.history and result.reason == expected.reason
+    assert training_state(learner)["stopper"] == training_state(twin)["stopper"]
+
+
+def test_a_validation_epoch_run_directly_is_training_validation() -> None:
+    # learner.epoch(ValidationPhase(), data) is documented as a validation epoch of training:
+    # every validation callback reacts, as in fit.
+    learner = learner_for_issue_13()
+    learner.fit(2)
+    stopper = learner.get_callback(EarlyStopping)
+    assert isinstance(stopper, EarlyStopping) and stopper.wait == 0
+    learner.epoch(ValidationPhase(), HELD_OUT)
+    assert stopper.wait == 1 and learner.optimizer.param_groups[0]["lr"] == 0.025
+    assert len(learner.cbstate.metrics.epochs["valid/loss"]) == 3
+
+
+# ---- predict and get_preds ------------------------------------------------------------------------
+
+
+def test_predict_equals_a_hand_written_no_grad_loop() -> None:
+    learner = make_test_learner(Recorder(), Metrics(), n_batches=4)
+    learner.fit(1)
+    batches = regression_batches(3, 5, seed=3)
+    expected = hand_written_predictions(copy.deepcopy(learner.model), batches)
+    learner.model.train()
+    predictions = learner.predict(batches)
+    assert torch.equal(predictions, expected) and not predictions.requires_grad
+    assert learner.model.training  # the mode comes back
+    inputs_only = DataLoader(TensorDataset(torch.cat([x for x, _ in batches])), batch_size=5)
+    assert torch.equal(learner.predict(inputs_only), expected)
+    assert torch.equal(learner.predict([x for x, _ in batches]), expected)
+    assert "predict/loss" not in learner.cbstate.metrics.epochs  # predictions are not tracked
+
+
+def test_get_preds_returns_targets_when_the_data_has_them() -> None:
+    learner = make_test_learner(n_batches=3)
+    predictions, targets = learner.get_preds()
+    batches = learner.data[1]  # type: ignore[index]
+    assert torch.equal(predictions, hand_written_predictions(learner.model, batches))
+    assert torch.equal(targets, torch.cat([y for _, y in batches]))
+    assert learner.get_preds([x for x, _ in batches])[1] is None
+
+
+class Seen(Callback):
+    """Records, per phase, the dtype of y_pred at LossBegin and whether batches began."""
+
+    state_access = {"batch.y_pred": READ}
+
+    def __init__(self) -> None:
+        self.dtypes: dict[str, list[torch.dtype]] = {}
+
+    @on(LossBegin)
+    def record(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.dtypes.setdefault(phase.name, []).append(learner.batch.y_pred.dtype)
+
+
+def test_the_batch_callbacks_of_validation_apply() -> None:
+    seen = Seen()
+    learner = make_test_learner(ToDevice("cpu"), MixedPrecision(torch.bfloat16), seen, Metrics(), n_batches=2)
+    batches = regression_batches(2, 4, seed=5)
+    predictions = learner.predict(batches)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = hand_written_predictions(learner.model, batches)
+    assert predictions.dtype == torch.bfloat16 and torch.equal(predictions, expected)
+    assert learner.validate(batches)["loss"] > 0
+    assert seen.dtypes == {"predict": [torch.bfloat16] * 2, "eval": [torch.bfloat16] * 2}
+    assert not torch.is_autocast_enabled("cpu")
+    for phase in (PredictionPhase, EvaluationPhase):
+        assert "ToDevice.batch_begin" in learner.explain(BatchBegin, phase)
+
+
+class Rewrite(Callback):
+    """Rewrites y_pred at LossBegin of predictions: the rewrite is what is gathered."""
+
+    state_access = {"batch.y_pred": WRITE}
+
+    @on(LossBegin, phase=PredictionPhase)
+    def double(self, event: Event, phase: Phase, learner: Any) -> None:
+        learner.batch.y_pred = learner.batch.y_pred * 2
+
+
+class CancelAtEnd(Callback):
+    @on(BatchEnd, phase=PredictionPhase)
+    def cancel(self, event: Event, phase: Phase, learner: Any) -> None:
+        raise CancelBatch
+
+
+def test_a_loss_begin_rewrite_is_what_predict_returns() -> None:
+    learner = make_test_learner(Rewrite(), n_batches=2)
+    batches = regression_batches(2, 4)
+    assert torch.equal(learner.predict(batches), 2 * hand_written_predictions(learner.model, batches))
+    with pytest.raises(SignalScopeError, match=r"CancelBatch raised by CancelAtEnd.cancel at BatchEnd of PredictionPhase"):
+        make_test_learner(CancelAtEnd()).predict(batches)
+
+
+def test_outputs_are_joined_along_the_batch_dimension() -> None:
+    pairs = [(torch.zeros(2, 1), {"a": torch.ones(2)}), (torch.ones(1, 1), {"a": torch.zeros(1)})]
+    joined = concatenate(pairs)
+    assert torch.equal(joined[0], torch.tensor([[0.0], [0.0], [1.0]]))
+    assert torch.equal(joined[1]["a"], torch.tensor([1.0, 1.0, 0.0]))
+    assert concatenate([torch.tensor(1.0), torch.tensor(2.0)]).tolist() == [1.0, 2.0]
+    assert concatenate(["a", "b"]) == ["a", "b"]
