@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import logging
 import os
@@ -22,13 +21,14 @@ from cadence.executors import Executor, SerialExecutor
 from cadence.fit_result import FitResult, fit_result, metric_lengths
 from cadence.graph import CallbackGraph, Plan
 from cadence.inference import gather, validate
+from cadence.lr_finder import LRFinderResult, lr_find
 from cadence.phases import Phase, TrainingPhase, ValidationPhase, scope_error
 from cadence.checkpointing.files import Checkpoint
 from cadence.checkpointing.resume import FitRun
 from cadence.checkpointing.saver import check_savers
 from cadence.checkpointing.weights import load_weights
 from cadence.resets import reset_for_fit
-from cadence.state import Batch, CallbackState
+from cadence.state import Batch, CallbackState, clear_batch
 
 __all__ = ["Learner"]
 
@@ -235,7 +235,7 @@ class Learner:
                 raise
             pending.add_note(f"FitEnd cleanup failed too: {type(cleanup).__name__}: {cleanup}")
         finally:
-            _clear(self._batch)  # the last batch's tensors (activations, on a GPU) go now
+            clear_batch(self._batch)  # the last batch's tensors (activations, on a GPU) go now
 
     def load(self, path: str | os.PathLike[str], *, optimizer: bool = False) -> Checkpoint:
         """Load the model (and with ``optimizer=True`` the optimizer) from the checkpoint at
@@ -266,7 +266,7 @@ class Learner:
         with phase.epoch_context(self):
             phase.run_step(self, batch)
 
-    # ---- evaluating and predicting (cadence.inference) -----------------------------------
+    # ---- evaluating, predicting, finding a learning rate (cadence.inference, cadence.lr_finder)
 
     def validate(self, data: Iterable[Any] | None = None) -> dict[str, float]:
         """Evaluate ``data`` (by default the validation data) without changing training state,
@@ -289,6 +289,22 @@ class Learner:
         """``(predictions, targets)`` for ``data`` (by default the validation data), as
         ``predict`` makes them; ``targets`` is None when the data has none."""
         return gather(self, self._valid_data(data, "get_preds"))
+
+    def lr_find(
+        self,
+        data: Iterable[Any] | None = None,
+        *,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_it: int = 100,
+        stop_div: bool = True,
+    ) -> LRFinderResult:
+        """fastai's learning-rate finder on ``data`` (by default the training data): an
+        exponential sweep from ``start_lr`` to ``end_lr`` over ``num_it`` batches that stops
+        when the loss diverges, then the model, the optimizer and the RNGs are restored
+        exactly. The result has the ``suggestion`` (fastai's valley) and a ``plot()``."""
+        train = self._data(None, "lr_find")[0] if data is None else data
+        return lr_find(self, train, start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
 
     def fire(self, event: Event, phase: Phase) -> None:
         """Run the handlers of (event, phase). Phases call this; so may custom phases."""
@@ -512,16 +528,6 @@ def _check_data(data: object, where: str) -> Data:
             continue
         check_data(part, f"{where}: {name}")
     return train, valid
-
-
-def _clear(batch: Batch) -> None:
-    for field in dataclasses.fields(batch):
-        if field.default is not dataclasses.MISSING:
-            setattr(batch, field.name, field.default)
-        elif field.default_factory is not dataclasses.MISSING:
-            setattr(batch, field.name, field.default_factory())
-        else:
-            setattr(batch, field.name, None)
 
 
 def _describe(target: object) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Batch", "CallbackState"]
+__all__ = ["Batch", "CallbackState", "clear_batch"]
 
 
 @dataclass(slots=True)
@@ -59,3 +60,14 @@ class CallbackState:
 
     def __repr__(self) -> str:
         return f"CallbackState({', '.join(sorted(self.__dict__))})"
+
+
+def clear_batch(batch: Batch) -> None:
+    """Set every field of ``batch`` back to its default, so that no tensor outlives its batch."""
+    for field in dataclasses.fields(batch):
+        if field.default is not dataclasses.MISSING:
+            setattr(batch, field.name, field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            setattr(batch, field.name, field.default_factory())
+        else:
+            setattr(batch, field.name, None)

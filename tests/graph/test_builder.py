@@ -208,7 +208,7 @@ def test_run_after_cycle_through_a_callback_without_handlers_is_found() -> None:
     [
         (FitBegin, TrainingPhase, "FitBegin fires with the plain Phase(); use @on(FitBegin)."),
         (FitEnd, ValidationPhase, "FitEnd fires with the plain Phase(); use @on(FitEnd)."),
-        (BackwardEnd, ValidationPhase, "BackwardEnd fires in TrainingPhase; use @on(BackwardEnd, phase=TrainingPhase)."),
+        (BackwardEnd, ValidationPhase, "BackwardEnd fires in TrainingPhase, LRFinderPhase; use @on(BackwardEnd, phase=TrainingPhase)."),
     ],
 )
 def test_a_handler_that_never_fires_is_rejected(event: type[Event], phase: type[Phase], fix: str) -> None:

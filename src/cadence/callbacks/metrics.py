@@ -17,6 +17,7 @@ from cadence.callbacks.metric_state import (
 )
 from cadence.events import BatchEnd, EpochBegin, EpochEnd, Event
 from cadence.inference import PredictionPhase
+from cadence.lr_finder import LRFinderPhase
 from cadence.phases import Phase
 
 __all__ = ["MetricSpec", "MetricValues", "Metrics"]
@@ -31,7 +32,7 @@ class Metrics(Callback):
             functions ``(y_pred, y) -> scalar tensor``, or ``MetricSpec`` for a custom name or
             a subset of phases. The loss is always tracked, as ``"loss"``.
 
-    Prediction (``learner.predict``) is not tracked; evaluation
+    Prediction (``learner.predict``) and the LR finder's sweep are not tracked; evaluation
     (``learner.validate``) is, under ``"eval/<name>"`` keys.
 
     Epoch values: the loss and functions are averaged over the epoch weighted by batch size,
@@ -131,8 +132,9 @@ class Metrics(Callback):
             tracker.update(batch.y_pred, batch.y, size, self._values.step)
 
     @on(BatchEnd, phase=PredictionPhase)
+    @on(BatchEnd, phase=LRFinderPhase)
     def untracked(self, event: Event, phase: Phase, learner: Any) -> None:
-        """Predictions have no loss: nothing to track."""
+        """Predictions have no loss, and the LR finder's losses are its own: nothing to track."""
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:

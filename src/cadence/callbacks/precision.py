@@ -39,7 +39,8 @@ class MixedPrecision(Callback):
     batch was cancelled or failed, so it never leaks out of ``fit``.
 
     With ``torch.float16`` a ``torch.amp.GradScaler`` scales the loss at ``BackwardBegin`` and
-    unscales the gradients at ``BackwardEnd`` (of every phase that fires them); when they hold inf or nan it sets them to
+    unscales the gradients at ``BackwardEnd`` (of every phase that fires them: training and
+    ``lr_find``'s sweep); when they hold inf or nan it sets them to
     ``None``, so the optimizer step skips every parameter (what ``GradScaler.step`` does), and
     the scale is updated. Reading that flag is one host-device synchronisation per step, as in
     ``GradScaler.step``. ``batch.loss`` holds the unscaled loss from ``BackwardEnd`` on.
