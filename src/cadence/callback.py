@@ -153,6 +153,9 @@ class Callback:
     #: that are the learner's step axis (``Recorder``, ``Metrics``, the printers), which a second
     #: fit of the same learner continues.
     reset_when: ClassVar[Literal["fit", "learner"]] = "fit"
+    #: True for callbacks that write files (checkpoints, logs): ``fit(fast_dev_run=True)`` runs
+    #: without them, so that a quick check of the code writes nothing.
+    writes_files: ClassVar[bool] = False
     #: For built-ins: how a fix hint writes this callback where it is missing, such as
     #: ``"Scheduler(lr=cosine(0.1, 0.001))"``. None: ``"Name()"``, or ``"a Name callback"`` when
     #: the constructor has required arguments.

@@ -28,6 +28,7 @@ from cadence.checkpointing.resume import FitRun
 from cadence.checkpointing.saver import check_savers
 from cadence.checkpointing.weights import load_weights
 from cadence.resets import reset_for_fit
+from cadence.run_limits import RunLimits
 from cadence.state import Batch, CallbackState, clear_batch
 
 __all__ = ["Learner"]
@@ -169,6 +170,9 @@ class Learner:
         data: Data | None = None,
         *,
         resume: str | os.PathLike[str] | None = None,
+        limit_batches: int | None | tuple[int | None, int | None] = None,
+        fast_dev_run: bool = False,
+        overfit_batches: int | None = None,
     ) -> FitResult:
         """Train for ``n_epochs``, validating after each training epoch when there is
         validation data.
@@ -181,6 +185,12 @@ class Learner:
                 the ``Checkpointer``'s folder; none yet starts from the beginning), a
                 checkpoint's path, or a folder of checkpoints. Training continues at the batch
                 after the checkpoint, with the same data order (see ``cadence.checkpointing.resume``).
+            limit_batches: At most this many batches per epoch, or ``(train, valid)`` counts
+                (None: all); for quick runs (see ``cadence.run_limits``).
+            fast_dev_run: One epoch of one training and one validation batch, without the
+                callbacks that write files (``writes_files = True``, e.g. ``Checkpointer``).
+            overfit_batches: Train and validate on the same first N training batches every
+                epoch.
 
         Returns:
             A ``FitResult``: ``history``, the epoch metrics this fit recorded per key, and
@@ -196,6 +206,14 @@ class Learner:
         if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"fit(n_epochs) expects a non-negative int; got {n_epochs!r}.")
         train, valid = self._data(data, "fit")
+        limits = RunLimits.check(limit_batches, fast_dev_run, overfit_batches, resume)
+        n_epochs, train, valid = limits.apply(n_epochs, train, valid)
+        with self._running(limits.callbacks(self._callbacks)):
+            return self._fit(n_epochs, train, valid, resume)
+
+    def _fit(
+        self, n_epochs: int, train: Iterable[Any], valid: Iterable[Any] | None, resume: str | os.PathLike[str] | None
+    ) -> FitResult:
         run = FitRun(self, n_epochs, train, valid is not None, resume)
         self._fit_run = run
         result: CancelFit | None = None
@@ -429,6 +447,19 @@ class Learner:
         if kind not in self._plans:
             self._plans[kind] = _plans_for(self._graph, kind, *self._views)
             self._phases.append(kind)
+
+    @contextlib.contextmanager
+    def _running(self, callbacks: Sequence[Callback]) -> Iterator[None]:
+        """Run with only ``callbacks`` of the learner's (a fast dev run leaves some out)."""
+        if len(callbacks) == len(self._callbacks):
+            yield
+            return
+        everything = self._callbacks
+        self._install(callbacks, joining=[])
+        try:
+            yield
+        finally:
+            self._install(everything, joining=[])
 
     def _valid_data(self, data: Iterable[Any] | None, caller: str) -> Iterable[Any]:
         if data is not None:

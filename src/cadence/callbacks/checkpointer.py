@@ -80,6 +80,7 @@ class Checkpointer(Callback):
 
     state_access = {"model": READ, "optimizer": READ, "cbstate": READ}
     run_after = (Callback,)
+    writes_files = True  # fit(fast_dev_run=True) runs without it
 
     def __init__(
         self,
