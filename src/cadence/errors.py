@@ -19,7 +19,7 @@ run goes on but probably not as meant::
     └── CancelSignal                       control flow, not an error
         ├── CancelBatch                    skip the rest of this batch
         ├── CancelEpoch                    skip the rest of this epoch
-        └── CancelFit                      end training; ``fit`` returns the signal
+        └── CancelFit                      end training; ``fit(...).stopped`` is the signal
 
     UserWarning
     └── DataWarning                        an epoch drew no batches (empty or used-up data)
@@ -135,7 +135,8 @@ class CancelEpoch(CancelSignal):
 
 
 class CancelFit(CancelSignal):
-    """End training at once. ``FitEnd`` fires and ``fit`` returns this signal.
+    """End training at once. ``FitEnd`` fires and ``fit`` returns normally: its
+    ``FitResult.stopped`` is this signal (``.reason`` its reason).
 
     Example:
         >>> signal = CancelFit("valid/loss did not improve for 3 epochs")
