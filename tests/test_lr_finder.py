@@ -158,3 +158,19 @@ def test_data_without_batches_is_an_error() -> None:
     with pytest.raises(CadenceError, match=r"lr_find\(\): the training data yields no batches"):
         make_learner().lr_find([])
     assert len(make_learner().lr_find(regression_batches(3), num_it=7).lrs) == 7  # cycled
+
+
+def test_a_fit_after_the_sweep_runs_as_without_it() -> None:
+    from cadence import MixedPrecision, ProgressPrinter
+
+    def run(sweep: bool) -> Learner:
+        learner = make_learner(MixedPrecision(torch.float16), Recorder(), Metrics(), ProgressPrinter())
+        if sweep:
+            learner.lr_find(start_lr=1e-3, end_lr=1e4, num_it=30)  # diverges: the loss scale backs off
+        torch.manual_seed(3)
+        learner.fit(1)
+        return learner
+
+    swept, plain = run(True), run(False)
+    assert all(torch.equal(p, q) for p, q in zip(swept.model.parameters(), plain.model.parameters()))
+    assert [cb.state_dict() for cb in swept.callbacks] == [cb.state_dict() for cb in plain.callbacks]

@@ -24,6 +24,7 @@ every validation callback reacts to it. Evaluate held-out data with ``learner.va
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast
@@ -66,7 +67,7 @@ class EvaluationPhase(Phase):
     name: ClassVar[str] = "eval"
     events: ClassVar[tuple[type[Event], ...]] = ValidationPhase.events
 
-    def epoch_context(self, loop: Loop) -> Any:
+    def epoch_context(self, loop: Loop) -> contextlib.AbstractContextManager[None]:
         return evaluating(loop.model)
 
     def step(self, loop: Loop, batch: object) -> None:
@@ -91,7 +92,7 @@ class PredictionPhase(Phase):
     events: ClassVar[tuple[type[Event], ...]] = (EpochBegin, BatchBegin, LossBegin, BatchEnd, EpochEnd)
     outputs: list[tuple[Any, Any]] = field(default_factory=list, compare=False, repr=False)
 
-    def epoch_context(self, loop: Loop) -> Any:
+    def epoch_context(self, loop: Loop) -> contextlib.AbstractContextManager[None]:
         return evaluating(loop.model)
 
     def step(self, loop: Loop, batch: object) -> None:

@@ -321,8 +321,14 @@ class Learner:
         exponential sweep from ``start_lr`` to ``end_lr`` over ``num_it`` batches that stops
         when the loss diverges, then the model, the optimizer and the RNGs are restored
         exactly. The result has the ``suggestion`` (fastai's valley) and a ``plot()``."""
-        train = self._data(None, "lr_find")[0] if data is None else data
-        return lr_find(self, train, start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
+        if data is None:
+            if self.data is None:
+                raise ValueError(
+                    "lr_find() has no data: pass the training batches, lr_find(batches), or give "
+                    "the learner data, Learner(..., data=(train, valid))."
+                )
+            data = self.data[0]
+        return lr_find(self, data, start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
 
     def fire(self, event: Event, phase: Phase) -> None:
         """Run the handlers of (event, phase). Phases call this; so may custom phases."""

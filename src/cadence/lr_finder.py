@@ -5,9 +5,10 @@ from ``start_lr`` to ``end_lr`` over ``num_it`` batches (``lr_i = start_lr * (en
 start_lr) ** (i / num_it)``, fastai's ``SchedExp``), records the loss smoothed as fastai does
 (an exponential moving average with ``beta = 0.98``, debiased), and stops early once the
 smoothed loss exceeds four times its minimum (divergence) or is NaN. Then the model's weights
-and buffers, its gradients and train/eval mode, the optimizer's state and hyperparameters, and
-the RNGs (Python's, NumPy's, torch's, and the data's generators) are put back exactly as they
-were. The suggestion is fastai's ``valley``: the learning rate at about half of the longest
+and buffers, its gradients and train/eval mode, the optimizer's state and hyperparameters, every
+callback's ``state_dict()`` (a ``MixedPrecision`` loss scale, ``Recorder``'s counts) and the
+RNGs (Python's, NumPy's, torch's, and the data's generators) are put back exactly as they were,
+so that a ``fit`` after it runs as it would have without it. The suggestion is fastai's ``valley``: the learning rate at about half of the longest
 stretch over which the loss keeps falling, skipping the first tenth and the last five points
 as fastai does.
 
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, Protocol, cast
 
 import torch
 
+from cadence.callback import Callback
 from cadence.checkpointing.replay import data_generators
 from cadence.checkpointing.rng import capture_rng, restore_rng
 from cadence.errors import CadenceError, CancelEpoch
@@ -45,6 +47,9 @@ _training_step = cast(Callable[[Phase, Loop, object], None], TrainingPhase.step)
 
 
 class _Runner(Loop, Protocol):
+    @property
+    def callbacks(self) -> tuple[Callback, ...]: ...
+
     def epoch(self, phase: Phase, data: Iterable[Any]) -> None: ...
 
 
@@ -135,7 +140,7 @@ class LRFinderPhase(Phase):
     events: ClassVar[tuple[type[Event], ...]] = TrainingPhase.events
     sweep: _Sweep | None = field(default=None, compare=False, repr=False)
 
-    def epoch_context(self, loop: Loop) -> Any:
+    def epoch_context(self, loop: Loop) -> contextlib.AbstractContextManager[None]:
         loop.model.train()
         return contextlib.nullcontext()
 
@@ -247,12 +252,14 @@ class _Cycled:
 @contextlib.contextmanager
 def _restored(learner: _Runner, data: Iterable[Any]) -> Iterator[None]:
     """Put back, exactly, what a sweep changes: weights and buffers, gradients, train/eval mode,
-    the optimizer's state and hyperparameters, and the RNGs (the data's generators included)."""
-    model, optimizer = learner.model, learner.optimizer
+    the optimizer's state and hyperparameters, the callbacks' states, and the RNGs (the data's
+    generators included)."""
+    model, optimizer, callbacks = learner.model, learner.optimizer, learner.callbacks
     weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
     grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
     modes = [module.training for module in model.modules()]
     optimizer_state = copy.deepcopy(optimizer.state_dict())
+    callback_states = [copy.deepcopy(callback.state_dict()) for callback in callbacks]
     generators = data_generators(data)
     rng = capture_rng(generators)
     try:
@@ -265,5 +272,7 @@ def _restored(learner: _Runner, data: Iterable[Any]) -> Iterator[None]:
         for module, mode in zip(model.modules(), modes):
             module.training = mode
         optimizer.load_state_dict(optimizer_state)
+        for callback, state in zip(callbacks, callback_states):
+            callback.load_state_dict(state)
         restore_rng(rng, generators)
         clear_batch(learner.batch)  # the last batch's graph and activations go now

@@ -124,8 +124,8 @@ class Phase:
            event with ``loop.fire(event, self)``. Going through ``loop.adapter`` (``x, y =
            loop.adapter.unpack(batch)``, ``loop.adapter.forward(loop.model, x)``,
            ``loop.adapter.loss(loop.loss_fn, y_pred, y)``) keeps the learner's batch adapter
-           (``cadence.batches``) working in your phase. ``CancelBatch`` raised by a handler ends the
-           batch; once there is nothing left to cancel (at ``BatchEnd``), turn it into
+           (``cadence.batches``) working in your phase. ``CancelBatch`` raised by a handler
+           ends the batch; once there is nothing left to cancel (at ``BatchEnd``), turn it into
            ``scope_error(signal, ...)`` as the built-in phases do. Override ``epoch_context`` for
            per-epoch setup such as ``torch.no_grad()``.
     """

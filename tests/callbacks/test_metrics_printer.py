@@ -116,3 +116,14 @@ def test_number_format(value: float, digits: int, shown: str) -> None:
 def test_digits_must_be_an_int_in_range() -> None:
     with pytest.raises(ValueError, match=r"MetricsPrinter\(digits=...\) expects an int from 0 to 12; got 20\."):
         MetricsPrinter(digits=20)
+
+
+def test_an_evaluation_prints_its_row_when_it_ends() -> None:
+    printer, out = plain()
+    learner = make_test_learner(printer, Metrics(), lr=0.01, n_batches=4)
+    learner.fit(1)
+    loss = learner.validate()["loss"]
+    learner.fit(1)  # the evaluation's value is not shown again
+    lines = [line.split() for line in out.getvalue().splitlines()]
+    assert lines[2:] == [["epoch", "train/loss", "valid/loss", "eval/loss"], ["1", f"{loss:.4f}"], lines[4]]
+    assert len(lines[4]) == 3 and lines[4][0] == "2"

@@ -199,6 +199,8 @@ class MixedPrecision(Callback):
                 self.scaler.load_state_dict(state["scaler"])
             else:
                 self._saved = dict(state["scaler"])
+        else:  # saved before any scaler existed: the next fit starts a fresh one
+            self.scaler, self._saved = None, None
 
 
 def _autocast_available(device_type: str) -> bool:
