@@ -16,6 +16,7 @@ from cadence import (
     CadenceError,
     Callback,
     CancelBatch,
+    DataWarning,
     EarlyStopping,
     EvaluationPhase,
     Learner,
@@ -69,8 +70,9 @@ def test_validate_without_metrics_or_data_says_what_to_add() -> None:
     learner.data = (regression_batches(2), None)
     with pytest.raises(ValueError, match=r"validate\(\) has no data: pass it, validate\(batches\), or give the learner validation data"):
         learner.validate()
-    with pytest.raises(CadenceError, match=r"the data yielded no batches"):
-        learner.validate([])
+    with pytest.warns(DataWarning, match=r"EvaluationPhase ran an epoch without batches"):
+        with pytest.raises(CadenceError, match=r"validate\(data\): the data yielded no batches, so there is nothing to report"):
+            learner.validate([])
 
 
 # ---- evaluation leaves training state alone (issue 13) ------------------------------------------

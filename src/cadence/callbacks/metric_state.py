@@ -15,7 +15,7 @@ from cadence.errors import CheckpointError
 from cadence.inference import EvaluationPhase
 from cadence.phases import Phase, ValidationPhase
 
-__all__ = ["MetricSpec", "MetricValues", "Trackers", "batch_size", "check_running", "phase_names"]
+__all__ = ["MetricSpec", "MetricValues", "Trackers", "batch_size", "check_running", "phase_names", "tracked_phases"]
 
 
 @dataclass(slots=True)
@@ -100,8 +100,6 @@ class MetricSpec:
                 f"MetricSpec({name!r}, phases=...) names unknown phases {sorted(unknown) or '(none)'}; "
                 f"phases are {sorted(phase_names())}, e.g. phases=\"valid\"."
             )
-        if ValidationPhase.name in names:  # evaluation computes the validation metrics
-            names |= {EvaluationPhase.name}
         return name, names
 
 
@@ -160,9 +158,22 @@ def _default_name(metric: object) -> str:
 Specs = list[tuple[str, frozenset[str] | None, Any]]
 
 
+def tracked_phases(phases: frozenset[str] | None) -> frozenset[str] | None:
+    """The phase names a spec's metric is tracked in: evaluation computes the validation
+    metrics, so ``"valid"`` brings ``"eval"`` (``learner.validate``) with it."""
+    if phases is not None and ValidationPhase.name in phases:
+        return phases | {EvaluationPhase.name}
+    return phases
+
+
 def _phase_metrics(name: str, specs: Specs) -> list[tuple[str, Any]]:
     """The ``(key, metric)`` pairs that phase ``name`` tracks, besides the loss."""
-    return [(f"{name}/{n}", m) for n, phases, m in specs if phases is None or name in phases]
+    found = []
+    for n, phases, m in specs:
+        tracked = tracked_phases(phases)
+        if tracked is None or name in tracked:
+            found.append((f"{name}/{n}", m))
+    return found
 
 
 class _Tracker:

@@ -14,6 +14,7 @@ from cadence.callbacks.metric_state import (
     batch_size,
     check_running,
     phase_names,
+    tracked_phases,
 )
 from cadence.events import BatchEnd, EpochBegin, EpochEnd, Event
 from cadence.inference import PredictionPhase
@@ -90,7 +91,7 @@ class Metrics(Callback):
         """Every key this callback will write, for the phases defined so far."""
         names = phase_names()
         return {f"{p}/loss" for p in names} | {
-            f"{p}/{name}" for name, phases, _ in self._specs for p in (phases or names)
+            f"{p}/{name}" for name, phases, _ in self._specs for p in (tracked_phases(phases) or names)
         }
 
     def init(self, learner: Any) -> None:
