@@ -253,3 +253,15 @@ def test_outputs_are_joined_along_the_batch_dimension() -> None:
     assert torch.equal(joined[1]["a"], torch.tensor([1.0, 1.0, 0.0]))
     assert concatenate([torch.tensor(1.0), torch.tensor(2.0)]).tolist() == [1.0, 2.0]
     assert concatenate(["a", "b"]) == ["a", "b"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_the_gpu_predictions_come_back_to_the_cpu() -> None:
+    learner = make_test_learner(ToDevice("cuda"), Metrics(), n_batches=2)
+    batches = regression_batches(2, 4)
+    predictions = learner.predict(batches)  # before any fit: ToDevice moves the model at EpochBegin
+    assert learner.model.weight.device.type == "cuda" and predictions.device.type == "cpu"
+    with torch.no_grad():
+        expected = torch.cat([learner.model(x.cuda()).cpu() for x, _ in batches])
+    assert torch.equal(predictions, expected)
+    assert learner.validate(batches)["loss"] > 0

@@ -174,3 +174,15 @@ def test_a_fit_after_the_sweep_runs_as_without_it() -> None:
     swept, plain = run(True), run(False)
     assert all(torch.equal(p, q) for p, q in zip(swept.model.parameters(), plain.model.parameters()))
     assert [cb.state_dict() for cb in swept.callbacks] == [cb.state_dict() for cb in plain.callbacks]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_the_gpu_with_float16_the_sweep_is_undone() -> None:
+    from cadence import MixedPrecision, ToDevice
+
+    learner = make_learner(ToDevice("cuda"), MixedPrecision(torch.float16))
+    learner.fit(1)
+    weights = copy.deepcopy(learner.model.state_dict())
+    result = learner.lr_find(start_lr=1e-4, end_lr=1e3, num_it=20)
+    assert math.isfinite(result.suggestion)
+    assert all(torch.equal(learner.model.state_dict()[k], weights[k]) for k in weights)
