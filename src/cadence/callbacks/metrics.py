@@ -88,8 +88,9 @@ class Metrics(Callback):
         self._values = MetricValues()  # this learner's cbstate.metrics once joined
 
     def planned_keys(self) -> set[str]:
-        """Every key this callback will write, for the phases defined so far."""
-        names = phase_names()
+        """Every key this callback will write, for the phases defined so far (prediction and
+        the LR finder's sweep are not tracked)."""
+        names = phase_names() - {PredictionPhase.name, LRFinderPhase.name}
         return {f"{p}/loss" for p in names} | {
             f"{p}/{name}" for name, phases, _ in self._specs for p in (tracked_phases(phases) or names)
         }
