@@ -125,3 +125,15 @@ def test_overfitting_data_without_batches_is_an_error() -> None:
         make_test_learner().fit(1, data=([], None), overfit_batches=2)
     recorder = Recorder()
     assert RunLimits.check().callbacks([recorder]) == [recorder]
+
+
+def test_a_fast_dev_run_leaves_out_the_run_folder_loggers_and_plots(tmp_path: Path) -> None:
+    from cadence import LearningCurves, LogMetrics, RunFolder
+    from cadence.loggers import CSVLogger
+
+    pytest.importorskip("matplotlib", reason="LearningCurves needs matplotlib: pip install 'cadence[plots]'")
+    callbacks = [RunFolder("run", root=tmp_path / "runs"), LogMetrics(CSVLogger(tmp_path / "m.csv")), LearningCurves()]
+    learner = make_test_learner(*callbacks, Recorder(), Metrics(), Checkpointer(), n_batches=2)
+    learner.fit(2, fast_dev_run=True)
+    assert list(tmp_path.iterdir()) == []
+    assert all(cb.writes_files for cb in learner.callbacks if not isinstance(cb, (Recorder, Metrics)))

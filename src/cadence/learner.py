@@ -460,12 +460,15 @@ class Learner:
         if len(callbacks) == len(self._callbacks):
             yield
             return
-        everything = self._callbacks
+        everything, state, batch = self._callbacks, self._graph_state(), self._batch
         self._install(callbacks, joining=[])
         try:
             yield
-        finally:
-            self._install(everything, joining=[])
+        finally:  # put the plans back as they were, without building (nor checking) again
+            self._callbacks = everything
+            self._graph, self._views, self._plans = state
+            if self._batch is not batch:  # a custom phase's batch: the views hold the batch
+                self._views, self._plans = self._plan_all(self._graph)
 
     def _valid_data(self, data: Iterable[Any] | None, caller: str) -> Iterable[Any]:
         if data is not None:

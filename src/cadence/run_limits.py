@@ -5,8 +5,9 @@
 - ``limit_batches=n`` (or ``(n_train, n_valid)``, either None for all): at most that many
   batches per epoch; ``len()`` of the data says so too, so step schedules fit the shorter run.
 - ``fast_dev_run=True``: one epoch of one training batch and one validation batch, and nothing
-  written: every callback that declares ``writes_files = True`` (``Checkpointer``, loggers)
-  is left out of that fit. It does train: the model takes one optimizer step.
+  written: every callback that declares ``writes_files = True`` (``Checkpointer``,
+  ``RunFolder``, ``LearningCurves``, every ``LoggerCallback``) is left out of that fit. It
+  does train: the model takes one optimizer step.
 - ``overfit_batches=n``: the first ``n`` training batches, drawn once, are every epoch's
   training data and its validation data too; a model that cannot drive their loss to zero has
   a bug.

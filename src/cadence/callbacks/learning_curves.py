@@ -43,6 +43,7 @@ class LearningCurves(Callback):
     """
 
     state_access = {"cbstate.metrics": READ, "cbstate": READ}
+    writes_files = True  # fit(fast_dev_run=True) runs without it
 
     def __init__(self, folder: str | os.PathLike[str] | None = None, *, every_epoch: bool = True) -> None:
         require("LearningCurves", "plots", "matplotlib")

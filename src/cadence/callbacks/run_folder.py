@@ -43,6 +43,7 @@ class RunFolder(Callback):
     """
 
     state_access = {"cbstate.run": WRITE}
+    writes_files = True  # it creates the folder; fit(fast_dev_run=True) runs without it
 
     def __init__(
         self, name: str | None = None, *, root: str | os.PathLike[str] = "runs", console: Console | None = None

@@ -46,6 +46,8 @@ class LoggerCallback(Callback):
         3. Log only on logging steps or at epoch ends: reading a device tensor is a sync.
     """
 
+    writes_files = True  # fit(fast_dev_run=True) runs without loggers
+
     def __init__(self, backends: Sequence[Backend]) -> None:
         name = type(self).__name__
         if not backends:
