@@ -25,6 +25,7 @@ from cadence import (
     MixedPrecision,
     PredictionPhase,
     Recorder,
+    ReduceLROnPlateau,
     SignalScopeError,
     ToDevice,
     on,
@@ -111,14 +112,19 @@ class ValidationCounter(Callback):
 
 def training_state(learner: Learner) -> dict[str, Any]:
     stopper = learner.get_callback(EarlyStopping)
-    plateau = learner.get_callback(Plateau)
     counter = learner.get_callback(ValidationCounter)
-    assert stopper is not None and isinstance(plateau, Plateau) and isinstance(counter, ValidationCounter)
+    assert stopper is not None and isinstance(counter, ValidationCounter)
+    plateau = learner.get_callback(Plateau) or learner.get_callback(ReduceLROnPlateau)
+    if isinstance(plateau, Plateau):
+        plateau_state = plateau.scheduler.state_dict() if plateau.scheduler else None
+    else:
+        assert plateau is not None
+        plateau_state = plateau.state_dict()
     epochs = learner.cbstate.metrics.epochs
     history = learner.cbstate.history
     return {
         "stopper": stopper.state_dict(),
-        "plateau": plateau.scheduler.state_dict() if plateau.scheduler else None,
+        "plateau": plateau_state,
         "lr": [group["lr"] for group in learner.optimizer.param_groups],
         "optimizer": copy.deepcopy(learner.optimizer.state_dict()),
         "metrics": {k: list(v) for k, v in epochs.items() if not k.startswith("eval/")},
@@ -129,13 +135,15 @@ def training_state(learner: Learner) -> dict[str, Any]:
     }
 
 
-def learner_for_issue_13() -> Learner:
-    callbacks = [EarlyStopping(patience=1), Plateau(), ValidationCounter(), Recorder(), Metrics()]
+def learner_for_issue_13(plateau: type[Callback] = Plateau) -> Learner:
+    schedule = Plateau() if plateau is Plateau else ReduceLROnPlateau(patience=0, factor=0.5)
+    callbacks = [EarlyStopping(patience=1), schedule, ValidationCounter(), Recorder(), Metrics()]
     return make_test_learner(*callbacks, n_batches=4, lr=0.05)
 
 
-def test_evaluating_held_out_data_leaves_every_training_value_unchanged() -> None:
-    learner, twin = learner_for_issue_13(), learner_for_issue_13()
+@pytest.mark.parametrize("plateau", [ReduceLROnPlateau, Plateau])  # cadence's, and one keyed by value only
+def test_evaluating_held_out_data_leaves_every_training_value_unchanged(plateau: type[Callback]) -> None:
+    learner, twin = learner_for_issue_13(plateau), learner_for_issue_13(plateau)
     learner.fit(2)
     twin.fit(2)
     before = training_state(learner)
@@ -155,10 +163,11 @@ def test_evaluating_held_out_data_leaves_every_training_value_unchanged() -> Non
     assert training_state(learner)["stopper"] == training_state(twin)["stopper"]
 
 
-def test_a_validation_epoch_run_directly_is_training_validation() -> None:
+@pytest.mark.parametrize("plateau", [ReduceLROnPlateau, Plateau])
+def test_a_validation_epoch_run_directly_is_training_validation(plateau: type[Callback]) -> None:
     # learner.epoch(ValidationPhase(), data) is documented as a validation epoch of training:
     # every validation callback reacts, as in fit.
-    learner = learner_for_issue_13()
+    learner = learner_for_issue_13(plateau)
     learner.fit(2)
     stopper = learner.get_callback(EarlyStopping)
     assert isinstance(stopper, EarlyStopping) and stopper.wait == 0
