@@ -14,12 +14,13 @@ from cadence.errors import (
     ConflictError,
     CycleError,
     DeclarationError,
+    DistributedError,
     MissingStateError,
     ProtectedAccessError,
     SignalScopeError,
 )
 
-ERRORS = [ProtectedAccessError, DeclarationError, ConflictError, CycleError, MissingStateError, SignalScopeError]
+ERRORS = [ProtectedAccessError, DeclarationError, ConflictError, CycleError, MissingStateError, SignalScopeError, DistributedError]
 SIGNALS = [CancelBatch, CancelEpoch, CancelFit]
 
 

@@ -74,7 +74,7 @@ def test_the_circles_that_existed_are_open(importer: str, imported: str) -> None
     assert imported not in _imports()[importer]
 
 
-@pytest.mark.parametrize("wing", ["graph", "executors", "checkpointing", "loggers"])
+@pytest.mark.parametrize("wing", ["graph", "executors", "checkpointing", "loggers", "distributed"])
 def test_each_wing_says_what_it_does_and_where_to_start(wing: str) -> None:
     package = importlib.import_module(f"cadence.{wing}")
     doc = package.__doc__ or ""

@@ -15,9 +15,11 @@ from cadence.phases import Phase
 from cadence.signatures import check_handler, constructor_repr
 
 __all__ = [
+    "PLACEMENTS",
     "Callback",
     "Handler",
     "NoConflict",
+    "Placement",
     "Resolution",
     "RunFirst",
     "Unresolvable",
@@ -30,6 +32,11 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MARK = "__cadence_on__"
+
+#: Where a callback runs in a distributed fit: on every process, or on the process of rank 0
+#: only (printing, logging, writing files). In a single process both run.
+Placement = Literal["every_rank", "rank_zero"]
+PLACEMENTS: tuple[Placement, ...] = ("every_rank", "rank_zero")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +147,10 @@ class Callback:
            ``cbstate`` entries this callback writes).
         5. A callback with state: ``state_dict``/``load_state_dict`` (checkpoints) and ``reset``
            (what a new ``fit`` starts from).
+        6. For distributed training (``cadence.distributed``): ``placement = "rank_zero"`` for a
+           callback that only prints, logs or writes files, so that it runs (``init`` and
+           handlers) on the process of rank 0 alone. Such a callback must not run collectives
+           and may write only ``cbstate`` entries that no every-rank callback reads.
     """
 
     state_access: Mapping[str, Any] = {}
@@ -160,6 +171,8 @@ class Callback:
     #: ``"Scheduler(lr=cosine(0.1, 0.001))"``. None: ``"Name()"``, or ``"a Name callback"`` when
     #: the constructor has required arguments.
     producer_example: ClassVar[str | None] = None
+    #: ``"every_rank"`` (the default) or ``"rank_zero"``: see ``Extending`` step 6.
+    placement: ClassVar[Placement] = "every_rank"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

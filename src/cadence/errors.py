@@ -13,6 +13,7 @@ run goes on but probably not as meant::
     │   ├── MissingStateError              a cbstate entry is read but nothing writes it
     │   ├── SignalScopeError               a Cancel* signal raised where it cancels nothing
     │   ├── CheckpointError                a checkpoint cannot be written, read or used
+    │   ├── DistributedError               the ranks of a distributed fit disagree, or one failed
     │   ├── LoggerError                    a logger backend failed, with strict=True
     │   ├── MissingExtraError (ImportError)  a backend's optional dependency is not installed
     │   └── SanityCheckError               (cadence.callbacks.sanity) the first batches fail
@@ -40,6 +41,7 @@ __all__ = [
     "CycleError",
     "DataWarning",
     "DeclarationError",
+    "DistributedError",
     "LoggerError",
     "MissingExtraError",
     "MissingStateError",
@@ -105,6 +107,12 @@ class DataWarning(UserWarning):
     """The data looks wrong, though training can go on: an epoch drew no batches, because the
     data is empty or is an iterator that an earlier epoch used up. Turn it into an error with
     ``warnings.simplefilter("error", DataWarning)``."""
+
+
+class DistributedError(CadenceError):
+    """The processes of a distributed fit disagree (they built different plans, reached a
+    checkpoint at different steps) or one of them failed; raised on every rank, or by
+    ``cadence.distributed.launch``, instead of leaving the others waiting."""
 
 
 class CancelSignal(Exception):

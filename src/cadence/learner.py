@@ -15,6 +15,7 @@ from cadence.access import LearnerView
 from cadence.batches import BatchAdapter
 from cadence.callback import Callback, Handler, handler_access_label
 from cadence.diagnostics import check_data
+from cadence.distributed.strategy import Strategy, resolve_strategy
 from cadence.errors import CadenceError, CancelBatch, CancelEpoch, CancelFit, CancelSignal
 from cadence.events import Event, FitBegin, FitEnd
 from cadence.executors import Executor, SerialExecutor
@@ -63,6 +64,10 @@ class Learner:
             a callback of its type is already there. ``False`` adds none.
         adapter: How a batch is unpacked, the model called and the loss computed
             (``cadence.batches``); ``BatchAdapter()``, for ``(x, y)`` pairs, by default.
+        strategy: How to train across processes: ``"auto"`` (the default) trains with
+            ``cadence.distributed.DataParallel()`` when the process was started as one of
+            several (by torchrun or ``cadence.distributed.launch``) and alone otherwise; a
+            strategy such as ``DataParallel(...)``; or None, never distributed.
 
     The callbacks are validated and ordered here: a ``ConflictError``, ``CycleError``,
     ``MissingStateError`` or ``DeclarationError`` comes from the constructor (or
@@ -92,6 +97,7 @@ class Learner:
         executor: Executor | None = None,
         default_callbacks: bool = True,
         adapter: BatchAdapter | None = None,
+        strategy: Strategy | str | None = "auto",
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"Learner(model=...) expects a torch.nn.Module; got {type(model).__name__}.")
@@ -125,9 +131,13 @@ class Learner:
         self._plans: dict[type[Phase], PhasePlans] = {}
         self._phases: list[type[Phase]] = [Phase, TrainingPhase, ValidationPhase]
         self._fit_run: FitRun | None = None  # while fit runs: it refuses a change of the saver
+        self._strategy = resolve_strategy(strategy)
         chosen = _check_callbacks(callbacks)
         if default_callbacks:
             chosen += [cb for cb in _default_callbacks() if not any(isinstance(c, type(cb)) for c in chosen)]
+        if self._strategy is not None:
+            self._strategy.attach(self)
+            chosen += self._strategy.added_callbacks(chosen)
         self._install(chosen, joining=chosen)
 
     # ---- state ------------------------------------------------------------------------------
@@ -146,6 +156,11 @@ class Learner:
     def callbacks(self) -> tuple[Callback, ...]:
         """The callbacks, in the order given (defaults last); run order comes from ``explain()``."""
         return self._callbacks
+
+    @property
+    def strategy(self) -> Strategy | None:
+        """How this learner trains across processes (``DataParallel``), or None."""
+        return self._strategy
 
     @property
     def executor(self) -> Executor:
@@ -206,6 +221,8 @@ class Learner:
         if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"fit(n_epochs) expects a non-negative int; got {n_epochs!r}.")
         train, valid = self._data(data, "fit")
+        if self._strategy is not None:  # shard first: limits count each process's batches
+            train, valid = self._strategy.shard(train, valid)
         limits = RunLimits.check(limit_batches, fast_dev_run, overfit_batches, resume)
         n_epochs, train, valid = limits.apply(n_epochs, train, valid)
         with self._running(limits.callbacks(self._callbacks)):
@@ -220,6 +237,8 @@ class Learner:
         since: dict[str, int] = {}  # a resumed fit's history is the whole run's
         try:
             reset_for_fit(self)
+            if self._strategy is not None:
+                self._strategy.begin_fit(self, run)
             self.fire(FitBegin(n_epochs, (train, valid), self._run_order()), FIT_PHASE)
             since = {} if resume is not None else metric_lengths(self._cbstate)
             run.fit_began()
@@ -254,6 +273,8 @@ class Learner:
             pending.add_note(f"FitEnd cleanup failed too: {type(cleanup).__name__}: {cleanup}")
         finally:
             clear_batch(self._batch)  # the last batch's tensors (activations, on a GPU) go now
+            if self._strategy is not None:
+                self._strategy.end_fit(pending)
 
     def load(self, path: str | os.PathLike[str], *, optimizer: bool = False) -> Checkpoint:
         """Load the model (and with ``optimizer=True`` the optimizer) from the checkpoint at
@@ -272,17 +293,21 @@ class Learner:
         """
         self._ensure_plans(phase)
         check_data(data, "epoch(phase, data): data")
+        loop = self if self._strategy is None else self._strategy.epoch_loop(self, phase)
         try:
-            phase.run_epoch(self, data)
+            phase.run_epoch(loop, data)
         except CancelBatch as signal:
             raise scope_error(signal, f"at EpochBegin or EpochEnd of {type(phase).__name__}") from signal
+        if self._strategy is not None:
+            self._strategy.epoch_ended(phase)
 
     def step(self, phase: Phase, batch: object) -> None:
         """Process one ``(x, y)`` batch in ``phase``, firing its batch events, in the phase's
         epoch context (``ValidationPhase``: eval mode, no gradients)."""
         self._ensure_plans(phase)
-        with phase.epoch_context(self):
-            phase.run_step(self, batch)
+        loop = self if self._strategy is None else self._strategy.epoch_loop(self, phase)
+        with phase.epoch_context(loop):
+            phase.run_step(loop, batch)
 
     # ---- evaluating, predicting, finding a learning rate (cadence.inference, cadence.lr_finder)
 
@@ -417,7 +442,7 @@ class Learner:
         joining_ids = {id(cb) for cb in joining}
         try:
             for i in graph.init_order():
-                if id(callbacks[i]) in joining_ids:
+                if id(callbacks[i]) in joining_ids and (self._strategy is None or self._strategy.runs_init(callbacks[i])):
                     callbacks[i].init(views[0][i])
         except BaseException as exc:
             self._callbacks = previous[0]
@@ -439,7 +464,7 @@ class Learner:
             {h: LearnerView(self, label, access, handler_access_label(label, h)) for h, access in own.items()}
             for label, own in zip(graph.labels, graph.handler_accesses)
         ]
-        return (views, handler_views), {kind: _plans_for(graph, kind, views, handler_views) for kind in self._phases}
+        return (views, handler_views), {kind: self._plans_for(graph, kind, views, handler_views) for kind in self._phases}
 
     def _ensure_plans(self, phase: Phase) -> None:
         if not isinstance(phase, Phase):
@@ -451,7 +476,7 @@ class Learner:
             self._views, self._plans = self._plan_all(self._graph)
         kind = type(phase)
         if kind not in self._plans:
-            self._plans[kind] = _plans_for(self._graph, kind, *self._views)
+            self._plans[kind] = self._plans_for(self._graph, kind, *self._views)
             self._phases.append(kind)
 
     @contextlib.contextmanager
@@ -480,6 +505,19 @@ class Learner:
                 f"validation data, Learner(..., data=(train, valid))."
             )
         return valid
+
+    def _plans_for(
+        self,
+        graph: CallbackGraph,
+        kind: type[Phase],
+        views: Sequence[LearnerView],
+        handler_views: HandlerViews,
+    ) -> PhasePlans:
+        plans = _plans_for(graph, kind, views, handler_views)
+        if self._strategy is not None:  # each process's copy: rank-zero handlers, agreed stops
+            localize = self._strategy.localize
+            plans = {event: None if plan is None else localize(plan) for event, plan in plans.items()}
+        return plans
 
     def _find(self, target: Callback | type[Callback]) -> Callback | None:
         if isinstance(target, type):

@@ -110,7 +110,7 @@ def test_an_unknown_monitor_added_later_leaves_the_learner_unchanged() -> None:
 
 
 def test_without_metrics_the_build_suggests_adding_metrics() -> None:
-    with pytest.raises(MissingStateError, match=r"EarlyStopping reads cbstate.metrics, but no callback writes it.\nAdd Metrics\(\)"):
+    with pytest.raises(MissingStateError, match=r"EarlyStopping reads cbstate.metrics.epochs, but no callback writes it.\nAdd Metrics\(\)"):
         make_test_learner(EarlyStopping())
 
 

@@ -22,6 +22,7 @@ from cadence.checkpointing.files import (
     write_checkpoint,
 )
 from cadence.checkpointing.saver import FitProgress
+from cadence.distributed.checkpoints import checkpoint_meta, write_once
 from cadence.events import BatchEnd, EpochEnd, Event
 from cadence.phases import Phase, TrainingPhase
 from cadence.signatures import constructor_repr
@@ -45,6 +46,10 @@ class Checkpointer(Callback):
     ``cbstate`` entries, the ``extra`` objects, the RNG states and the position in the data;
     see ``cadence.checkpointing.files`` for the files and ``cadence.checkpointing.resume`` for
     what a resume does.
+
+    In a distributed fit (``cadence.distributed``) it runs on every rank, whose save points
+    are the same: rank 0 alone writes, once every rank has reached the step (see
+    ``cadence.distributed.checkpoints``); the folder must be one every rank can read to resume.
 
     It runs after every other callback (``run_after = (Callback,)``), so a checkpoint holds
     what they all did at that event. A learner takes one ``Checkpointer``, and no callback may
@@ -216,13 +221,19 @@ class Checkpointer(Callback):
         # A value is a whole epoch's: a checkpoint in the middle of the next one does not have it.
         value = self._monitored(learner) if epoch_end else None
         meta.update(monitor=self.monitor, mode=self.mode, value=value, reason=reason)
+        meta.update(checkpoint_meta())
         position = meta["position"]
-        sequence = self._next_sequence()
-        name = f"checkpoint-{sequence:06d}-epoch{position['epoch']}-batch{position['batch']}"
-        path = write_checkpoint(self.folder, name, state, meta)
+
+        def write() -> Path:  # on rank 0 only in a distributed fit
+            sequence = self._next_sequence()
+            name = f"checkpoint-{sequence:06d}-epoch{position['epoch']}-batch{position['batch']}"
+            path = write_checkpoint(self.folder, name, state, meta)
+            log.info("Saved %s (%s) in %.3f s.", path, reason, time.perf_counter() - started)
+            self._rotate()
+            return path
+
+        path = write_once(position["step"], write)
         run.saved = path
-        log.info("Saved %s (%s) in %.3f s.", path, reason, time.perf_counter() - started)
-        self._rotate()
         return path
 
     def _monitored(self, learner: Any) -> float | None:

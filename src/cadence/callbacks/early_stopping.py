@@ -45,7 +45,9 @@ class EarlyStopping(Callback):
     graph orders first), and training stops at the next training ``EpochBegin``: every
     callback handles the last epoch's ``EpochEnd`` (printers print, checkpoints save), and
     validation still runs after the training epoch that decided. A stop decided in the last
-    epoch of a ``fit`` changes nothing. A NaN value counts as no improvement.
+    epoch of a ``fit`` changes nothing. A NaN value counts as no improvement. In a distributed
+    fit the metric is reduced over every rank's data, so every rank stops at the same epoch
+    with no communication.
 
     Best weights: with ``restore_best_weights=True``, the weights are copied to the CPU when an
     epoch improves on the best (into the same buffers each time; nothing happens per batch),
@@ -68,7 +70,10 @@ class EarlyStopping(Callback):
         6
     """
 
-    state_access = {"cbstate.metrics": READ}
+    # The epoch values only (init also reads cbstate.metrics.keys, fixed when the learner is
+    # built): they are the same on every rank, so in a distributed fit every rank decides alike
+    # and the stop needs no communication (cadence.distributed.agreement).
+    state_access = {"cbstate.metrics.epochs": READ}
 
     def __init__(
         self,
@@ -101,7 +106,7 @@ class EarlyStopping(Callback):
         self.baseline = None if baseline is None else float(baseline)
         self.restore_best_weights = restore_best_weights
         if restore_best_weights:  # it loads the weights back at FitEnd
-            self.state_access = {"cbstate.metrics": READ, "model": WRITE}
+            self.state_access = {"cbstate.metrics.epochs": READ, "model": WRITE}
         self.reset()
 
     @property

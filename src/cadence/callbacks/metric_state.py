@@ -3,14 +3,17 @@ that accumulate on the device and save and restore an epoch under way."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from cadence.distributed.reduction import check_syncable, sum_across_ranks, synced
 from cadence.errors import CheckpointError
 from cadence.inference import EvaluationPhase
 from cadence.phases import Phase, ValidationPhase
@@ -183,9 +186,14 @@ class _Tracker:
     ``open`` is true from ``EpochBegin`` to ``EpochEnd``; ``resumed`` holds a running state
     restored from a checkpoint (``running_state()``'s format), put back at the next batch by
     ``start`` (which every epoch's first batch runs anyway), so a batch costs nothing more.
+    ``batches`` counts the epoch's batches; the one at ``padded_at`` (a distributed shard's
+    last, see ``cadence.distributed.sharding``) counts only its first ``padded_keep`` samples.
     """
 
-    __slots__ = ("name", "loss_key", "functions", "stateful", "on_cpu", "devices", "sums", "count", "open", "resumed")
+    __slots__ = (
+        "name", "loss_key", "functions", "stateful", "on_cpu", "devices", "sums", "count", "open", "resumed",
+        "batches", "padded_at", "padded_keep",
+    )
 
     def __init__(self, kind: type[Phase], specs: Specs) -> None:
         mine = _phase_metrics(kind.name, specs)
@@ -198,6 +206,8 @@ class _Tracker:
         self.count = 0
         self.open = False
         self.resumed: dict[str, Any] | None = None
+        self.batches = 0
+        self.padded_at, self.padded_keep = sys.maxsize, 0
 
     def start(self, loss: Any, y_pred: Any) -> None:
         """First batch of an epoch (or of a resumed one): choose where to accumulate, put a
@@ -215,8 +225,10 @@ class _Tracker:
                 for k in self.keys()
             ]
             self.count = int(resumed["count"])
+            self.batches = int(resumed.get("batches", self.batches))
             for key, metric in self.stateful:
-                _load_metric(metric, resumed["metrics"][key])
+                if key in resumed["metrics"]:  # another rank's share of a distributed checkpoint has none
+                    _load_metric(metric, resumed["metrics"][key])
         target = y_pred.device if isinstance(y_pred, torch.Tensor) else device
         self.devices = (str(device), str(target))
         for _, metric in self.stateful:
@@ -235,19 +247,26 @@ class _Tracker:
         """The keys of ``sums``, in order: the loss, then the functions."""
         return [self.loss_key, *(k for k, _ in self.functions)]
 
-    def running_state(self) -> dict[str, Any] | None:
+    def running_state(self, across_ranks: bool = False) -> dict[str, Any] | None:
         """The epoch under way so far, as tensors (on the CPU) and plain data; None outside an
-        epoch or before its first batch."""
+        epoch or before its first batch. ``across_ranks``: the totals over every rank of a
+        distributed fit (collective: every rank calls it at the same point)."""
         if self.resumed is not None:
             return self.resumed
-        if not (self.open and self.count):
+        if not (self.open and (self.batches if across_ranks else self.count)):
             return None
-        sums = self.sums if self.on_cpu else [s.detach().to("cpu", copy=True) for s in self.sums]
+        count = self.count
+        sums: list[Any] = self.sums if self.on_cpu else [s.detach().to("cpu", copy=True) for s in self.sums]
+        if across_ranks:
+            count, sums = sum_across_ranks(count, sums)
+        with synced([m for _, m in self.stateful], unless_self_syncing=False) if across_ranks else _nothing():
+            metrics = {key: _metric_state(key, metric) for key, metric in self.stateful}
         return {
-            "count": self.count,
+            "count": count,
+            "batches": self.batches,
             "devices": list(self.devices),
             "sums": dict(zip(self.keys(), sums)),
-            "metrics": {key: _metric_state(key, metric) for key, metric in self.stateful},
+            "metrics": metrics,
         }
 
     def update(self, y_pred: Any, y: Any, size: int, step: dict[str, Any]) -> None:
@@ -262,10 +281,19 @@ class _Tracker:
         for _, metric in self.stateful:
             metric.update(y_pred, y)
 
-    def values(self) -> dict[str, float]:
-        found = {k: float(s) / self.count for k, s in zip(self.keys(), self.sums)}
+    def values(self, across_ranks: bool = False) -> dict[str, float]:
+        """The epoch's values; ``across_ranks``: over every rank's samples (collective)."""
+        count, sums = self.count, self.sums
+        if across_ranks:
+            for key, metric in self.stateful:
+                check_syncable(key, metric)
+            count, sums = sum_across_ranks(count, sums)
+        if not count:
+            return {}
+        found = {k: float(s) / count for k, s in zip(self.keys(), sums)}
         for key, metric in self.stateful:
-            value = metric.compute()
+            with synced([metric], unless_self_syncing=True) if across_ranks else _nothing():
+                value = metric.compute()
             if isinstance(value, torch.Tensor) and value.numel() != 1:
                 raise ValueError(
                     f"Metrics: {key} computed a tensor of shape {tuple(value.shape)}; cadence keeps "
@@ -274,6 +302,10 @@ class _Tracker:
                 )
             found[key] = float(value)
         return found
+
+
+def _nothing() -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 def _metric_state(key: str, metric: Any) -> dict[str, Any]:
@@ -296,8 +328,12 @@ def _metric_state(key: str, metric: Any) -> dict[str, Any]:
 
 def _load_metric(metric: Any, saved: dict[str, Any]) -> None:
     if "states" in saved:
+        defaults = getattr(metric, "_defaults", {})
         for name, value in saved["states"].items():
-            setattr(metric, name, _copy(value, None))  # a copy: updates work in place
+            value = _copy(value, None)  # a copy: updates work in place
+            if isinstance(defaults.get(name), list) and isinstance(value, torch.Tensor):
+                value = [value]  # a list state, concatenated when synchronised across ranks
+            setattr(metric, name, value)
         metric._update_count = int(saved["update_count"])
         metric._computed = None  # a cached compute() of the state before
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -16,6 +17,9 @@ from cadence.callbacks.metric_state import (
     phase_names,
     tracked_phases,
 )
+from cadence.distributed.group import current
+from cadence.distributed.reduction import across_ranks
+from cadence.distributed.sharding import leading, padded_batch
 from cadence.events import BatchEnd, EpochBegin, EpochEnd, Event
 from cadence.inference import PredictionPhase
 from cadence.lr_finder import LRFinderPhase
@@ -53,6 +57,16 @@ class Metrics(Callback):
     middle ends with the same values as one that ran through. A stateful metric other than a
     torchmetrics ``Metric`` needs ``state_dict()``/``load_state_dict()`` for that.
 
+    Distributed (``cadence.distributed``): every rank accumulates its own batches, with no
+    communication per batch; when an epoch ends, one all-reduce adds the counts and sums of
+    every rank, and torchmetrics metrics synchronise their states (their own ``sync()``), so
+    that every rank gets the values one process computes over all the data (up to the order
+    of float additions). The padding of a training shard (a repeated sample at the end of a
+    rank's epoch) is left out: that batch's loss and metrics are computed again over its real
+    samples (``loss_fn`` is read for that). Step values stay each rank's own. ``state_dict()``
+    captures the running totals of every rank (collective: the ``Checkpointer`` calls it on
+    every rank), and a resume puts them back on rank 0.
+
     Example:
         >>> from cadence.testing import make_test_learner
         >>> def mean_error(y_pred, y):
@@ -66,6 +80,7 @@ class Metrics(Callback):
     """
 
     state_access = {
+        "loss_fn": READ,
         "batch.loss": READ,
         "batch.x": READ,
         "batch.y": READ,
@@ -107,8 +122,9 @@ class Metrics(Callback):
     def epoch_begin(self, event: Event, phase: Phase, learner: Any) -> None:
         self._values = learner.cbstate.metrics
         tracker = self._trackers[phase.__class__]
-        tracker.count = 0
+        tracker.count = tracker.batches = 0
         tracker.open, tracker.resumed = True, None
+        tracker.padded_at, tracker.padded_keep = padded_batch(event.data) or (sys.maxsize, 0)  # type: ignore[attr-defined]
         for _, metric in tracker.stateful:
             metric.reset()
 
@@ -120,8 +136,14 @@ class Metrics(Callback):
         y = batch.y
         # Tensor.__len__ is slow Python; other targets are rarer and take the slower path.
         size = y.shape[0] if isinstance(y, torch.Tensor) else batch_size(y, batch)
+        y_pred = batch.y_pred
         if not tracker.count:
-            tracker.start(loss, batch.y_pred)
+            tracker.start(loss, y_pred)
+        tracker.batches += 1
+        if tracker.batches == tracker.padded_at:  # a distributed shard's last batch repeats a sample
+            size, loss, y_pred, y = _without_padding(tracker.padded_keep, size, y_pred, y, learner.loss_fn)
+            if not size:
+                return
         if loss.requires_grad:  # a custom phase may hand over an attached loss
             loss = loss.detach()
         tracker.count += size
@@ -131,7 +153,7 @@ class Metrics(Callback):
             tracker.sums[0].add_(loss, alpha=size)
         self._values.step[tracker.loss_key] = loss
         if len(tracker.sums) > 1 or tracker.stateful:
-            tracker.update(batch.y_pred, batch.y, size, self._values.step)
+            tracker.update(y_pred, y, size, self._values.step)
 
     @on(BatchEnd, phase=PredictionPhase)
     @on(BatchEnd, phase=LRFinderPhase)
@@ -144,9 +166,10 @@ class Metrics(Callback):
         tracker.open = False
         if tracker.resumed is not None:  # resumed after its last batch
             tracker.start_resumed()
-        if tracker.count:
+        reduce = across_ranks()
+        if tracker.count or reduce:
             epochs = learner.cbstate.metrics.epochs
-            for key, value in tracker.values().items():
+            for key, value in tracker.values(reduce).items():
                 epochs.setdefault(key, []).append(value)
 
     def __repr__(self) -> str:
@@ -174,8 +197,9 @@ class Metrics(Callback):
             CheckpointError: mid-epoch, for a stateful metric whose state cannot be saved.
         """
         running = {}
+        reduce = across_ranks()
         for tracker in self._trackers.values():
-            state = tracker.running_state()
+            state = tracker.running_state(reduce)
             if state is not None:
                 running[tracker.name] = state
         return {"epochs": {k: list(v) for k, v in self._values.epochs.items()}, "running": running}
@@ -196,6 +220,20 @@ class Metrics(Callback):
             check_running(str(name), saved, self._specs)
         self._values.epochs.clear()
         self._values.epochs.update({str(k): [float(x) for x in v] for k, v in state["epochs"].items()})
+        context = current()
         for tracker in self._trackers.values():
             if tracker.open and tracker.name in running:
-                tracker.resumed = running[tracker.name]
+                saved = running[tracker.name]
+                if context is not None and context.rank != 0:  # rank 0 holds every rank's totals
+                    saved = {**saved, "count": 0, "sums": {k: 0.0 for k in saved["sums"]}, "metrics": {}}
+                tracker.resumed = saved
+
+
+def _without_padding(keep: int, size: int, y_pred: Any, y: Any, loss_fn: Any) -> tuple[int, Any, Any, Any]:
+    """The batch's real samples (its first ``keep``) and their loss, computed again."""
+    if keep <= 0:
+        return 0, None, y_pred, y
+    y_pred, y = leading(y_pred, keep, size), leading(y, keep, size)
+    with torch.no_grad():
+        loss = loss_fn(y_pred, y)
+    return keep, loss, y_pred, y

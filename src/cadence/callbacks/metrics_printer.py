@@ -30,6 +30,8 @@ class MetricsPrinter(Callback):
 
     On a terminal it prints the rows of a rich table, elsewhere (CI logs, pipes) plain aligned
     text; either way the header comes once per ``fit``, and again only when the columns change.
+    In a distributed fit it prints on rank 0 only (``placement = "rank_zero"``) the values
+    ``Metrics`` reduced over every rank's data.
 
     Args:
         console: Where to print; rich's global console (standard output) by default.
@@ -47,6 +49,7 @@ class MetricsPrinter(Callback):
 
     state_access = {"cbstate.metrics": READ}
     reset_when = "learner"
+    placement = "rank_zero"
 
     def __init__(self, *, console: Console | None = None, digits: int = 4) -> None:
         if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 12:

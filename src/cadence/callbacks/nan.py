@@ -40,7 +40,9 @@ class StopOnNaNLoss(Callback):
             reading the loss costs no sync, every step is checked at once.
 
     Steps are counted by this callback over every training phase epoch it sees (1-based).
-    Only training phases (``TrainingPhase`` and subclasses) are checked.
+    Only training phases (``TrainingPhase`` and subclasses) are checked. In a distributed fit
+    each rank checks its own loss; a stop is agreed by every rank after the next backward pass
+    (``cadence.distributed.agreement``), so all stop with the weights of the same batch.
 
     Example:
         >>> from cadence.testing import make_test_learner

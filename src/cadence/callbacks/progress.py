@@ -50,6 +50,9 @@ class ProgressPrinter(Callback):
     batches (spaced from the observed speed), and the loss is read (a device sync) and the bar
     redrawn only when ``refresh_seconds`` have passed.
 
+    In a distributed fit it runs on rank 0 only (``placement = "rank_zero"``) and shows rank
+    0's batches and loss.
+
     Args:
         console: Where to draw; rich's global console (standard output) by default. Share it
             with other printers (``MetricsPrinter`` uses the same default) so that their output
@@ -68,6 +71,7 @@ class ProgressPrinter(Callback):
 
     state_access = {"batch.loss": READ}
     reset_when = "learner"
+    placement = "rank_zero"
 
     def __init__(
         self,

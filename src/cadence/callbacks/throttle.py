@@ -26,7 +26,7 @@ def throttle(
     across epochs and ``fit`` calls. Its other handlers run as before.
 
     The wrapper is the callback as far as the learner can tell: it declares the same
-    ``state_access``, ``run_after`` and ``thread_affine``, answers ``resolve_conflict`` and
+    ``state_access``, ``run_after``, ``thread_affine`` and ``placement``, answers ``resolve_conflict`` and
     ``init`` through it, passes ``isinstance(throttled, type(callback))`` (so
     ``run_after = (Recorder,)`` elsewhere still orders after a throttled ``Recorder``), and is
     labelled by the callback's type name.
@@ -109,6 +109,10 @@ class Throttled(Callback):
     @property
     def thread_affine(self) -> bool:  # type: ignore[override]
         return bool(getattr(self.callback, "thread_affine", False))
+
+    @property
+    def placement(self) -> Any:  # type: ignore[override]
+        return getattr(self.callback, "placement", "every_rank")
 
     def handler_for(self, event: type[Event], phase: type[Phase]) -> str | None:
         name = self.callback.handler_for(event, phase)

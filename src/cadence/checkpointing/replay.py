@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-__all__ = ["data_generators", "sampler_epochs", "set_sampler_epochs", "skip_batches"]
+__all__ = ["data_generators", "loader_options", "sampler_epochs", "set_sampler_epochs", "skip_batches"]
 
 
 def data_generators(data: object) -> dict[str, torch.Generator]:
@@ -152,8 +152,10 @@ def skip_batches(data: Iterable[Any], skip: int, at_resume_point: Callable[[], N
     return iterator
 
 
-def _resumed_loader(loader: DataLoader[Any], skip: int, at_resume_point: Callable[[], None]) -> DataLoader[Any]:
-    common: dict[str, Any] = {
+def loader_options(loader: DataLoader[Any]) -> dict[str, Any]:
+    """The options a DataLoader was built with besides its dataset, batching and sampling, to
+    build another over the same data (workers, collation, memory pinning, seeding)."""
+    return {
         "num_workers": loader.num_workers,
         "collate_fn": loader.collate_fn,
         "pin_memory": loader.pin_memory,
@@ -165,6 +167,10 @@ def _resumed_loader(loader: DataLoader[Any], skip: int, at_resume_point: Callabl
         "persistent_workers": loader.persistent_workers,
         "in_order": getattr(loader, "in_order", True),
     }
+
+
+def _resumed_loader(loader: DataLoader[Any], skip: int, at_resume_point: Callable[[], None]) -> DataLoader[Any]:
+    common = loader_options(loader)
     if loader.batch_sampler is not None:
         remaining = _Remaining(loader.batch_sampler, skip, at_resume_point)
         return DataLoader(loader.dataset, batch_sampler=remaining, **common)

@@ -49,6 +49,7 @@ from cadence.checkpointing.replay import data_generators, length, sampler_epochs
 from cadence.checkpointing.rng import capture_rng, restore_rng
 from cadence.checkpointing.saver import CheckpointSaver, find_saver
 from cadence.checkpointing.snapshot import capture_state, check_fits, restore_state
+from cadence.distributed.checkpoints import check_resume
 
 __all__ = ["FitRun"]
 
@@ -211,6 +212,8 @@ class FitRun:
                 f"{n_batches} batches. Resume with the same training data."
             )
         check_fits(checkpoint, self.learner, self._extra())
+        strategy = getattr(self.learner, "strategy", None)
+        check_resume(path, checkpoint.meta, None if strategy is None else strategy.layout())
         if batch > 0 and getattr(self.train, "persistent_workers", False):
             log.warning(
                 "Resuming %s mid-epoch with persistent_workers=True: the DataLoader draws its seed "

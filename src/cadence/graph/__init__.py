@@ -8,6 +8,7 @@
 - ``ordering``: the graph algorithms (stable topological order, reachability, cycles).
 - ``render``: the plans as a picture: Mermaid and Graphviz DOT text, SVG through ``dot``.
 - ``check``: every declaration error of a list of callbacks (``python -m cadence check``).
+- ``placement``: the checks of each callback's ``placement`` (every rank, or rank zero only).
 """
 
 from cadence.graph.builder import CallbackGraph, Edge, HandlerCall, Plan

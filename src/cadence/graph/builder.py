@@ -27,6 +27,7 @@ from cadence.graph.conflicts import Resolver
 from cadence.errors import CycleError, DeclarationError, MissingStateError
 from cadence.events import Event
 from cadence.graph.ordering import find_cycle, reaches, topological
+from cadence.graph.placement import check_placements, placement_of
 from cadence.phases import Phase, phases_firing
 
 __all__ = ["CallbackGraph", "Edge", "Plan"]
@@ -77,6 +78,8 @@ class Plan:
         lines = [f"{self.event.__name__} in {self.phase.__name__}:"]
         for position, label in enumerate(self.labels):
             lines.append(f"  {position + 1}. {label}")
+            if placement_of(self.callbacks[position]) == "rank_zero":
+                lines.append("       on rank zero only")
             lines.extend(f"       {reason}" for reason in self.reasons[position])
         return "\n".join(lines)
 
@@ -129,6 +132,7 @@ class CallbackGraph:
             for path in dict.fromkeys(p for writes in (access.writes, *own) for p in writes):
                 self._writes.add(owner, path)
         self._check_handlers()
+        check_placements(self.labels, self.callbacks, self.accesses)
         self._after = self._run_after_edges()
         # Per callback, those whose run_after names it: for the closure and the init order.
         self._successors: list[list[int]] = [[] for _ in self.callbacks]

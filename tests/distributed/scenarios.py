@@ -1,0 +1,319 @@
+"""Training runs for the distributed tests. Each runs the same way in one process (world size 1,
+in the test process) and in every rank of a group started by ``launch``, so that a test
+compares the two. One group runs many of them (``run_all``), to start processes only once.
+
+Everything returned is plain data or CPU tensors (sent back to the test process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.regression import MeanAbsoluteError
+
+from cadence import READ, Callback, CancelEpoch, CancelFit, Checkpointer, Learner, Metrics, MetricSpec, Recorder, on
+from cadence.checkpoint import list_checkpoints
+from cadence.distributed import DataParallel, rank
+from cadence.errors import DistributedError
+from cadence.events import BatchBegin, BatchEnd, EpochEnd, Event
+from cadence.phases import Phase, TrainingPhase, ValidationPhase
+
+TIMEOUT = 60.0  # seconds a collective waits: a hang fails the test instead of stalling it
+
+
+def dataset(n: int, seed: int) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=generator)
+    return TensorDataset(x, x.sum(1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=generator))
+
+
+def loaders(n_train: int, n_valid: int, batch_size: int) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    return (
+        DataLoader(dataset(n_train, 1), batch_size=batch_size, shuffle=True),
+        DataLoader(dataset(n_valid, 2), batch_size=batch_size),
+    )
+
+
+def mean_error(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (y_pred - y).mean()
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def make_learner(data: tuple[Any, Any], *callbacks: Callback, defaults: bool = True, **strategy: Any) -> Learner:
+    model = make_model()
+    return Learner(
+        model,
+        torch.nn.functional.mse_loss,
+        torch.optim.Adam(model.parameters(), lr=0.01),
+        data=data,
+        callbacks=list(callbacks),
+        default_callbacks=defaults,
+        strategy=DataParallel(timeout=TIMEOUT, **strategy),
+    )
+
+
+def weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def epochs_of(learner: Learner) -> dict[str, list[float]]:
+    return {k: list(v) for k, v in learner.cbstate.metrics.epochs.items()}
+
+
+@contextlib.contextmanager
+def printed() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        yield out
+
+
+class EpochLog(Callback):
+    """Appends a line per validation epoch to a file: a rank-zero writer."""
+
+    placement = "rank_zero"
+    state_access = {"cbstate.metrics.epochs": READ}
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @on(EpochEnd, phase=ValidationPhase)
+    def write(self, event: Event, phase: Phase, learner: Any) -> None:
+        with open(self.path, "a") as file:
+            file.write(f"valid/loss {learner.cbstate.metrics.epochs['valid/loss'][-1]:.6f}\n")
+
+
+# ---- the runs ------------------------------------------------------------------------------
+
+
+def parity(batch_size: int, folder: str) -> dict[str, Any]:
+    """Adam, 4 epochs over 48 shuffled samples (validation: 37, uneven), default callbacks,
+    a torchmetrics metric, a function and a rank-zero file writer."""
+    log = Path(folder) / "epochs.txt"
+    metrics = Metrics(MetricSpec(MeanAbsoluteError(), phases="valid"), mean_error)
+    learner = make_learner(loaders(48, 37, batch_size), metrics, EpochLog(log))
+    with printed() as out:
+        learner.fit(4)
+    return {"weights": weights(learner.model), "epochs": epochs_of(learner), "printed": out.getvalue()}
+
+
+def uneven(batch_size: int) -> dict[str, Any]:
+    """Training data that does not divide evenly (37 samples: the shards are padded) and
+    validation data that does not either (23 samples: no padding)."""
+    metrics = Metrics(MetricSpec(MeanAbsoluteError(), name="mae"), mean_error)
+    learner = make_learner(loaders(37, 23, batch_size), metrics, defaults=False)
+    learner.fit(2)
+    return {"weights": weights(learner.model), "epochs": epochs_of(learner)}
+
+
+class StopAt(Callback):
+    """Raises ``signal`` at training step ``step`` on rank ``on_rank`` alone, from the loss
+    (rank-local state)."""
+
+    state_access = {"batch.loss": READ}
+
+    def __init__(self, signal: type[CancelFit] | type[CancelEpoch], step: int, on_rank: int) -> None:
+        self.signal, self.step, self.on_rank, self.seen = signal, step, on_rank, 0
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def check(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.seen += 1
+        if self.seen == self.step and rank() == self.on_rank and float(learner.batch.loss) >= 0:
+            raise self.signal(f"stop asked on rank {self.on_rank} at step {self.step}")
+
+
+def stops(batch_size: int, on_rank: int) -> dict[str, Any]:
+    """A CancelFit raised on rank ``on_rank`` alone at step 3, and a CancelEpoch at step 2."""
+    found: dict[str, Any] = {}
+    for name, signal, step in (("fit", CancelFit, 3), ("epoch", CancelEpoch, 2)):
+        # Recorder first: the batch that asks is counted in one process too (the handlers after a
+        # signal are skipped there; in a distributed fit they run, as on the ranks that did not ask).
+        learner = make_learner(loaders(96, 16, batch_size), Recorder(), StopAt(signal, step, on_rank))
+        records, logger = _Records(), logging.getLogger("cadence")
+        level = logger.level
+        logger.addHandler(records)
+        logger.setLevel(logging.INFO)
+        try:
+            with printed():
+                learner.fit(2)
+        finally:
+            logger.removeHandler(records)
+            logger.setLevel(level)
+        history = learner.cbstate.history
+        found[name] = {
+            "steps": [history[TrainingPhase()].steps, history[TrainingPhase()].epochs],
+            "weights": weights(learner.model),
+            "log": records.messages,
+        }
+    return found
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+class CountCollectives(Callback):
+    """Profiles training steps ``first`` to ``last`` and counts the collectives in them."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last, self.step = first, last, 0
+        self.counts: dict[str, int] = {}
+        self._profile: Any = None
+
+    @on(BatchBegin, phase=TrainingPhase)
+    def begin(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.step += 1
+        if self.step == self.first:
+            self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._profile.start()
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def end(self, event: Event, phase: Phase, learner: Any) -> None:
+        if self.step == self.last and self._profile is not None:
+            self._profile.stop()
+            for item in self._profile.events():
+                if item.name.startswith("c10d::"):
+                    self.counts[item.name] = self.counts.get(item.name, 0) + 1
+
+
+def collectives(batch_size: int) -> dict[str, Any]:
+    """The collectives of training steps 3 to 6, with the default callbacks (which include
+    rank-local deciders: StopOnNaNLoss, the printers) and with replicated ones only."""
+    found = {}
+    for name, defaults in (("defaults", True), ("replicated only", False)):
+        counter = CountCollectives(3, 6)
+        learner = make_learner(loaders(128, 16, batch_size), counter, defaults=defaults)
+        with printed():
+            learner.fit(1)
+        found[name] = counter.counts
+    return found
+
+
+def mismatch(batch_size: int) -> str:
+    """Rank 0 alone has one more callback: the fit must refuse to start, on every rank."""
+    extra = [EpochCounter()] if rank() == 0 else []
+    learner = make_learner(loaders(32, 16, batch_size), *extra, defaults=False)
+    try:
+        learner.fit(1)
+    except DistributedError as error:
+        return str(error)
+    return "no error"
+
+
+class EpochCounter(Callback):
+    @on(EpochEnd)
+    def count(self, event: Event, phase: Phase, learner: Any) -> None:
+        pass
+
+
+def checkpoints(batch_size: int, folder: str) -> dict[str, Any]:
+    """Three epochs of three steps with a checkpoint every two steps and every epoch; then a
+    fresh learner resumed from the one taken in the middle of the second epoch."""
+    checkpointer = Checkpointer(folder, every_steps=2, keep_last=20)
+    learner = make_learner(loaders(48, 37, batch_size), checkpointer)
+    with printed():
+        learner.fit(3)
+    saved = [p.name for p in list_checkpoints(folder)]
+    resumed = make_learner(loaders(48, 37, batch_size), Checkpointer(folder + "-resumed", every_steps=2))
+    with printed():
+        resumed.fit(3, resume=str(Path(folder) / mid_epoch(saved)))
+    return {
+        "weights": weights(learner.model),
+        "epochs": epochs_of(learner),
+        "saved": saved,
+        "files": sorted(p.name for p in Path(folder).iterdir()),
+        "resumed": {"weights": weights(resumed.model), "epochs": epochs_of(resumed)},
+    }
+
+
+def mid_epoch(saved: list[str]) -> str:
+    """The checkpoint taken after the first step of the second epoch."""
+    return next(name for name in saved if "-epoch1-batch1" in name)
+
+
+def run_all(folder: str) -> dict[str, Any]:
+    """Every run above with a per-rank batch of 8, in the ranks of one ``launch`` group."""
+    root = Path(folder)
+    return {
+        "rank": rank(),
+        "parity": parity(8, str(root)),
+        "uneven": uneven(8),
+        "stops": stops(8, on_rank=1),
+        "collectives": collectives(8),
+        "mismatch": mismatch(8),
+        "checkpoints": checkpoints(8, str(root / "checkpoints")),
+    }
+
+
+class Boom(Callback):
+    """Raises an error on rank 1 at its second training step."""
+
+    state_access = {"batch.loss": READ}
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def boom(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.steps += 1
+        if rank() == 1 and self.steps == 2:
+            raise RuntimeError("boom on rank 1")
+
+
+def failing() -> None:
+    """Rank 1 fails in its second step; rank 0 must not wait for it forever."""
+    learner = make_learner(loaders(64, 16, 4), Boom(), defaults=False)
+    learner.fit(3)
+
+
+class Terminate(Callback):
+    """Sends this process SIGTERM at training step ``step`` on rank ``on_rank``, as a
+    preemption would (a clock is rank-local state: the callback reads nothing)."""
+
+    def __init__(self, step: int, on_rank: int) -> None:
+        self.step, self.on_rank, self.seen = step, on_rank, 0
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def check(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.seen += 1
+        if self.seen == self.step and rank() == self.on_rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def interrupted_then_failing(folder: str) -> None:
+    """SIGTERM reaches rank 1 alone at step 3: every rank must save the same checkpoint and stop
+    (``fit`` raises ``SystemExit(143)``, recorded in ``interrupted-rank<RANK>.json``). Then the
+    same processes run ``failing``."""
+    out = Path(folder)
+    learner = make_learner(loaders(96, 16, 8), Recorder(), Terminate(3, on_rank=1), Checkpointer(out / "checkpoints"))
+    code = None
+    try:
+        with printed():
+            learner.fit(2)
+    except SystemExit as exit:
+        code = exit.code
+    record = {
+        "code": code,
+        "steps": learner.cbstate.history[TrainingPhase()].steps,
+        "saved": [p.name for p in list_checkpoints(out / "checkpoints")],
+    }
+    (out / f"interrupted-rank{rank()}.json").write_text(json.dumps(record))
+    failing()

@@ -1,0 +1,151 @@
+"""DataParallel: parity with one process, metrics over all the data, rank-zero callbacks, and
+how a Learner picks its strategy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import linear_batches
+
+from torch.utils.data import DataLoader, TensorDataset
+
+from cadence import READ, Callback, Learner, on
+from cadence.distributed import DataParallel
+from cadence.distributed.strategy import resolve_strategy
+from cadence.events import BatchEnd
+from cadence.phases import TrainingPhase
+from cadence.testing import make_test_learner
+from distributed import scenarios
+
+Ranks = tuple[Path, list[dict[str, Any]]]
+
+
+def assert_close(got: list[torch.Tensor], expected: list[torch.Tensor], tolerance: float) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=tolerance, rtol=0), float((a - b).abs().max())
+
+
+def test_two_ranks_with_batch_8_end_with_the_weights_of_one_process_with_batch_16(two_ranks: Ranks, tmp_path: Path) -> None:
+    _, ranks = two_ranks
+    reference = scenarios.parity(16, str(tmp_path))  # Adam, 4 epochs, the same order of samples
+    for result in ranks:
+        assert_close(result["parity"]["weights"], reference["weights"], 1e-6)
+        assert result["parity"]["epochs"].keys() == reference["epochs"].keys()
+        for key, values in reference["epochs"].items():
+            assert result["parity"]["epochs"][key] == pytest.approx(values, abs=1e-6), key
+
+
+def test_every_rank_sees_the_same_epoch_values(two_ranks: Ranks) -> None:
+    _, (first, second) = two_ranks
+    for run in ("parity", "uneven"):
+        assert first[run]["epochs"] == second[run]["epochs"]  # bit-identical
+        assert_close(first[run]["weights"], second[run]["weights"], 0.0)
+
+
+def test_metrics_on_data_that_does_not_divide_evenly_count_each_sample_once(two_ranks: Ranks) -> None:
+    _, ranks = two_ranks
+    got = ranks[0]["uneven"]["epochs"]
+    # Training (37 samples: each rank's shard is padded with a repeated sample): the first
+    # epoch's values are those of one process over the same steps.
+    reference = scenarios.uneven(16)["epochs"]
+    for key in ("train/loss", "train/mae", "train/mean_error"):
+        assert got[key][0] == pytest.approx(reference[key][0], abs=1e-6), key
+    # Validation (23 samples, unpadded shards of 12 and 11): exactly the final model over all of them.
+    model = scenarios.make_model()
+    with torch.no_grad():
+        for param, value in zip(model.parameters(), ranks[0]["uneven"]["weights"]):
+            param.copy_(value)
+        x, y = scenarios.dataset(23, 2).tensors
+        error = model(x) - y
+    assert got["valid/loss"][-1] == pytest.approx(float((error**2).mean()), abs=1e-6)
+    assert got["valid/mae"][-1] == pytest.approx(float(error.abs().mean()), abs=1e-6)
+    assert got["valid/mean_error"][-1] == pytest.approx(float(error.mean()), abs=1e-6)
+
+
+def test_rank_zero_callbacks_print_and_write_once(two_ranks: Ranks) -> None:
+    folder, (first, second) = two_ranks
+    assert second["parity"]["printed"] == ""  # ProgressPrinter and MetricsPrinter: rank 0 only
+    rows = [line for line in first["parity"]["printed"].splitlines() if line.split()[:1] in (["1"], ["2"], ["3"], ["4"])]
+    assert [row.split()[0] for row in rows] == ["1", "2", "3", "4"]
+    lines = (folder / "epochs.txt").read_text().splitlines()  # EpochLog, placement = "rank_zero"
+    expected = [f"valid/loss {v:.6f}" for v in first["parity"]["epochs"]["valid/loss"]]
+    assert lines == expected
+
+
+def test_a_dataparallel_fit_on_one_process_needs_no_process_group() -> None:
+    learner = make_test_learner(strategy=DataParallel())
+    assert learner.fit(1) is None
+    assert not torch.distributed.is_initialized()
+    strategy = learner.strategy
+    assert isinstance(strategy, DataParallel) and (strategy.rank, strategy.world_size) == (0, 1)
+
+
+def test_auto_is_no_strategy_in_a_plain_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert make_test_learner().strategy is None
+    assert resolve_strategy(None) is None
+
+
+def test_auto_under_torchrun_is_dataparallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert isinstance(resolve_strategy("auto"), DataParallel)
+
+
+def test_a_strategy_of_the_wrong_kind_is_refused() -> None:
+    with pytest.raises(TypeError, match=r'Learner\(strategy=...\) expects "auto" \(the default\), None or a strategy such as DataParallel\(\); got \'ddp\''):
+        make_test_learner(strategy="ddp")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backend": "mpi"}, r'DataParallel\(backend=\'mpi\'\): use "nccl" \(GPUs\), "gloo" \(CPUs\) or None'),
+        ({"seed": 1.5}, r"DataParallel\(seed=1.5\): use an int, the same on every rank"),
+        ({"check_every": 0}, r"DataParallel\(check_every=0\): use a positive int, e.g. 32"),
+        ({"timeout": 0}, r"DataParallel\(timeout=0\): use a positive number of seconds, e.g. 600"),
+    ],
+)
+def test_bad_options_are_refused_with_the_fix(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DataParallel(**kwargs)
+
+
+def test_one_dataparallel_serves_one_learner() -> None:
+    strategy = DataParallel()
+    make_test_learner(strategy=strategy)
+    with pytest.raises(ValueError, match=r"This DataParallel belongs to another Learner; give each Learner its own DataParallel\(\)"):
+        make_test_learner(strategy=strategy)
+
+
+class Inputs(Callback):
+    state_access = {"batch.x": READ}
+
+    def __init__(self) -> None:
+        self.seen: list[list[int]] = []
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def record(self, event: Any, phase: Any, learner: Any) -> None:
+        self.seen.append(learner.batch.x.squeeze(1).long().tolist())
+
+
+def test_one_process_draws_the_order_that_every_world_size_draws() -> None:
+    # With DataParallel the shuffle comes from seed + epoch (not from the global RNG), so that
+    # N ranks with batch B and one process with batch N * B train on the same samples per step.
+    data = TensorDataset(torch.arange(8.0).unsqueeze(1), torch.zeros(8, 1))
+    inputs = Inputs()
+    learner = Learner(
+        torch.nn.Linear(1, 1), torch.nn.functional.mse_loss, data=(DataLoader(data, batch_size=4, shuffle=True), None),
+        callbacks=[inputs], default_callbacks=False, strategy=DataParallel(seed=3),
+    )
+    learner.fit(2)
+    order = [torch.randperm(8, generator=torch.Generator().manual_seed(3 + epoch)).tolist() for epoch in (0, 1)]
+    assert inputs.seen == [order[0][:4], order[0][4:], order[1][:4], order[1][4:]]
+
+
+def test_a_learner_without_distribution_is_unchanged() -> None:
+    learner = Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss, data=(linear_batches(), None), strategy=None)
+    assert learner.strategy is None
