@@ -33,24 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cadence import Learner
 from cadence.distributed import DataParallel, launch
-from overhead import MODERATE, Batch, LockStep, Workload, make_batches, make_model, same_weights
+from overhead import MODERATE, Batch, LockStep, Workload, make_batches, make_model, raw_stepper, same_weights
 
 COMPUTE = Workload("compute-bound", (784, 1024, 1024, 10), 1024, 30)
 
 
 def raw_ddp_stepper(model: nn.Module) -> Callable[[Batch], None]:
-    ddp = DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss_fn = nn.functional.cross_entropy
-
-    def step(batch: Batch) -> None:
-        x, y = batch
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(ddp(x), y)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    """The hand-written step of ``overhead.py``, through its own DDP wrapper."""
+    return raw_stepper(DistributedDataParallel(model))
 
 
 def lock_step(work: Workload, defaults: bool | None, repeats: int) -> list[tuple[float, bool]]:
