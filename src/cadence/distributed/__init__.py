@@ -11,6 +11,9 @@ batch, metrics over all the data, checkpoints written once).
   (rank-zero callbacks skipped elsewhere).
 - ``agreement``: stops from rank-local state agreed by every rank at the same batch, riding in
   DDP's gradient all-reduce.
+- ``loop``: what a phase runs on in a distributed fit (DDP's forward, the agreed step).
+- ``interrupts``: SIGTERM and Ctrl-C as requests every rank agrees on.
+- ``reduction``: ``Metrics``' values over every rank's data.
 - ``checkpoints``: checkpoints written once by rank zero, and what a resume on another world
   size keeps.
 - ``launcher``: ``launch(fn, nprocs=N)`` starts local processes from a script or a notebook.

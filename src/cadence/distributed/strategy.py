@@ -10,10 +10,7 @@ epoch (``epoch_loop``, then ``epoch_ended``) and when the fit ends (``end_fit``)
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Iterable
-from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -22,14 +19,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cadence.callback import Callback
-from cadence.distributed.agreement import INTERRUPT, Agreement, Replica
+from cadence.distributed.agreement import Agreement, Replica
 from cadence.distributed.group import Context, activate, deactivate, default_backend, join, local_rank, rank, world_size
+from cadence.distributed.interrupts import AgreedInterrupts
+from cadence.distributed.loop import AgreedStep, DistributedLoop
 from cadence.distributed.plans import check_same_plans, localize
 from cadence.distributed.sharding import batch_size_of, shard
+from cadence.errors import DistributedError
 from cadence.graph import Plan
 from cadence.graph.placement import placement_of
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
-from cadence.state import Batch
 
 __all__ = ["DataParallel", "Strategy", "resolve_strategy"]
 
@@ -89,34 +88,6 @@ def resolve_strategy(strategy: object) -> Strategy | None:
     )
 
 
-class _Loop:
-    """What a phase runs on in a distributed fit: the learner's state and events, with the
-    model's forward through DDP and the optimizer step after the stop agreement."""
-
-    __slots__ = ("model", "loss_fn", "optimizer", "batch", "fire")
-
-    def __init__(self, model: torch.nn.Module, learner: Any, optimizer: Any) -> None:
-        self.model, self.loss_fn, self.optimizer = model, learner.loss_fn, optimizer
-        self.batch: Batch = learner.batch
-        self.fire = learner.fire
-
-
-class _Stepping:
-    """The optimizer as a training phase steps it: first the stop agreement."""
-
-    __slots__ = ("optimizer", "agreement", "zero_grad")
-
-    def __init__(self, optimizer: torch.optim.Optimizer, agreement: Agreement) -> None:
-        self.optimizer, self.agreement, self.zero_grad = optimizer, agreement, optimizer.zero_grad
-
-    def step(self, *args: Any, **kwargs: Any) -> Any:
-        self.agreement.before_step()
-        return self.optimizer.step(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.optimizer, name)
-
-
 class DataParallel:
     """Data-parallel training on ``torch.distributed``: one process per device (or per CPU
     process group member), each with a replica of the model under
@@ -174,7 +145,6 @@ class DataParallel:
         self._device = None if device is None else torch.device(device)
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cpu")
-        self.created_group = False
         self._learner: Any = None
         self._agreement: Agreement | None = None
         self._deciders = False  # some handler's signals are requests
@@ -182,7 +152,7 @@ class DataParallel:
         self._context: Context | None = None
         self._ddp: torch.nn.Module | None = None
         self._run: Any = None
-        self._interrupted = False
+        self._interrupts: AgreedInterrupts | None = None
 
     # ---- building the learner ----------------------------------------------------------------
 
@@ -194,7 +164,7 @@ class DataParallel:
         self._learner = learner
         backend = self.backend or default_backend()
         if world_size() > 1:
-            self.created_group = join(backend, self.timeout) or self.created_group
+            join(backend, self.timeout)
         self.rank, self.world_size = rank(), world_size()
         if self._device is not None:
             self.device = self._device
@@ -236,7 +206,7 @@ class DataParallel:
         self._train = train
         return train, valid
 
-    def layout(self) -> dict[str, Any] | None:
+    def layout(self) -> dict[str, Any]:
         """How this fit shards its training data, as checkpoints record it."""
         if not self.shard_data:
             sharding = "none"
@@ -247,7 +217,7 @@ class DataParallel:
     def begin_fit(self, learner: Any, run: Any) -> None:
         """Before ``FitBegin``: check that every rank built the same plans, put the model on
         this rank's device and wrap it in DDP."""
-        layout = self.layout() or {}
+        layout = self.layout()
         self._context = Context(self.rank, self.world_size, self.device, layout["batch_size"], layout["sharding"])
         activate(self._context)
         self._run = run
@@ -255,6 +225,12 @@ class DataParallel:
             learner.model.to(self.device)
         if self.world_size == 1:
             return
+        if isinstance(learner.model, DistributedDataParallel):
+            raise DistributedError(
+                "Learner(model=...) is already a DistributedDataParallel; DataParallel wraps the model "
+                "itself (and learner.model stays your module). Pass the module: Learner(ddp.module, ...), "
+                "or keep your own DDP with Learner(..., strategy=None) and shard the data yourself."
+            )
         check_same_plans(learner)
         agreement = self._agreement
         assert agreement is not None
@@ -264,7 +240,7 @@ class DataParallel:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self._ddp = DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters)
         if run.checkpointer is not None:
-            self._intercept_signals(run)
+            self._interrupts = AgreedInterrupts(run, agreement)
 
     def epoch_loop(self, learner: Any, phase: Phase) -> Any:
         """The loop a phase's epoch runs on: the learner itself on one process; with several,
@@ -277,14 +253,14 @@ class DataParallel:
         if self.world_size == 1:
             return learner
         if isinstance(phase, ValidationPhase):
-            return _Loop(learner.model, learner, learner.optimizer)
+            return DistributedLoop(learner.model, learner, learner.optimizer)
         if self._ddp is None:  # an epoch outside fit
             self._ddp = DistributedDataParallel(learner.model, find_unused_parameters=self.find_unused_parameters)
         agreement = self._agreement
         optimizer = learner.optimizer
         if agreement is not None and agreement.flag is not None:
-            optimizer = _Stepping(optimizer, agreement)
-        return _Loop(self._ddp, learner, optimizer)
+            optimizer = AgreedStep(optimizer, agreement)
+        return DistributedLoop(self._ddp, learner, optimizer)
 
     def epoch_ended(self, phase: Phase) -> None:
         """After an epoch: agree on the stops requested since the last agreement."""
@@ -299,7 +275,9 @@ class DataParallel:
         if self._agreement is not None:
             self._agreement.run = None
             self._agreement.flag = None
-        self._interrupted = False
+        if self._interrupts is not None:
+            self._interrupts.close()
+            self._interrupts = None
         if _collective_failure(error):
             assert error is not None
             error.add_note(
@@ -307,29 +285,6 @@ class DataParallel:
                 f"stopped first, with its own error (cadence.distributed.launch re-raises the first "
                 f"rank's error; under torchrun, look for it in that rank's output)."
             )
-
-    # ---- SIGTERM and Ctrl-C ---------------------------------------------------------------------
-
-    def _intercept_signals(self, run: Any) -> None:
-        # The fit's own handler would stop this rank alone; the request stops every rank together.
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            if getattr(signal.getsignal(signum), "__self__", None) is run:
-                signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if self._interrupted or self._agreement is None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + signum)
-        self._interrupted = True
-        log.warning(
-            "%s on rank %d: every rank saves a checkpoint and stops once they agree (after the next "
-            "training step or at the end of this epoch).", name, self.rank,
-        )
-        self._agreement.request(INTERRUPT, name, name)
 
     def __repr__(self) -> str:
         return f"DataParallel(rank={self.rank}, world_size={self.world_size}, device={str(self.device)!r})"
