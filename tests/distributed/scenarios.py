@@ -29,6 +29,7 @@ from cadence.events import BatchBegin, BatchEnd, EpochEnd, Event
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 
 TIMEOUT = 60.0  # seconds a collective waits: a hang fails the test instead of stalling it
+BACKEND: str | None = "gloo"  # CPUs, also where CUDA is available; the GPU test sets None (nccl)
 
 
 def dataset(n: int, seed: int) -> TensorDataset:
@@ -62,7 +63,7 @@ def make_learner(data: tuple[Any, Any], *callbacks: Callback, defaults: bool = T
         data=data,
         callbacks=list(callbacks),
         default_callbacks=defaults,
-        strategy=DataParallel(timeout=TIMEOUT, **strategy),
+        strategy=DataParallel(backend=BACKEND, timeout=TIMEOUT, **strategy),
     )
 
 
@@ -249,6 +250,20 @@ def mid_epoch(saved: list[str]) -> str:
     return next(name for name in saved if "-epoch1-batch1" in name)
 
 
+def wrapped(batch_size: int) -> str:
+    """A model that is already a DistributedDataParallel is refused, on every rank."""
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))
+    learner = Learner(
+        model, torch.nn.functional.mse_loss, data=loaders(32, 16, batch_size), default_callbacks=False,
+        strategy=DataParallel(backend=BACKEND, timeout=TIMEOUT),
+    )
+    try:
+        learner.fit(1)
+    except DistributedError as error:
+        return str(error)
+    return "no error"
+
+
 def run_all(folder: str) -> dict[str, Any]:
     """Every run above with a per-rank batch of 8, in the ranks of one ``launch`` group."""
     root = Path(folder)
@@ -259,6 +274,7 @@ def run_all(folder: str) -> dict[str, Any]:
         "stops": stops(8, on_rank=1),
         "collectives": collectives(8),
         "mismatch": mismatch(8),
+        "wrapped": wrapped(8),
         "checkpoints": checkpoints(8, str(root / "checkpoints")),
     }
 
@@ -317,3 +333,12 @@ def interrupted_then_failing(folder: str) -> None:
     }
     (out / f"interrupted-rank{rank()}.json").write_text(json.dumps(record))
     failing()
+
+
+def gpu_parity(folder: str, alone: bool = False) -> dict[str, Any]:
+    """``parity`` on GPUs with the automatic backend (nccl), weights brought back to the CPU."""
+    global BACKEND
+    BACKEND = None
+    result = parity(16 if alone else 8, folder)
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+    return {"weights": [w.cpu() for w in result["weights"]], "backend": backend}

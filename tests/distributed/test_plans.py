@@ -57,3 +57,13 @@ def test_rank_local_deciders_are_wrapped_on_every_rank() -> None:
     waiting = Agreement(Context(0, 2, torch.device("cpu")), check_every=1)
     on_rank_0 = localize(plan, 0, waiting)
     assert [call is not original for (call, _), (original, _) in zip(on_rank_0.calls, plan.calls)] == [True]
+
+
+def test_a_model_already_wrapped_in_ddp_is_refused_with_the_fix(two_ranks: Ranks) -> None:
+    _, ranks = two_ranks
+    for result in ranks:
+        assert result["wrapped"] == (
+            "Learner(model=...) is already a DistributedDataParallel; DataParallel wraps the model itself "
+            "(and learner.model stays your module). Pass the module: Learner(ddp.module, ...), or keep your "
+            "own DDP with Learner(..., strategy=None) and shard the data yourself."
+        )

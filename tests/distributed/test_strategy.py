@@ -149,3 +149,34 @@ def test_one_process_draws_the_order_that_every_world_size_draws() -> None:
 def test_a_learner_without_distribution_is_unchanged() -> None:
     learner = Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss, data=(linear_batches(), None), strategy=None)
     assert learner.strategy is None
+
+
+def test_an_accelerator_gets_a_todevice_for_its_batches_unless_there_is_one() -> None:
+    from cadence import ToDevice
+
+    learner = make_test_learner(strategy=DataParallel(device="meta"))  # an accelerator stand-in
+    assert [repr(cb) for cb in learner.callbacks if isinstance(cb, ToDevice)] == ["ToDevice('meta')"]
+    learner = make_test_learner(ToDevice("cpu"), strategy=DataParallel(device="meta"))
+    assert [repr(cb) for cb in learner.callbacks if isinstance(cb, ToDevice)] == ["ToDevice('cpu')"]
+    assert not any(isinstance(cb, ToDevice) for cb in make_test_learner(strategy=DataParallel()).callbacks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: DataParallel picks the GPU and nccl there")
+def test_on_a_gpu_one_process_trains_there(tmp_path: Path) -> None:
+    strategy = DataParallel()
+    learner = make_test_learner(strategy=strategy)
+    assert strategy.device.type == "cuda"
+    learner.fit(1)
+    assert next(learner.model.parameters()).device.type == "cuda"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices: nccl runs one rank per GPU")
+def test_two_gpus_with_nccl_train_the_weights_of_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cadence.distributed import launch
+
+    monkeypatch.setattr(scenarios, "BACKEND", None)  # the automatic choice (nccl); restored after the test
+    ranks = launch(scenarios.gpu_parity, str(tmp_path), nprocs=2, timeout=240)
+    reference = scenarios.gpu_parity(str(tmp_path), alone=True)
+    for result in ranks:
+        assert result["backend"] == "nccl"
+        assert_close(result["weights"], reference["weights"], 1e-5)
