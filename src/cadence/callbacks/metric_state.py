@@ -3,7 +3,6 @@ that accumulate on the device and save and restore an epoch under way."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import re
 import sys
@@ -259,7 +258,7 @@ class _Tracker:
         sums: list[Any] = self.sums if self.on_cpu else [s.detach().to("cpu", copy=True) for s in self.sums]
         if across_ranks:
             count, sums = sum_across_ranks(count, sums)
-        with synced([m for _, m in self.stateful], unless_self_syncing=False) if across_ranks else _nothing():
+        with synced([m for _, m in self.stateful] if across_ranks else [], unless_self_syncing=False):
             metrics = {key: _metric_state(key, metric) for key, metric in self.stateful}
         return {
             "count": count,
@@ -292,7 +291,7 @@ class _Tracker:
             return {}
         found = {k: float(s) / count for k, s in zip(self.keys(), sums)}
         for key, metric in self.stateful:
-            with synced([metric], unless_self_syncing=True) if across_ranks else _nothing():
+            with synced([metric] if across_ranks else [], unless_self_syncing=True):
                 value = metric.compute()
             if isinstance(value, torch.Tensor) and value.numel() != 1:
                 raise ValueError(
@@ -302,10 +301,6 @@ class _Tracker:
                 )
             found[key] = float(value)
         return found
-
-
-def _nothing() -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext()
 
 
 def _metric_state(key: str, metric: Any) -> dict[str, Any]:
