@@ -222,7 +222,7 @@ class Learner:
             raise ValueError(f"fit(n_epochs) expects a non-negative int; got {n_epochs!r}.")
         train, valid = self._data(data, "fit")
         if self._strategy is not None:  # shard first: limits count each process's batches
-            train, valid = self._strategy.shard(train, valid)
+            train, valid = self._strategy.prepare_fit(self, train, valid)
         limits = RunLimits.check(limit_batches, fast_dev_run, overfit_batches, resume)
         n_epochs, train, valid = limits.apply(n_epochs, train, valid)
         with self._running(limits.callbacks(self._callbacks)):

@@ -264,6 +264,19 @@ def wrapped(batch_size: int) -> str:
     return "no error"
 
 
+def run_folder(batch_size: int, folder: str) -> dict[str, Any]:
+    """A run folder named by the date (each rank would pick its own), checkpoints in it and a
+    CSV log of the metrics: one folder, one log, written by rank 0."""
+    from cadence import LogMetrics, RunFolder
+    from cadence.loggers import CSVLogger
+
+    learner = make_learner(loaders(32, 16, batch_size), RunFolder(root=folder), Checkpointer(), LogMetrics(CSVLogger()))
+    with printed() as out:
+        learner.fit(2)
+    run = learner.cbstate.run
+    return {"name": run.name, "printed": out.getvalue(), "folders": sorted(p.name for p in Path(folder).iterdir())}
+
+
 def run_all(folder: str) -> dict[str, Any]:
     """Every run above with a per-rank batch of 8, in the ranks of one ``launch`` group."""
     root = Path(folder)
@@ -275,6 +288,7 @@ def run_all(folder: str) -> dict[str, Any]:
         "collectives": collectives(8),
         "mismatch": mismatch(8),
         "wrapped": wrapped(8),
+        "run_folder": run_folder(8, str(root / "runs")),
         "checkpoints": checkpoints(8, str(root / "checkpoints")),
     }
 

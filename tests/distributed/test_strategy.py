@@ -180,3 +180,15 @@ def test_two_gpus_with_nccl_train_the_weights_of_one(tmp_path: Path, monkeypatch
     for result in ranks:
         assert result["backend"] == "nccl"
         assert_close(result["weights"], reference["weights"], 1e-5)
+
+
+def test_every_rank_uses_the_run_folder_rank_zero_chose_and_logs_once(two_ranks: Ranks) -> None:
+    folder, (first, second) = two_ranks
+    assert first["run_folder"]["name"] == second["run_folder"]["name"]
+    assert first["run_folder"]["folders"] == [first["run_folder"]["name"]]  # one folder, not one per rank
+    run = folder / "runs" / first["run_folder"]["name"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.csv"]
+    assert len(list((run / "checkpoints").glob("*.json"))) == 2  # every epoch, written once
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == len(set(rows))  # LogMetrics: rank 0 only, no line twice
+    assert first["run_folder"]["printed"].count("Run folder:") == 1 and "Run folder:" not in second["run_folder"]["printed"]

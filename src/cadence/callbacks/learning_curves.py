@@ -44,6 +44,7 @@ class LearningCurves(Callback):
 
     state_access = {"cbstate.metrics": READ, "cbstate": READ}
     writes_files = True  # fit(fast_dev_run=True) runs without it
+    placement = "rank_zero"  # in a distributed fit, rank 0 alone draws (the epoch values are every rank's)
 
     def __init__(self, folder: str | os.PathLike[str] | None = None, *, every_epoch: bool = True) -> None:
         require("LearningCurves", "plots", "matplotlib")

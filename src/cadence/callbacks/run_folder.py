@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from cadence import WRITE, Callback, on
+from cadence.distributed.group import rank
 from cadence.events import Event, FitBegin
 from cadence.loggers.run import Run
 from cadence.phases import Phase
@@ -28,7 +29,9 @@ class RunFolder(Callback):
         console: Where to print; rich's console (standard output) by default.
 
     The folder is chosen and created when something first needs it (at the latest when
-    ``fit`` begins), not when the callback is built.
+    ``fit`` begins), not when the callback is built. In a distributed fit every rank uses the
+    folder rank 0 chose (``DataParallel`` settles it before the fit starts), and rank 0 alone
+    prints it.
 
     Example:
         >>> import tempfile
@@ -57,6 +60,8 @@ class RunFolder(Callback):
     @on(FitBegin)
     def fit_begin(self, event: Event, phase: Phase, learner: Any) -> None:
         path = learner.cbstate.run.path
+        if rank() != 0:  # every rank keeps the run; one prints it (no collective here)
+            return
         console = self.console if self.console is not None else Console(soft_wrap=True)
         console.out(f"Run folder: {path}", highlight=False)
 

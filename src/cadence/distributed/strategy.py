@@ -3,7 +3,7 @@ what a learner asks of one.
 
 The learner calls a strategy at a few points, and nowhere per batch except through the loop it
 hands the phases: when it is built (``attach``, ``added_callbacks``, ``localize`` for each plan,
-``runs_init``), when a fit starts (``shard``, then ``begin_fit`` before ``FitBegin``), for each
+``runs_init``), when a fit starts (``prepare_fit``, then ``begin_fit`` before ``FitBegin``), for each
 epoch (``epoch_loop``, then ``epoch_ended``) and when the fit ends (``end_fit``).
 """
 
@@ -20,7 +20,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from cadence.callback import Callback
 from cadence.distributed.agreement import Agreement, Replica
-from cadence.distributed.group import Context, activate, deactivate, default_backend, join, local_rank, rank, world_size
+from cadence.distributed.group import (
+    Context,
+    activate,
+    deactivate,
+    default_backend,
+    gather_json,
+    join,
+    local_rank,
+    rank,
+    world_size,
+)
 from cadence.distributed.interrupts import AgreedInterrupts
 from cadence.distributed.loop import AgreedStep, DistributedLoop
 from cadence.distributed.plans import check_same_plans, localize
@@ -46,8 +56,9 @@ class Strategy(Protocol):
            callbacks the strategy needs that the learner lacks.
         2. ``localize(plan)``: the plan as this process runs it; ``runs_init(callback)``:
            whether the callback's ``init`` runs in this process.
-        3. ``shard(train, valid)``: this process's data, when a fit starts; ``layout()``: how
-           it shards, for checkpoints (None for no distributed layout).
+        3. ``prepare_fit(learner, train, valid)``: this process's data, when a fit starts
+           (before its checkpoints are looked for); ``layout()``: how it shards, for checkpoints
+           (None for no distributed layout).
         4. ``begin_fit(learner, run)`` before ``FitBegin``; ``end_fit(error)`` after ``FitEnd``.
         5. ``epoch_loop(learner, phase)``: the object the phase runs on (a ``phases.Loop``);
            ``epoch_ended(phase)`` after the epoch.
@@ -61,7 +72,7 @@ class Strategy(Protocol):
 
     def runs_init(self, callback: Callback) -> bool: ...
 
-    def shard(self, train: Iterable[Any], valid: Iterable[Any] | None) -> Data: ...
+    def prepare_fit(self, learner: Any, train: Iterable[Any], valid: Iterable[Any] | None) -> Data: ...
 
     def layout(self) -> dict[str, Any] | None: ...
 
@@ -197,8 +208,11 @@ class DataParallel:
 
     # ---- a fit ----------------------------------------------------------------------------------
 
-    def shard(self, train: Iterable[Any], valid: Iterable[Any] | None) -> Data:
-        """This rank's share of the fit's data (``cadence.distributed.sharding``)."""
+    def prepare_fit(self, learner: Any, train: Iterable[Any], valid: Iterable[Any] | None) -> Data:
+        """This rank's share of the fit's data (``cadence.distributed.sharding``), and, with
+        several ranks, the run folder rank 0 chose (``RunFolder``) on every rank."""
+        if self.world_size > 1:
+            _share_run_folder(learner, self.rank)
         if self.shard_data:
             train = shard(train, self.rank, self.world_size, training=True, seed=self.seed)
             if valid is not None:
@@ -296,3 +310,15 @@ def _collective_failure(error: BaseException | None) -> bool:
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and any(word in text for word in ("gloo", "NCCL", "c10d", "closed by peer"))
+
+
+def _share_run_folder(learner: Any, rank: int) -> None:
+    # A run folder named by the date and a counter is the next free one: each rank would pick
+    # its own. Rank 0 picks (creating it), the others take its name.
+    run = learner.cbstate.entries().get("run")
+    if run is None or not callable(getattr(run, "adopt", None)):
+        return
+    name = run.name if rank == 0 else None
+    chosen = gather_json(name)[0]
+    if rank != 0:
+        run.adopt(chosen)

@@ -3,7 +3,9 @@
 They attach their backends at ``FitBegin``, flush them at every epoch end, and detach them at
 ``FitEnd`` (the last callback to detach a shared backend closes it), on every way a fit ends.
 They declare only ``READ`` access, so the graph runs them after whatever writes what they log,
-in any list order, and they save their backends' positions in checkpoints.
+in any list order, and they save their backends' positions in checkpoints. In a distributed fit
+they run on rank 0 alone (``placement = "rank_zero"``), which logs the values ``Metrics``
+reduced over every rank.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ class LoggerCallback(Callback):
            override ``began(event, learner)`` (its writes wait until a resumed fit's position
            is restored), at epoch ends override ``epoch_ended(phase, learner)``.
         3. Log only on logging steps or at epoch ends: reading a device tensor is a sync.
+        4. It runs on rank 0 only in a distributed fit (``placement``): run no collective in it.
     """
 
     writes_files = True  # fit(fast_dev_run=True) runs without loggers
+    placement = "rank_zero"
 
     def __init__(self, backends: Sequence[Backend]) -> None:
         name = type(self).__name__

@@ -85,6 +85,26 @@ class Run:
                 continue
             return path
 
+    def adopt(self, name: str) -> None:
+        """Take ``name``, another process's choice, as this run's: in a distributed fit every rank
+        uses the folder rank 0 chose.
+
+        Raises:
+            ValueError: this run has another folder already.
+        """
+        if self.name_if_chosen() not in (None, name):
+            raise ValueError(
+                f"Run: this process already uses the run folder {self.name_if_chosen()!r}, rank 0 uses "
+                f"{name!r}. Name the run, RunFolder(\"digits\"), so that every process uses one folder."
+            )
+        self._name = name
+
+    def name_if_chosen(self) -> str | None:
+        """The run's name if it has one yet (given, or its folder created), else None."""
+        if self._name is not None:
+            return self._name
+        return None if self._path is None else self._path.name
+
     def state_dict(self) -> dict[str, Any]:
         """``{"name": ...}``, kept in checkpoints to say which run they belong to."""
         return {"name": self.name}
