@@ -209,9 +209,12 @@ class DataParallel:
     # ---- a fit ----------------------------------------------------------------------------------
 
     def prepare_fit(self, learner: Any, train: Iterable[Any], valid: Iterable[Any] | None) -> Data:
-        """This rank's share of the fit's data (``cadence.distributed.sharding``), and, with
-        several ranks, the run folder rank 0 chose (``RunFolder``) on every rank."""
+        """Before the fit looks for its checkpoints: with several ranks, check that every rank
+        built the same plans (before any other collective, so that a difference is an error,
+        not a hang) and give every rank the run folder rank 0 chose (``RunFolder``); then this
+        rank's share of the fit's data (``cadence.distributed.sharding``)."""
         if self.world_size > 1:
+            check_same_plans(learner)
             _share_run_folder(learner, self.rank)
         if self.shard_data:
             train = shard(train, self.rank, self.world_size, training=True, seed=self.seed)
@@ -229,8 +232,7 @@ class DataParallel:
         return {"world_size": self.world_size, "batch_size": batch_size_of(self._train), "sharding": sharding}
 
     def begin_fit(self, learner: Any, run: Any) -> None:
-        """Before ``FitBegin``: check that every rank built the same plans, put the model on
-        this rank's device and wrap it in DDP."""
+        """Before ``FitBegin``: put the model on this rank's device and wrap it in DDP."""
         layout = self.layout()
         self._context = Context(self.rank, self.world_size, self.device, layout["batch_size"], layout["sharding"])
         activate(self._context)
@@ -245,7 +247,6 @@ class DataParallel:
                 "itself (and learner.model stays your module). Pass the module: Learner(ddp.module, ...), "
                 "or keep your own DDP with Learner(..., strategy=None) and shard the data yourself."
             )
-        check_same_plans(learner)
         agreement = self._agreement
         assert agreement is not None
         agreement.run = run
