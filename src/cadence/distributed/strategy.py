@@ -2,14 +2,14 @@
 what a learner asks of one.
 
 The learner calls a strategy at a few points, and nowhere per batch except through the loop it
-hands the phases: when it is built (``attach``, ``added_callbacks``, ``localize`` for each plan,
-``runs_init``), when a fit starts (``prepare_fit``, then ``begin_fit`` before ``FitBegin``), for each
-epoch (``epoch_loop``, then ``epoch_ended``) and when the fit ends (``end_fit``).
+hands the phases: when it is built (``attach``, ``added_callbacks``, ``localize`` for each
+plan, ``runs_init``), when a fit starts (``prepare_fit``, then ``begin_fit`` before
+``FitBegin``), for each epoch (``epoch_loop``, then ``epoch_ended``) and when the fit ends
+(``end_fit``).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
@@ -41,8 +41,6 @@ from cadence.graph.placement import placement_of
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 
 __all__ = ["DataParallel", "Strategy", "resolve_strategy"]
-
-log = logging.getLogger(__name__)
 
 Data = tuple[Iterable[Any], Iterable[Any] | None]
 
