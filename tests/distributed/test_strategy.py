@@ -78,7 +78,7 @@ def test_rank_zero_callbacks_print_and_write_once(two_ranks: Ranks) -> None:
 
 def test_a_dataparallel_fit_on_one_process_needs_no_process_group() -> None:
     learner = make_test_learner(strategy=DataParallel())
-    assert learner.fit(1) is None
+    assert learner.fit(1).stopped is None
     assert not torch.distributed.is_initialized()
     strategy = learner.strategy
     assert isinstance(strategy, DataParallel) and (strategy.rank, strategy.world_size) == (0, 1)

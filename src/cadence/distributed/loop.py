@@ -20,10 +20,11 @@ class DistributedLoop:
     """What a phase runs on in a distributed fit: the learner's state and events, with the
     model's forward through DDP and the optimizer step after the stop agreement."""
 
-    __slots__ = ("model", "loss_fn", "optimizer", "batch", "cbstate", "_fire")
+    __slots__ = ("model", "loss_fn", "optimizer", "adapter", "batch", "cbstate", "_fire")
 
     def __init__(self, model: torch.nn.Module, learner: Any, optimizer: Any) -> None:
         self.model, self.loss_fn, self.optimizer = model, learner.loss_fn, optimizer
+        self.adapter = learner.adapter
         self.batch: Batch = learner.batch
         self.cbstate = learner.cbstate
         self._fire = learner.fire

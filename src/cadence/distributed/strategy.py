@@ -125,7 +125,7 @@ class DataParallel:
         >>> learner = make_test_learner(strategy=DataParallel())  # one process: world size 1
         >>> learner.strategy.world_size
         1
-        >>> learner.fit(2) is None
+        >>> learner.fit(2).stopped is None
         True
     """
 
