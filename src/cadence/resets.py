@@ -18,7 +18,7 @@ from typing import Any
 
 from cadence.callback import Callback, callback_labels
 
-__all__ = ["reset_for_fit"]
+__all__ = ["last_fit_in", "reset_for_fit"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,13 @@ def reset_for_fit(learner: Any) -> None:
             _start(cb, learner)
 
 
-def _last_learner(callback: Callback) -> Any:
+def last_fit_in(callback: object, learner: Any) -> bool:
+    """Whether ``callback``'s last fit was in ``learner``: its next fit there goes on from it
+    (``cadence.checkpointing.folder`` lets it save on into its folder)."""
+    return _last_learner(callback) is learner
+
+
+def _last_learner(callback: object) -> Any:
     """The learner of ``callback``'s last fit, or None before its first (or once that learner
     is gone: then ``object()``, another learner all the same)."""
     entry = _STARTED.get(id(callback))

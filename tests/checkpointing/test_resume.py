@@ -121,6 +121,36 @@ def test_resuming_from_any_checkpoint_is_exact(tmp_path: Path, kind: str) -> Non
         assert_same(outcome(resumed), expected)
 
 
+class Crash(Callback):
+    """Plays a killed process: raises at the ``at``-th training batch it sees."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def crash(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.seen += 1
+        if self.seen == self.at:
+            raise RuntimeError("the machine went away")
+
+
+def test_a_crash_in_a_second_fit_resumes_that_fit_exactly(tmp_path: Path) -> None:
+    reference = make_learner(tmp_path / "run")
+    reference.fit(1)
+    reference.fit(2)
+    expected = outcome(reference)
+    crashing = make_learner(tmp_path / "crashed")
+    crashing.fit(1)
+    crashing.add_callback(Crash(at=6))  # the second fit's epoch 2, batch 2
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        crashing.fit(2)
+    newest = latest_checkpoint(tmp_path / "crashed")
+    assert newest is not None and newest.sequence == 11 and newest.meta["position"] == {"epoch": 1, "batch": 1, "step": 5}
+    resumed = make_learner(tmp_path / "crashed", seed=5)  # a fresh process, the same script
+    resumed.fit(2, resume="latest")
+    assert_same(outcome(resumed), expected)
+
+
 def test_resuming_skips_batches_without_loading_their_samples(tmp_path: Path) -> None:
     reference = make_learner(tmp_path / "run")
     reference.fit(2)
@@ -305,7 +335,7 @@ def test_a_cbstate_entry_the_learner_lacks_is_an_error_with_the_fix(tmp_path: Pa
 
 
 def test_a_checkpoint_past_the_end_is_an_error(tmp_path: Path, checkpoint: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"is at epoch 2, batch 2, past the end of fit\(1\); n_epochs is the total, so ask for more, e.g. fit\(2, resume=...\)"):
+    with pytest.raises(CheckpointError, match=r"is at epoch 2, batch 2, past the end of fit\(1\) \(it was taken in a fit\(2\)\); n_epochs counts all the run's epochs, those before the checkpoint included, so ask for more, e.g. fit\(2, resume=...\).$"):
         make_learner(tmp_path / "other").fit(1, resume=checkpoint)
 
 

@@ -86,6 +86,10 @@ class Checkpointer(Callback):
     state_access = {"model": READ, "optimizer": READ, "cbstate": READ}
     run_after = (Callback,)
     writes_files = True  # fit(fast_dev_run=True) runs without it
+    #: The run this Checkpointer's checkpoints belong to, written into each one's metadata
+    #: (``"run"``); set when a fit starts, None before the first. A second fit of the same
+    #: learner goes on with it, saving on into the folder; see ``cadence.checkpointing.folder``.
+    run_id: str | None = None
 
     def __init__(
         self,

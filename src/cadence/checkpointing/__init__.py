@@ -7,7 +7,8 @@ and how a resumed ``fit`` gets back to the exact batch.
 - ``schema``: the shape metadata and a fit's tensors must have before any of it is used.
 - ``plain``: what a checkpoint may hold (plain data, no cycles), checked at capture.
 - ``locate``: which checkpoint ``fit(resume=...)`` continues from.
-- ``folder``: a checkpoint folder belongs to one run; moving an earlier run's aside.
+- ``folder``: a checkpoint folder belongs to one run (the fits of one learner are one run);
+  moving an earlier run's aside.
 - ``interrupts``: SIGTERM and Ctrl-C during a fit.
 - ``snapshot``: the learner's state in a checkpoint (model, optimizer, callbacks, cbstate).
 - ``weights``: ``learner.load(path)``, a checkpoint's model (and optimizer) without its run.

@@ -1,41 +1,55 @@
-"""A checkpoint folder belongs to one run. A fresh ``fit`` into a folder that holds an earlier
+"""A checkpoint folder belongs to one run. A fresh ``fit`` into a folder that holds another
 run's checkpoints would continue their numbering, delete its own checkpoints as they rotate
 out and keep the old run's best; it is refused before ``FitBegin``, with the three ways on:
 resume that run, use another folder, or move the old checkpoints aside with
-``archive_checkpoints``."""
+``archive_checkpoints``.
+
+Which run a checkpoint belongs to is written into its metadata (``"run"``, a random id). A
+fit's run is the run of the checkpoint it resumes; otherwise, when the saver's last fit was in
+the same learner, that fit's run (a second ``fit`` of a learner continues its training, so it
+saves on into the folder, numbering on); otherwise a new one."""
 
 from __future__ import annotations
 
 import datetime
 import os
 import re
+import uuid
 from pathlib import Path
+from typing import Any
 
-from cadence.checkpointing.files import Checkpoint, StrPath, scan_folder, sequence_of
+from cadence.checkpointing.files import Checkpoint, StrPath, read_meta, scan_folder, sequence_of
 from cadence.errors import CheckpointError
 
-__all__ = ["archive_checkpoints", "check_own_folder"]
+__all__ = ["archive_checkpoints", "claim_folder"]
 
 _OURS = re.compile(r"^\.?checkpoint-\d+")  # checkpoints, and the leftovers of their writes
 
 
-def check_own_folder(folder: Path, resumed: Checkpoint | None, n_epochs: int) -> None:
-    """Refuse a fit that would save into ``folder`` while it holds checkpoints of another run:
-    any, for a fresh fit; for a resumed one, unless ``resumed`` is one of them.
+def claim_folder(folder: Path, resumed: Checkpoint | None, previous: str | None) -> str:
+    """The run of a fit that saves into ``folder``: ``resumed``'s run, else ``previous`` (the
+    run of the saver's last fit in this learner), else a new one; after checking that every
+    checkpoint in ``folder`` is of that run (a checkpoint resumed from ``folder`` itself needs
+    no check: that fit continues the folder's run).
 
     Raises:
-        CheckpointError: naming the folder, its newest checkpoint and the three fixes.
+        CheckpointError: naming the folder, its newest checkpoint of another run and the
+            three fixes.
     """
+    run = resumed.meta.get("run") if resumed is not None else previous
+    if resumed is not None and _same(resumed.path.parent, folder):
+        return run or _new_run()
     scan = scan_folder(folder)
     found = [*scan.committed, *scan.refused]
-    if not found or (resumed is not None and _same(resumed.path.parent, folder)):
-        return
-    newest = max(found, key=sequence_of).name
+    others = [p for p in found if run is None or _run_of(p) != run]
+    if not others:
+        return run or _new_run()
+    newest = max(others, key=sequence_of)
     name = str(folder)
-    held = f"holds {len(found)} checkpoint(s) of an earlier run (the newest: {newest})"
+    held = f"holds {len(others)} checkpoint(s) of another run (the newest: {newest.name})"
     if resumed is None:
         problem = f"This fit would save into {name!r}, which {held}"
-        resume = f'continue that run instead: fit({n_epochs}, resume="latest")'
+        resume = f"continue that run instead: {_continue(newest)}"
     else:
         problem = f"fit(resume=...) continues {resumed.path}, but would save into {name!r}, which {held}"
         resume = f"save the continued run where it came from: Checkpointer({str(resumed.path.parent)!r})"
@@ -45,6 +59,38 @@ def check_own_folder(folder: Path, resumed: Checkpoint | None, n_epochs: int) ->
         f"{resume}; or give this run a folder of its own: Checkpointer({name + '-2'!r}); or start "
         f"over in this one after moving the old checkpoints into a subfolder: "
         f"cadence.checkpoint.archive_checkpoints({name!r})."
+    )
+
+
+def _new_run() -> str:
+    return uuid.uuid4().hex
+
+
+def _meta(path: Path) -> dict[str, Any] | None:
+    try:
+        return read_meta(path.with_suffix(".json"))
+    except CheckpointError:  # unreadable: not known to be of any run
+        return None
+
+
+def _run_of(path: Path) -> str | None:
+    meta = _meta(path)
+    return None if meta is None else meta.get("run")
+
+
+def _continue(newest: Path) -> str:
+    """How to continue the run ``newest`` is of, saying what ``n_epochs`` means there."""
+    meta = _meta(newest) or {}
+    position, total = meta.get("position"), meta.get("n_epochs")
+    call = 'fit(n_epochs, resume="latest"), where n_epochs counts all the run\'s epochs, those before its checkpoint included'
+    if position is None or total is None:
+        return call
+    epoch, batch = position["epoch"], position["batch"]
+    taken = f"after batch {batch} of epoch {epoch + 1}" if batch else f"after epoch {epoch}"
+    left = "finishes that fit" if epoch < total or batch else "has nothing left to train"
+    return (
+        f'{call} (its newest was taken {taken} of a fit({total}), so fit({total}, resume="latest") {left} '
+        f'and fit({total + 1}, resume="latest") trains one epoch more)'
     )
 
 

@@ -8,9 +8,10 @@ forwards attribute reads and ``len()`` to the data, so ``event.data.sampler.set_
 works as without it), records the RNG states when each training epoch's iterator is created,
 and turns SIGTERM and Ctrl-C into a checkpoint at the next consistent point
 (``cadence.checkpointing.interrupts``). A fit that saves checkpoints owns its saver's folder:
-a fresh fit into a folder with another run's checkpoints is refused
-(``cadence.checkpointing.folder``), and so is adding, removing or replacing the saver while
-the fit runs (it takes part from the fit's first batch or not at all).
+a fresh fit into a folder with another run's checkpoints is refused (a second ``fit`` of the
+same learner continues its run: ``cadence.checkpointing.folder``), and so is adding, removing
+or replacing the saver while the fit runs (it takes part from the fit's first batch or not at
+all).
 
 The callback that saves checkpoints is found by what it does, not by its class: any callback
 implementing ``cadence.checkpointing.saver.CheckpointSaver`` (``Checkpointer`` does), so that this core
@@ -40,11 +41,12 @@ from typing import Any
 
 from cadence.callback import Callback
 from cadence.checkpointing.files import Checkpoint, CheckpointError
-from cadence.checkpointing.folder import check_own_folder
+from cadence.checkpointing.folder import claim_folder
 from cadence.checkpointing.interrupts import Interrupts
 from cadence.checkpointing.locate import Resume, find_checkpoint
 from cadence.errors import CancelFit
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
+from cadence.resets import last_fit_in
 from cadence.checkpointing.replay import data_generators, length, sampler_epochs, set_sampler_epochs, skip_batches
 from cadence.checkpointing.rng import capture_rng, restore_rng
 from cadence.checkpointing.saver import CheckpointSaver, find_saver
@@ -67,6 +69,8 @@ class FitRun:
         validates: Whether each training epoch is followed by validation.
         interrupted: ``"SIGTERM"`` or ``"SIGINT"`` once one arrived, else None.
         saved: The last checkpoint written during this fit.
+        run_id: The run this fit's checkpoints belong to (``cadence.checkpointing.folder``);
+            None without a saver.
         stage: Where the current training epoch is: ``"before"`` its first batch, in its
             ``"batches"``, or ``"after"`` them (its ``EpochEnd``, its validation).
     """
@@ -88,8 +92,10 @@ class FitRun:
         self._resuming = None if resume is None else find_checkpoint(resume, folder)
         if self._resuming is not None:
             self._check(self._resuming)
-        if folder is not None:
-            check_own_folder(folder, self._resuming, n_epochs)
+        self.run_id: str | None = None
+        if self.checkpointer is not None and folder is not None:
+            previous = self.checkpointer.run_id if last_fit_in(self.checkpointer, learner) else None
+            self.run_id = claim_folder(folder, self._resuming, previous)
         position = self._resuming.meta["position"] if self._resuming is not None else {"epoch": 0, "batch": 0}
         self.first_epoch: int = position["epoch"]
         tracked = self.checkpointer is not None or position["batch"] > 0
@@ -97,6 +103,7 @@ class FitRun:
         self._data = wrapper(train, self) if tracked else train
         self._interrupts = Interrupts(self)
         if self.checkpointer is not None:
+            self.checkpointer.run_id = self.run_id
             self.checkpointer.attach_run(self)
 
     @property
@@ -187,7 +194,9 @@ class FitRun:
         if not epoch_end:
             state["rng"]["epoch"] = self.epoch_rng
             state["rng"]["samplers"] = self.epoch_samplers
-        meta.update(position={"epoch": epoch, "batch": batch, "step": self.step}, n_epochs=self.n_epochs)
+        meta.update(
+            position={"epoch": epoch, "batch": batch, "step": self.step}, n_epochs=self.n_epochs, run=self.run_id
+        )
         return state, meta
 
     def _extra(self) -> Mapping[str, Any]:
@@ -201,9 +210,12 @@ class FitRun:
         path = checkpoint.path
         epoch, batch = checkpoint.meta["position"]["epoch"], checkpoint.meta["position"]["batch"]
         if epoch > self.n_epochs or (batch > 0 and epoch >= self.n_epochs):
+            taken = checkpoint.meta.get("n_epochs")
+            within = f" (it was taken in a fit({taken}))" if taken is not None else ""
             raise CheckpointError(
-                f"{path} is at epoch {epoch + 1}, batch {batch}, past the end of fit({self.n_epochs}); "
-                f"n_epochs is the total, so ask for more, e.g. fit({epoch + 1}, resume=...)."
+                f"{path} is at epoch {epoch + 1}, batch {batch}, past the end of fit({self.n_epochs}){within}; "
+                f"n_epochs counts all the run's epochs, those before the checkpoint included, so ask for "
+                f"more, e.g. fit({epoch + 1}, resume=...)."
             )
         n_batches = length(self.train)
         if n_batches is not None and batch > n_batches:

@@ -51,8 +51,13 @@ class CheckpointSaver(Protocol):
         2. Implement ``attach_run(run)``: called when ``fit`` starts, before ``FitBegin``, with
            the ``FitProgress`` (a ``FitRun``) whose ``capture()`` the callback then saves.
         3. Implement ``detach_run(run)``: called when ``fit`` ends, before ``FitEnd``.
-        4. A learner takes one saver (``check_savers``).
+        4. Give it a ``run_id`` attribute, None at first: ``FitRun`` sets it when a fit starts
+           to the run the fit's checkpoints belong to (``cadence.checkpointing.folder``), and
+           reads it at the saver's next fit in the same learner, which continues that run.
+        5. A learner takes one saver (``check_savers``).
     """
+
+    run_id: str | None
 
     @property
     def folder(self) -> Path: ...

@@ -131,6 +131,7 @@ _FIELDS: dict[str, _Check] = {
     "mode": (lambda v: v in ("min", "max"), '"min" or "max"'),
     "value": (lambda v: v is None or type(v) in (int, float), "a number or null"),
     "reason": (lambda v: isinstance(v, str), "a string"),
+    "run": (lambda v: isinstance(v, str), "a run id (a string)"),
 }
 
 
