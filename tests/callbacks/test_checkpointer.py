@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,23 @@ def test_leftovers_of_a_crash_are_removed_at_the_next_save(tmp_path: Path) -> No
     learner.fit(1)
     assert names(tmp_path) == ["checkpoint-000003-epoch1-batch0"]  # numbered after the leftovers
     assert not torn.exists() and not uncommitted.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".json"])
+def test_a_refused_checkpoint_is_left_as_it_was_by_later_saves_and_rotation(tmp_path: Path, suffix: str) -> None:
+    folder, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    make_test_learner(Checkpointer(folder, keep_last=5), n_batches=2).fit(2)
+    swapped = (folder / "checkpoint-000002-epoch2-batch0").with_suffix(suffix)
+    elsewhere.mkdir()
+    swapped.rename(elsewhere / swapped.name)
+    swapped.symlink_to(elsewhere / swapped.name)
+    refused = {p.name: os.readlink(p) if p.is_symlink() else p.read_bytes() for p in folder.glob("checkpoint-000002-*")}
+    target = (elsewhere / swapped.name).read_bytes()
+    # Resumed from the first checkpoint (the second is refused), then saves and rotates past both.
+    make_test_learner(Checkpointer(folder, keep_last=1), n_batches=2).fit(4, resume="latest")
+    assert sorted(os.listdir(folder)) == sorted([*refused, "checkpoint-000005-epoch4-batch0.json", "checkpoint-000005-epoch4-batch0.pt"])
+    assert {p.name: os.readlink(p) if p.is_symlink() else p.read_bytes() for p in folder.glob("checkpoint-000002-*")} == refused
+    assert (elsewhere / swapped.name).read_bytes() == target
 
 
 def test_a_callback_state_that_is_not_plain_data_names_the_callback(tmp_path: Path) -> None:

@@ -251,8 +251,9 @@ class Checkpointer(Callback):
         return max([0, *(sequence_of(Path(n.lstrip("."))) for n in names)]) + 1  # other files: -1
 
     def _rotate(self) -> None:
-        # Checkpoints whose files link out of the folder are not this run's: left alone.
-        committed = scan_folder(self.folder).committed
+        # Checkpoints whose files link out of the folder (refused) are left alone, links and all.
+        scan = scan_folder(self.folder)
+        committed = scan.committed
         keep = set(committed[-self.keep_last :])
         if self.keep_best:
             keep.update(self._ranked(committed)[: self.keep_best])
@@ -260,7 +261,7 @@ class Checkpointer(Callback):
             if path not in keep:
                 path.with_suffix(".json").unlink(missing_ok=True)  # uncommit first
                 path.unlink(missing_ok=True)
-        newest, listed = (sequence_of(committed[-1]) if committed else 0), set(committed)
+        newest, listed = (sequence_of(committed[-1]) if committed else 0), {*committed, *scan.refused}
         for entry in self.folder.iterdir():
             temporary = _TEMPORARY.match(entry.name)
             if temporary:
