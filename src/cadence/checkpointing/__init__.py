@@ -11,6 +11,7 @@ and how a resumed ``fit`` gets back to the exact batch.
   moving an earlier run's aside.
 - ``interrupts``: SIGTERM and Ctrl-C during a fit.
 - ``snapshot``: the learner's state in a checkpoint (model, optimizer, callbacks, cbstate).
+- ``restore``: putting it back, tried on copies before ``FitBegin``.
 - ``weights``: ``learner.load(path)``, a checkpoint's model (and optimizer) without its run.
 - ``saver``: the protocols between ``FitRun`` and the callback that saves (``Checkpointer``).
 - ``replay``: the data order again (DataLoader generators, samplers, skipping done batches).

@@ -50,7 +50,8 @@ from cadence.resets import last_fit_in
 from cadence.checkpointing.replay import data_generators, length, sampler_epochs, set_sampler_epochs, skip_batches
 from cadence.checkpointing.rng import capture_rng, restore_rng
 from cadence.checkpointing.saver import CheckpointSaver, find_saver
-from cadence.checkpointing.snapshot import capture_state, check_fits, restore_state
+from cadence.checkpointing.restore import rehearse_restore, restore_state
+from cadence.checkpointing.snapshot import capture_state, check_fits
 from cadence.distributed.checkpoints import check_resume
 
 __all__ = ["FitRun"]
@@ -206,7 +207,9 @@ class FitRun:
 
     def _check(self, checkpoint: Checkpoint) -> None:
         """Everything that can be checked before ``FitBegin``, so that a checkpoint that does not
-        fit this learner fails before training starts."""
+        fit this learner fails before training starts: its position, its model, optimizer,
+        callbacks and ``cbstate`` entries, and every ``load_state_dict`` tried on a copy
+        (``cadence.checkpointing.restore``)."""
         path = checkpoint.path
         epoch, batch = checkpoint.meta["position"]["epoch"], checkpoint.meta["position"]["batch"]
         if epoch > self.n_epochs or (batch > 0 and epoch >= self.n_epochs):
@@ -226,6 +229,7 @@ class FitRun:
         check_fits(checkpoint, self.learner, self._extra())
         strategy = getattr(self.learner, "strategy", None)
         check_resume(path, checkpoint.meta, None if strategy is None else strategy.layout())
+        rehearse_restore(checkpoint, self.learner, self._extra(), (self.train,))
         if batch > 0 and getattr(self.train, "persistent_workers", False):
             log.warning(
                 "Resuming %s mid-epoch with persistent_workers=True: the DataLoader draws its seed "

@@ -1,17 +1,18 @@
-"""What a checkpoint holds of a learner, and putting it back: the model, the optimizer, every
-callback's ``state_dict()``, the ``cbstate`` entries and the ``extra`` objects.
+"""What a checkpoint holds of a learner, and whether it fits a learner: the model, the
+optimizer, every callback's ``state_dict()``, the ``cbstate`` entries and the ``extra``
+objects (putting them back: ``cadence.checkpointing.restore``).
 
 Callback states are saved by label (``"Recorder"``, ``"Printer#2"``) and restored to the
-callback of the same class and occurrence. ``cbstate`` entries that are plain data are saved as
-they are, entries with ``state_dict()``/``load_state_dict()`` through those; any other entry
-must be saved by the callbacks that write it, in their own ``state_dict()``.
+callback of the same class and occurrence (``matching``). ``cbstate`` entries that are plain
+data are saved as they are, entries with ``state_dict()``/``load_state_dict()`` through those;
+any other entry must be saved by the callbacks that write it, in their own ``state_dict()``.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from cadence.callback import Callback, callback_labels
 from cadence.checkpointing.files import Checkpoint, CheckpointError
 from cadence.checkpointing.plain import check_plain
 
-__all__ = ["capture_state", "check_fits", "check_model", "check_optimizer", "restore_state"]
+__all__ = ["capture_state", "check_fits", "check_model", "check_optimizer", "matching"]
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,15 @@ def check_fits(checkpoint: Checkpoint, learner: Any, extra: Mapping[str, Any]) -
     """Check, before anything runs, that ``checkpoint`` can be restored into ``learner``.
 
     Raises:
-        CheckpointError: another model or optimizer, state of a callback the learner lacks, or
-            other ``extra`` objects; the message names the file and the fix.
+        CheckpointError: another model or optimizer, state of a callback the learner lacks, a
+            ``cbstate`` entry the learner lacks or holds as another kind of value, or other
+            ``extra`` objects; the message names the file and the fix.
     """
     path, meta, state = checkpoint.path, checkpoint.meta, checkpoint.state
     _check_model(path, state["model"], learner.model)
     check_optimizer(checkpoint, learner.optimizer)
     _check_callbacks(path, checkpoint, list(learner.callbacks))
+    _check_cbstate(checkpoint, learner.cbstate)
     if set(state["extra"]) != set(extra):
         raise CheckpointError(
             f"{path} holds extra states {sorted(state['extra'])}, but the Checkpointer's extra has "
@@ -120,23 +123,6 @@ def check_model(checkpoint: Checkpoint, model: Any) -> None:
     _check_model(checkpoint.path, checkpoint.state["model"], model)
 
 
-def restore_state(checkpoint: Checkpoint, learner: Any, extra: Mapping[str, Any]) -> None:
-    """Put the learner's state back as ``checkpoint`` holds it (``check_fits`` first)."""
-    state, path = checkpoint.state, checkpoint.path
-    learner.model.load_state_dict(state["model"])
-    learner.optimizer.load_state_dict(state["optimizer"])
-    _restore_cbstate(path, learner.cbstate, state["cbstate"], checkpoint.meta["callbacks"])
-    for label, callback in _matching(checkpoint, list(learner.callbacks)).items():
-        if label in state["callbacks"]:
-            try:
-                callback.load_state_dict(state["callbacks"][label])
-            except Exception as error:
-                error.add_note(f"Raised by {label}.load_state_dict while restoring {path}.")
-                raise
-    for name, obj in extra.items():
-        obj.load_state_dict(state["extra"][name])
-
-
 def _writers(name: str, callbacks: list[Callback], labels: list[str]) -> list[tuple[str, Callback]]:
     found = []
     for label, callback in zip(labels, callbacks):
@@ -152,7 +138,7 @@ def _capture_cbstate(cbstate: Any, callbacks: list[Callback], labels: list[str])
     plain: dict[str, Any] = {}
     objects: dict[str, Any] = {}
     for name, value in cbstate.entries().items():
-        if callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None)):
+        if _restorable(value):
             objects[name] = value.state_dict()
             check_plain(objects[name], f"cbstate.{name}.state_dict()")
             continue
@@ -173,17 +159,33 @@ def _capture_cbstate(cbstate: Any, callbacks: list[Callback], labels: list[str])
     return {"plain": plain, "objects": objects}
 
 
-def _restore_cbstate(path: Path, cbstate: Any, saved: dict[str, Any], callbacks: Iterable[str]) -> None:
-    for name, value in saved["plain"].items():
-        setattr(cbstate, name, value)
-    for name, state in saved["objects"].items():
+def _restorable(value: object) -> bool:
+    """Whether a ``cbstate`` entry is saved through its own ``state_dict``."""
+    return callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None))
+
+
+def _check_cbstate(checkpoint: Checkpoint, cbstate: Any) -> None:
+    path, saved = checkpoint.path, checkpoint.state["cbstate"]
+    taken = f"the checkpoint was taken with {', '.join(checkpoint.meta['callbacks']) or 'no callbacks'}"
+    for name in saved["objects"]:
         if name not in cbstate:
             raise CheckpointError(
                 f"{path} holds cbstate.{name}, but this learner has no such entry; add the callback "
-                f"that creates it in its init() (the checkpoint was taken with "
-                f"{', '.join(callbacks) or 'no callbacks'})."
+                f"that creates it in its init() ({taken})."
             )
-        getattr(cbstate, name).load_state_dict(state)
+        if not _restorable(getattr(cbstate, name)):
+            raise CheckpointError(
+                f"{path} holds cbstate.{name} as the state of an object, but this learner's "
+                f"cbstate.{name} is a {type(getattr(cbstate, name)).__name__} without load_state_dict(); "
+                f"build the learner with the callbacks that create it as the checkpoint's run did ({taken})."
+            )
+    for name in saved["plain"]:
+        if name in cbstate and _restorable(getattr(cbstate, name)):
+            raise CheckpointError(
+                f"{path} holds cbstate.{name} as plain data, but this learner's cbstate.{name} is a "
+                f"{type(getattr(cbstate, name)).__name__}, restored with its load_state_dict(); build the "
+                f"learner with the callbacks that create it as the checkpoint's run did ({taken})."
+            )
 
 
 def _check_model(path: Path, saved: dict[str, Any], model: Any) -> None:
@@ -209,7 +211,7 @@ def _check_model(path: Path, saved: dict[str, Any], model: Any) -> None:
         )
 
 
-def _matching(checkpoint: Checkpoint, callbacks: list[Callback]) -> dict[str, Callback]:
+def matching(checkpoint: Checkpoint, callbacks: list[Callback]) -> dict[str, Callback]:
     """Saved label -> the learner's callback of the same class and occurrence: a saved
     ``"Printer"`` matches the learner's ``"Printer#1"`` once a second printer joined."""
     labels = callback_labels(callbacks)
@@ -229,7 +231,7 @@ def _occurrence(label: str) -> int:
 
 def _check_callbacks(path: Path, checkpoint: Checkpoint, callbacks: list[Callback]) -> None:
     saved, states = checkpoint.meta["callbacks"], checkpoint.state["callbacks"]
-    matched = _matching(checkpoint, callbacks)
+    matched = matching(checkpoint, callbacks)
     labels = callback_labels(callbacks)
     for label, kind in saved.items():
         if label not in matched and states.get(label):
