@@ -111,6 +111,19 @@ def test_missing_metadata_means_not_committed(tmp_path: Path) -> None:
     assert list_checkpoints(tmp_path) == []
 
 
+def test_metadata_that_cannot_be_read_names_the_file_and_the_os_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cadence.checkpointing.files as files
+
+    path = write(tmp_path, 1)
+
+    def failing_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        raise OSError(5, "Input/output error")  # a failing disk
+
+    monkeypatch.setattr(files, "open", failing_open, raising=False)
+    with pytest.raises(CheckpointError, match=rf"^{path.with_suffix('.json')} cannot be read \(\[Errno 5\] Input/output error\). {USE_ANOTHER}$"):
+        load_checkpoint(path)
+
+
 def forge(path: Path, payload: bytes) -> None:
     """Write ``payload`` as ``path`` with metadata that matches it, so loading gets past the hash."""
     path.write_bytes(payload)
@@ -212,9 +225,9 @@ def test_latest_falls_back_to_the_newest_intact_one_and_says_so(
     with caplog.at_level(logging.WARNING, logger="cadence.checkpointing.files"):
         found = latest_checkpoint(tmp_path)
     assert found is not None and found.sequence == 1
-    text = caplog.text
-    assert f"Skipping checkpoint {third}" in text and f"Skipping checkpoint {second}" in text
-    assert "Resuming from" in text and "checkpoint-000001" in text
+    assert [r.getMessage().split(": ")[0] for r in caplog.records[:2]] == [f"Skipping checkpoint {third}", f"Skipping checkpoint {second}"]
+    assert caplog.records[0].getMessage().startswith(f"Skipping checkpoint {third}: {third} is truncated or corrupt: it has 0 bytes")
+    assert caplog.records[-1].getMessage() == f"Resuming from {found.path}, the newest intact checkpoint in {tmp_path}."
 
 
 def test_latest_of_an_empty_folder_is_none_and_of_a_broken_one_an_error(tmp_path: Path) -> None:
@@ -268,7 +281,10 @@ def test_cuda_states_are_skipped_with_a_warning_without_cuda(caplog: pytest.LogC
     state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
     with caplog.at_level(logging.WARNING, logger="cadence.checkpointing.rng"):
         restore_rng(state)
-    assert "RNG states for 1 CUDA device(s), which this machine lacks" in caplog.text
+    assert caplog.records[-1].getMessage() == (
+        "The checkpoint has RNG states for 1 CUDA device(s), which this machine lacks; randomness on "
+        "the GPU will differ from the original run."
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from cadence import Callback, on
+from cadence import Callback, CancelFit, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.lambda_callback import LambdaCallback
 from cadence.checkpointing.files import list_checkpoints, load_checkpoint
@@ -96,11 +96,12 @@ def test_in_a_training_batch_it_saves_at_the_end_of_that_batch(
     ended = FitEndLog()
     sender = send_at(BatchEnd, TrainingPhase, 3, signum)
     learner = make_test_learner(sender, ended, Checkpointer(tmp_path, every_epochs=None), n_batches=4)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         raised = stop(learner, signum)
     saved = list_checkpoints(tmp_path)
     assert names(tmp_path) == ["checkpoint-000001-epoch0-batch3"] and ended.ended == 1
     assert load_checkpoint(saved[0]).meta["reason"] == name
+    assert f"fit cancelled by Checkpointer.batch_end: {name}: checkpoint saved to {saved[0]}" in caplog.text
     assert f"{name}: {IN_BATCH} ({second})." in caplog.text
     stopped = f'Training stopped by {name}: checkpoint saved to {saved[0]}; continue with fit(5, resume="latest").'
     assert (str(raised) if signum == signal.SIGINT else caplog.text).count(stopped) == 1
@@ -189,6 +190,26 @@ def test_a_signal_during_a_routine_save_stops_right_after_it(tmp_path: Path, cap
     assert f"checkpoint saved to {list_checkpoints(tmp_path)[0]}" in caplog.text
 
 
+@pytest.mark.parametrize(("signum", "name", "second"), SIGNALS)
+def test_a_fit_cancelled_before_the_save_says_no_checkpoint_was_saved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, signum: int, name: str, second: str
+) -> None:
+    def signal_then_cancel(event: Event, phase: Phase, learner: Any) -> None:
+        os.kill(os.getpid(), signum)
+        raise CancelFit("enough")  # before the Checkpointer, which runs last, saves
+
+    learner = make_test_learner(LambdaCallback(signal_then_cancel, BatchEnd, phase=TrainingPhase), Checkpointer(tmp_path), n_batches=2)
+    with caplog.at_level(logging.WARNING):
+        raised = stop(learner, signum)
+    stopped = (
+        f"Training stopped by {name}: no checkpoint was saved, as LambdaCallback.signal_then_cancel cancelled the fit first "
+        f'(enough); fit(5, resume="latest") continues from the newest checkpoint in {tmp_path} (from the '
+        f"beginning if it has none)."
+    )
+    assert (str(raised) if signum == signal.SIGINT else caplog.records[-1].getMessage()) == stopped
+    assert names(tmp_path) == []
+
+
 def test_a_signal_after_the_last_save_says_every_epoch_ran(tmp_path: Path) -> None:
     # Reachable only in the instant between the last epoch's save and the end of the loop,
     # so the outcome is checked on its own.
@@ -198,6 +219,9 @@ def test_a_signal_after_the_last_save_says_every_epoch_ran(tmp_path: Path) -> No
     assert interrupts.outcome(None) is None
     run.interrupted = "SIGINT"
     with pytest.raises(KeyboardInterrupt, match=rf"^Training stopped by SIGINT: it arrived as the fit ended, after every epoch had run; the last checkpoint is {tmp_path / 'last.pt'}.$"):
+        interrupts.outcome(None)
+    run.saved = None  # a fit that saved nothing (its checkpoints were not due yet)
+    with pytest.raises(KeyboardInterrupt, match=r"^Training stopped by SIGINT: it arrived as the fit ended, after every epoch had run.$"):
         interrupts.outcome(None)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -301,14 +302,14 @@ def test_a_new_callback_with_state_starts_afresh_with_a_warning(tmp_path: Path, 
 def test_a_different_model_is_an_error(tmp_path: Path, checkpoint: Path) -> None:
     learner = make_learner(tmp_path / "other")
     learner.model[0] = torch.nn.Linear(3, 5)  # type: ignore[index]
-    with pytest.raises(CheckpointError, match=r"holds a different model \(torch.nn.modules.container.Sequential here; other shape: 0.bias, 0.weight\)"):
+    with pytest.raises(CheckpointError, match=r"holds a different model \(torch.nn.modules.container.Sequential here; other shape: 0.bias, 0.weight\). Build the learner with the model the checkpoint was taken from.$"):
         learner.fit(2, resume=checkpoint)
 
 
 def test_a_different_optimizer_is_an_error(tmp_path: Path, checkpoint: Path) -> None:
     learner = make_learner(tmp_path / "other")
     learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)
-    with pytest.raises(CheckpointError, match=r"holds the state of a torch.optim.adam.Adam, but the learner's optimizer is a torch.optim.sgd.SGD"):
+    with pytest.raises(CheckpointError, match=r"holds the state of a torch.optim.adam.Adam, but the learner's optimizer is a torch.optim.sgd.SGD. Build the learner with the same optimizer.$"):
         learner.fit(2, resume=checkpoint)
 
 
@@ -343,14 +344,14 @@ def test_shorter_training_data_is_an_error(tmp_path: Path) -> None:
     make_learner(tmp_path / "run", "list").fit(1)
     path = next(p for p in list_checkpoints(tmp_path / "run") if p.name.endswith("batch3.pt"))
     learner = make_learner(tmp_path / "other", "list")
-    with pytest.raises(CheckpointError, match=r"was taken after batch 3 of an epoch, but the training data has 2 batches"):
+    with pytest.raises(CheckpointError, match=r"was taken after batch 3 of an epoch, but the training data has 2 batches. Resume with the same training data.$"):
         learner.fit(1, data=(make_data("list")[:2], None), resume=path)
 
 
 def test_extra_objects_must_match(tmp_path: Path, checkpoint: Path) -> None:
     learner = make_learner(tmp_path / "other")
     learner.replace_callback(Checkpointer(tmp_path / "other", extra={"scaler": torch.optim.lr_scheduler.StepLR(learner.optimizer, 1)}))
-    with pytest.raises(CheckpointError, match=r"holds extra states \[\], but the Checkpointer's extra has \['scaler'\]"):
+    with pytest.raises(CheckpointError, match=r"holds extra states \[\], but the Checkpointer's extra has \['scaler'\]. Pass the same objects: Checkpointer\(..., extra=\{name: obj\}\).$"):
         learner.fit(2, resume=checkpoint)
 
 
@@ -452,6 +453,20 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_latest_readable(
         assert not any(p.name.endswith(".tmp") for p in folder.iterdir())
 
 
+def test_a_mid_epoch_resume_with_persistent_workers_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_test_learner(Checkpointer(tmp_path, every_steps=1, keep_last=5), n_batches=2).fit(1)
+    path = tmp_path / "checkpoint-000001-epoch0-batch1.pt"
+    x = torch.randn(16, 1)
+    loader = DataLoader(TensorDataset(x, 3 * x), batch_size=8, num_workers=1, persistent_workers=True)
+    with caplog.at_level(logging.WARNING, logger="cadence.checkpointing.resume"):
+        make_test_learner(n_batches=2).fit(1, data=(loader, None), resume=path)
+    assert caplog.records[0].getMessage() == (
+        f"Resuming {path} mid-epoch with persistent_workers=True: the DataLoader draws its seed only when "
+        f"its workers start, so the order of later epochs may differ; for an exact resume, build it with "
+        f"persistent_workers=False."
+    )
+
+
 def test_a_resumed_epoch_cancelled_at_its_epoch_begin_still_restores(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from cadence import CancelEpoch
     from cadence.events import EpochBegin
@@ -487,7 +502,7 @@ def test_a_checkpoint_that_is_not_of_a_fit_is_refused(tmp_path: Path) -> None:
 def test_an_optimizer_over_other_parameters_is_an_error(tmp_path: Path, checkpoint: Path) -> None:
     learner = make_learner(tmp_path / "other")
     learner.optimizer = torch.optim.Adam(learner.model[0].parameters())  # type: ignore[index]
-    with pytest.raises(CheckpointError, match=r"holds an optimizer over parameter groups of sizes \[4\], but the learner's has \[2\]"):
+    with pytest.raises(CheckpointError, match=r"holds an optimizer over parameter groups of sizes \[4\], but the learner's has \[2\]. Build the optimizer over the same parameters, in the same groups.$"):
         learner.fit(2, resume=checkpoint)
 
 
@@ -630,7 +645,8 @@ def test_a_resume_is_logged_as_a_warning_and_routine_saves_are_not(tmp_path: Pat
     with caplog.at_level(logging.INFO):
         make_test_learner(Checkpointer(tmp_path, every_steps=1), n_batches=2).fit(1)
     assert warnings_of(caplog) == []  # saves log at info: no flood by default
-    assert sum("Saved " in r.getMessage() for r in caplog.records) == 3
+    saves = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Saved ")]
+    assert len(saves) == 3 and re.fullmatch(rf"Saved {re.escape(str(tmp_path))}/checkpoint-000001-epoch0-batch1.pt \(every 1 steps\) in \d+\.\d{{3}} s\.", saves[0])
     caplog.clear()
     path = tmp_path / "checkpoint-000002-epoch0-batch2.pt"
     with caplog.at_level(logging.WARNING):

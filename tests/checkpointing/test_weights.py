@@ -88,6 +88,13 @@ def test_load_checks_before_it_loads(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"holds the state of a torch\.optim\.sgd\.SGD, but the learner's optimizer is a torch\.optim\.adam\.Adam"):
         adam.load(best, optimizer=True)
     assert torch.equal(adam.model.weight, weight)  # nothing loaded
+    layers = torch.nn.Sequential(*[torch.nn.Linear(1, 1) for _ in range(3)])
+    with pytest.raises(CheckpointError, match=(
+        rf"^{best} holds a different model \(torch.nn.modules.container.Sequential here; missing: 0.bias, 0.weight, "
+        rf"1.bias, 1.weight, 2.bias ...; unexpected: weight\). Build the learner with the model the checkpoint "
+        rf"was taken from.$"
+    )):
+        Learner(layers, torch.nn.functional.mse_loss, default_callbacks=False).load(best)
 
 
 def test_load_refuses_what_is_not_a_checkpoints_path(tmp_path: Path) -> None:

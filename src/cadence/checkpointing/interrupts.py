@@ -12,6 +12,9 @@ the signal arrived, and the warning logged when it arrives says which:
   its end (validation is not cut short: a checkpoint in the middle of it could not resume
   exactly).
 
+If another callback cancels the fit (``CancelFit``) before that point, no checkpoint is saved
+for the signal; ``fit`` still raises, saying so and which callback it was.
+
 A second signal stops at once, without a checkpoint: Ctrl-C raises ``KeyboardInterrupt``,
 SIGTERM ``SystemExit(143)``, both after ``FitEnd``; the newest checkpoint saved before is what
 ``resume="latest"`` continues from. Without a ``Checkpointer``, SIGTERM runs ``FitEnd`` and
@@ -109,8 +112,13 @@ class Interrupts:
             where = f"it arrived as the fit ended, after every epoch had run{last}"
         elif run.saved is not None:
             where = f'checkpoint saved to {run.saved}; continue with fit({run.n_epochs}, resume="latest")'
-        else:
-            where = "no checkpoint was saved"
+        else:  # another callback cancelled the fit before the next point a checkpoint resumes from
+            why = f" ({result.reason})" if result.reason else ""
+            where = (
+                f"no checkpoint was saved, as {result.origin or 'a callback'} cancelled the fit first{why}; "
+                f'fit({run.n_epochs}, resume="latest") continues from the newest checkpoint in {run.folder} '
+                f"(from the beginning if it has none)"
+            )
         message = f"Training stopped by {run.interrupted}: {where}."
         if run.interrupted == "SIGINT":
             raise KeyboardInterrupt(message)

@@ -233,7 +233,8 @@ class FitRun:
         if batch > 0 and getattr(self.train, "persistent_workers", False):
             log.warning(
                 "Resuming %s mid-epoch with persistent_workers=True: the DataLoader draws its seed "
-                "only when its workers start, so the order of later epochs may differ.", path,
+                "only when its workers start, so the order of later epochs may differ; for an exact "
+                "resume, build it with persistent_workers=False.", path,
             )
 
     def _restore(self, checkpoint: Checkpoint) -> None:
