@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.regression import MeanAbsoluteError
 
 from cadence import READ, Callback, CancelEpoch, CancelFit, Checkpointer, Learner, Metrics, MetricSpec, Recorder, on
-from cadence.checkpoint import list_checkpoints
+from cadence.checkpoint import list_checkpoints, load_checkpoint
 from cadence.distributed import DataParallel, rank
 from cadence.errors import DistributedError
 from cadence.events import BatchBegin, BatchEnd, EpochEnd, Event
@@ -245,6 +245,21 @@ def checkpoints(batch_size: int, folder: str) -> dict[str, Any]:
     }
 
 
+def second_fit(batch_size: int, folder: str) -> dict[str, Any]:
+    """Two fits of one learner into one folder: the second saves on into it, on every rank."""
+    checkpointer = Checkpointer(folder)
+    learner = make_learner(loaders(32, 16, batch_size), checkpointer)
+    with printed():
+        learner.fit(1)
+        learner.fit(2)
+    saved = list_checkpoints(folder)
+    return {
+        "run_id": checkpointer.run_id,
+        "runs": sorted({load_checkpoint(p).meta["run"] for p in saved}),
+        "saved": [p.name for p in saved],
+    }
+
+
 def mid_epoch(saved: list[str]) -> str:
     """The checkpoint taken after the first step of the second epoch."""
     return next(name for name in saved if "-epoch1-batch1" in name)
@@ -290,6 +305,7 @@ def run_all(folder: str) -> dict[str, Any]:
         "wrapped": wrapped(8),
         "run_folder": run_folder(8, str(root / "runs")),
         "checkpoints": checkpoints(8, str(root / "checkpoints")),
+        "second_fit": second_fit(8, str(root / "second-fit")),
     }
 
 

@@ -30,6 +30,13 @@ def test_rank_zero_writes_each_checkpoint_once_and_commits_it(two_ranks: Ranks) 
     assert meta["distributed"] == {"world_size": 2, "batch_size": 8, "sharding": "samples"}
 
 
+def test_a_second_fit_of_the_same_learner_saves_on_into_its_folder_on_every_rank(two_ranks: Ranks) -> None:
+    _, (first, second) = two_ranks
+    # Every rank has rank zero's run id, which its checkpoints name: the second fit is allowed.
+    assert first["second_fit"] == second["second_fit"] and first["second_fit"]["runs"] == [first["second_fit"]["run_id"]]
+    assert first["second_fit"]["saved"] == ["checkpoint-000002-epoch1-batch0.pt", "checkpoint-000003-epoch2-batch0.pt"]
+
+
 def test_a_checkpoint_of_two_ranks_resumes_on_two_ranks_exactly(two_ranks: Ranks) -> None:
     _, ranks = two_ranks
     for result in ranks:

@@ -21,16 +21,17 @@ from typing import Any
 from cadence.checkpointing.files import Checkpoint, StrPath, read_meta, scan_folder, sequence_of
 from cadence.errors import CheckpointError
 
-__all__ = ["archive_checkpoints", "claim_folder"]
+__all__ = ["archive_checkpoints", "claim_folder", "new_run_id"]
 
 _OURS = re.compile(r"^\.?checkpoint-\d+")  # checkpoints, and the leftovers of their writes
 
 
-def claim_folder(folder: Path, resumed: Checkpoint | None, previous: str | None) -> str:
+def claim_folder(folder: Path, resumed: Checkpoint | None, previous: str | None, new: str) -> str:
     """The run of a fit that saves into ``folder``: ``resumed``'s run, else ``previous`` (the
-    run of the saver's last fit in this learner), else a new one; after checking that every
-    checkpoint in ``folder`` is of that run (a checkpoint resumed from ``folder`` itself needs
-    no check: that fit continues the folder's run).
+    run of the saver's last fit in this learner), else ``new`` (``new_run_id()``, the same on
+    every rank of a distributed fit); after checking that every checkpoint in ``folder`` is of
+    that run (a checkpoint resumed from ``folder`` itself needs no check: that fit continues
+    the folder's run).
 
     Raises:
         CheckpointError: naming the folder, its newest checkpoint of another run and the
@@ -38,12 +39,12 @@ def claim_folder(folder: Path, resumed: Checkpoint | None, previous: str | None)
     """
     run = resumed.meta.get("run") if resumed is not None else previous
     if resumed is not None and _same(resumed.path.parent, folder):
-        return run or _new_run()
+        return run or new
     scan = scan_folder(folder)
     found = [*scan.committed, *scan.refused]
     others = [p for p in found if run is None or _run_of(p) != run]
     if not others:
-        return run or _new_run()
+        return run or new
     newest = max(others, key=sequence_of)
     name = str(folder)
     held = f"holds {len(others)} checkpoint(s) of another run (the newest: {newest.name})"
@@ -62,7 +63,8 @@ def claim_folder(folder: Path, resumed: Checkpoint | None, previous: str | None)
     )
 
 
-def _new_run() -> str:
+def new_run_id() -> str:
+    """A new run's id: random, 32 hex digits."""
     return uuid.uuid4().hex
 
 

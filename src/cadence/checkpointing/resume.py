@@ -41,7 +41,7 @@ from typing import Any
 
 from cadence.callback import Callback
 from cadence.checkpointing.files import Checkpoint, CheckpointError
-from cadence.checkpointing.folder import claim_folder
+from cadence.checkpointing.folder import claim_folder, new_run_id
 from cadence.checkpointing.interrupts import Interrupts
 from cadence.checkpointing.locate import Resume, find_checkpoint
 from cadence.errors import CancelFit
@@ -52,7 +52,7 @@ from cadence.checkpointing.rng import capture_rng, restore_rng
 from cadence.checkpointing.saver import CheckpointSaver, find_saver
 from cadence.checkpointing.restore import rehearse_restore, restore_state
 from cadence.checkpointing.snapshot import capture_state, check_fits
-from cadence.distributed.checkpoints import check_resume
+from cadence.distributed.checkpoints import agree_run, check_resume
 
 __all__ = ["FitRun"]
 
@@ -90,13 +90,16 @@ class FitRun:
         self.stage = "before"
         self._resume = resume
         folder = self.folder
+        # The id of a new run, the same on every rank: a collective, so before anything that
+        # reads files (and could fail on one rank only); a fit without a saver has no run.
+        fresh = agree_run(new_run_id(), self._layout()) if self.checkpointer is not None else ""
         self._resuming = None if resume is None else find_checkpoint(resume, folder)
         if self._resuming is not None:
             self._check(self._resuming)
         self.run_id: str | None = None
         if self.checkpointer is not None and folder is not None:
             previous = self.checkpointer.run_id if last_fit_in(self.checkpointer, learner) else None
-            self.run_id = claim_folder(folder, self._resuming, previous)
+            self.run_id = claim_folder(folder, self._resuming, previous, fresh)
         position = self._resuming.meta["position"] if self._resuming is not None else {"epoch": 0, "batch": 0}
         self.first_epoch: int = position["epoch"]
         tracked = self.checkpointer is not None or position["batch"] > 0
@@ -227,8 +230,7 @@ class FitRun:
                 f"{n_batches} batches. Resume with the same training data."
             )
         check_fits(checkpoint, self.learner, self._extra())
-        strategy = getattr(self.learner, "strategy", None)
-        check_resume(path, checkpoint.meta, None if strategy is None else strategy.layout())
+        check_resume(path, checkpoint.meta, self._layout())
         rehearse_restore(checkpoint, self.learner, self._extra(), (self.train,))
         if batch > 0 and getattr(self.train, "persistent_workers", False):
             log.warning(
@@ -236,6 +238,11 @@ class FitRun:
                 "only when its workers start, so the order of later epochs may differ; for an exact "
                 "resume, build it with persistent_workers=False.", path,
             )
+
+    def _layout(self) -> dict[str, Any] | None:
+        """How a distributed fit shards its data (``Strategy.layout()``), None without one."""
+        strategy = getattr(self.learner, "strategy", None)
+        return None if strategy is None else strategy.layout()
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         position = checkpoint.meta["position"]

@@ -8,6 +8,10 @@ one all-gather checks that all ranks are at the same step, then rank zero writes
 Nothing else is shared: every rank holds the same model and optimizer, and ``Metrics`` sums
 its running totals across ranks when its state is captured.
 
+Every rank claims the checkpoint folder for the fit's run (``cadence.checkpointing.folder``),
+with rank zero's id for a new run (``agree_run``), so that a second fit of the same learner
+finds, on every rank, the run that rank zero wrote into the checkpoints.
+
 What a resume on another world size keeps (``check_resume``): a checkpoint at an epoch
 boundary resumes on any number of processes with any batch size. One taken in the middle of
 an epoch resumes with the same global batch, world size × each rank's batch size: then every
@@ -23,7 +27,7 @@ from typing import Any
 from cadence.distributed.group import all_gather_ints, current, gather_json
 from cadence.errors import CheckpointError, DistributedError
 
-__all__ = ["check_resume", "checkpoint_meta", "write_once"]
+__all__ = ["agree_run", "check_resume", "checkpoint_meta", "write_once"]
 
 
 def write_once(step: int, write: Callable[[], Path]) -> Path:
@@ -64,6 +68,16 @@ def write_once(step: int, write: Callable[[], Path]) -> Path:
             f"stops. Its traceback names the cause."
         )
     return Path(result["path"])
+
+
+def agree_run(run_id: str, layout: Mapping[str, Any] | None) -> str:
+    """Rank zero's ``run_id`` on every rank of a fit with ``layout`` (its
+    ``checkpoint_meta()["distributed"]``, None without ``DataParallel``): each rank draws its
+    own id for a new run, and only rank zero writes it into the checkpoints. One collective on
+    several ranks; ``run_id`` itself otherwise."""
+    if layout is None or layout.get("world_size", 1) == 1:
+        return run_id
+    return str(gather_json(run_id)[0])
 
 
 def checkpoint_meta() -> dict[str, Any]:
