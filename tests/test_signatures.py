@@ -22,6 +22,7 @@ from cadence import (
     MetricSpec,
     ProgressPrinter,
     Recorder,
+    ReduceLROnPlateau,
     Scheduler,
     StopOnNaNLoss,
     ToDevice,
@@ -141,6 +142,11 @@ def test_lambda_callback_checks_its_function() -> None:
         (StopOnNaNLoss(check_every=8), "StopOnNaNLoss(check_every=8)"),
         (ProgressPrinter(refresh_seconds=1.0, transient=False), "ProgressPrinter(refresh_seconds=1.0, transient=False)"),
         (Recorder(), "Recorder()"),
+        (ReduceLROnPlateau(), "ReduceLROnPlateau()"),
+        (
+            ReduceLROnPlateau("valid/acc", "max", threshold=0.01, cooldown=2, min_lr=[1e-5, 1e-6]),
+            "ReduceLROnPlateau(monitor='valid/acc', mode='max', threshold=0.01, cooldown=2, min_lr=[1e-05, 1e-06])",
+        ),
         # Special reprs where they say more:
         (Metrics(), "Metrics()"),
         (Metrics(MetricSpec(lambda p, y: p.mean(), name="mean", phases="valid")), "Metrics(mean[valid])"),

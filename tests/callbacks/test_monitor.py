@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from cadence import Checkpointer, EarlyStopping, Metrics, MetricSpec, MissingStateError, ReduceLROnPlateau
-from cadence.callback import Callback
+from cadence.callback import Callback, on
+from cadence.events import EpochEnd
+from cadence.phases import Phase, TrainingPhase
 from cadence.checkpointing.files import list_checkpoints
 from cadence.testing import make_test_learner, regression_batches
 from helpers import ScriptedMetrics
@@ -58,10 +60,46 @@ def test_a_key_missing_when_its_phase_first_ends_is_an_error(name: str, tmp_path
     ) as raised:
         learner.fit(3)
     assert learner.cbstate.metrics.epochs == {"train/score": [3], "valid/score": [3]}  # the first epoch
-    assert any("EpochEnd" in note and "ValidationPhase" in note for note in raised.value.__notes__)
+    where = ("EpochBegin", "TrainingPhase") if name == "ReduceLROnPlateau" else ("EpochEnd", "ValidationPhase")
+    assert any(all(w in note for w in where) for note in raised.value.__notes__)
     if name == "Checkpointer":
         assert list_checkpoints(tmp_path) == []  # refused before it saved with no value
     assert caplog.text == ""  # the error says it all: no "saw no new value" from FitEnd
+
+
+class TrainScores(ScriptedMetrics):
+    """Writes train/score only: the validation epochs write no metric at all."""
+
+    @on(EpochEnd, phase=TrainingPhase)
+    def add(self, event: Any, phase: Phase, learner: Any) -> None:
+        super().add(event, phase, learner)
+
+
+@pytest.mark.parametrize(
+    ("key", "producer", "what", "fix"),
+    [
+        ("val/score", ScriptedMetrics, r"no phase is named 'val' \(fit runs train and valid\), so nothing writes it; after the first epoch cbstate\.metrics has train/score, valid/score", "valid/score"),
+        ("valid/score", TrainScores, r"the valid epoch ended without it; cbstate\.metrics has train/score", "train/score"),
+    ],
+    ids=["no such phase", "the phase wrote nothing"],
+)
+@pytest.mark.parametrize("name", OWNERS)
+def test_a_key_no_phase_wrote_is_an_error_once_the_first_epoch_has_ended(
+    name: str, key: str, producer: type[ScriptedMetrics], what: str, fix: str, tmp_path: Path
+) -> None:
+    learner = make_test_learner(owner(name, key, tmp_path), producer([3, 2, 1]), n_batches=2)
+    hint = OWNERS[name][1].format(key=fix)
+    with pytest.raises(
+        MissingStateError,
+        match=(
+            rf"^{name} monitors '{key}', but {what}\.\nDid you mean {hint}\? Monitor one of those keys, or add "
+            rf"the metric to Metrics, e\.g\. Metrics\(MetricSpec\(my_metric, phases=\"valid\"\)\)\."
+        ),
+    ):
+        learner.fit(3)
+    assert len(learner.cbstate.metrics.epochs["train/score"]) == 1  # after the first epoch
+    if name == "Checkpointer":
+        assert list_checkpoints(tmp_path) == []  # refused before it saved with no value
 
 
 @pytest.mark.parametrize("name", OWNERS)

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from cadence import READ, Callback, Checkpointer, ConflictError, Learner, Metrics, ReduceLROnPlateau, Scheduler, on
+from cadence import READ, Callback, Checkpointer, ConflictError, LambdaCallback, Learner, Metrics, ReduceLROnPlateau, Scheduler, on
 from cadence.checkpointing.files import list_checkpoints
-from cadence.events import EpochEnd
-from cadence.phases import Phase, ValidationPhase
+from cadence.events import EpochBegin, EpochEnd, FitEnd
+from cadence.phases import Phase, TrainingPhase, ValidationPhase
 from cadence.schedules import cosine
 from cadence.testing import make_test_learner, regression_batches
 from helpers import ScriptedMetrics, run_order
@@ -23,16 +23,20 @@ VALUES = [1.0, 0.9, 0.95, 0.9, 0.9, 0.85, 0.86, 0.87, 0.5, 0.49995, 0.6, 0.7, fl
 
 
 class LrLog(Callback):
-    """Every param group's learning rate after each validation epoch."""
+    """Every param group's learning rate in each training epoch, as it ends."""
 
     state_access = {"optimizer": READ}
 
     def __init__(self) -> None:
         self.rates: list[list[float]] = []
 
-    @on(EpochEnd, phase=ValidationPhase)
+    @on(EpochEnd, phase=TrainingPhase)
     def log(self, event: Any, phase: Phase, learner: Any) -> None:
-        self.rates.append([float(g["lr"]) for g in learner.optimizer.param_groups])
+        self.rates.append(rates(learner.optimizer))
+
+
+def rates(optimizer: torch.optim.Optimizer) -> list[float]:
+    return [float(g["lr"]) for g in optimizer.param_groups]
 
 
 def two_groups() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -42,13 +46,15 @@ def two_groups() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
 
 
 def torch_rates(values: list[float], kwargs: dict[str, Any]) -> list[list[float]]:
+    """The rates a hand-written loop with torch's scheduler trains each epoch at, and has after
+    its last ``step``."""
     _, optimizer = two_groups()
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)
-    rates = []
+    found = []
     for value in values:
-        plateau.step(value)
-        rates.append([float(g["lr"]) for g in optimizer.param_groups])
-    return rates
+        found.append(rates(optimizer))  # the training epoch
+        plateau.step(value)  # after its validation
+    return [*found, rates(optimizer)]
 
 
 @pytest.mark.parametrize(
@@ -75,7 +81,7 @@ def test_the_rates_equal_torchs_step_for_step(kwargs: dict[str, Any], flip: bool
     learner = Learner(model, torch.nn.functional.mse_loss, optimizer, data=(batches, batches), callbacks=callbacks, default_callbacks=False)
     learner.fit(len(values))
     expected = torch_rates(values, kwargs)
-    assert log.rates == expected
+    assert [*log.rates, rates(optimizer)] == expected
     assert len({tuple(r) for r in expected}) > 1 or kwargs == {}  # the rates change, except with the defaults
 
 
@@ -91,12 +97,28 @@ def test_it_runs_after_metrics_and_before_readers_of_the_rates() -> None:
     class RateLogger(Callback):
         state_access = {"cbstate.hyperparams": READ}
 
-        @on(EpochEnd)
+        @on(EpochBegin, phase=TrainingPhase)
+        @on(FitEnd)
         def log(self, event: Any, phase: Phase, learner: Any) -> None:
             pass
 
     learner = make_test_learner(RateLogger(), ReduceLROnPlateau(), Metrics())
-    assert run_order(learner, EpochEnd, ValidationPhase) == ["Metrics.epoch_end", "ReduceLROnPlateau.epoch_end", "RateLogger.log"]
+    assert run_order(learner, EpochBegin, TrainingPhase) == ["Metrics.epoch_begin", "ReduceLROnPlateau.epoch_begin", "RateLogger.log"]
+    assert run_order(learner, FitEnd, Phase) == ["ReduceLROnPlateau.fit_end", "RateLogger.log"]
+    assert run_order(learner, EpochEnd, ValidationPhase) == ["Metrics.epoch_end"]  # it decides later
+
+
+def test_a_logger_at_epoch_end_sees_the_rate_the_epoch_trained_at() -> None:
+    seen: list[float] = []
+    logger = LambdaCallback(
+        lambda event, phase, learner: seen.append(learner.cbstate.hyperparams["lr/group0"]),
+        EpochEnd, ValidationPhase, state_access={"cbstate.hyperparams": READ},
+    )
+    log = LrLog()
+    learner = make_test_learner(logger, log, ReduceLROnPlateau("valid/score", patience=0, factor=0.5), ScriptedMetrics([3, 4, 5]), n_batches=1, lr=0.4)
+    learner.fit(3)
+    assert seen == [r[0] for r in log.rates] == [0.4, 0.4, 0.2]
+    assert learner.cbstate.hyperparams == {"lr/group0": 0.1}  # the last epoch's value is taken at FitEnd
 
 
 def test_with_a_scheduler_of_other_hyperparameters_in_any_order() -> None:
@@ -192,3 +214,23 @@ def test_a_tensor_learning_rate_stays_a_tensor() -> None:
     rate = optimizer.param_groups[0]["lr"]
     assert isinstance(rate, torch.Tensor) and float(rate) < 1.5
     assert learner.cbstate.hyperparams == {"lr/group0": float(rate)}
+
+
+def test_a_param_group_added_after_the_build_needs_its_own_min_lr() -> None:
+    learners = [
+        make_test_learner(ReduceLROnPlateau("valid/score", patience=0, factor=0.5, min_lr=min_lr), ScriptedMetrics([3, 4, 5]), n_batches=1, lr=0.4)
+        for min_lr in (0.0, [0.0])
+    ]
+    for learner in learners:
+        learner.optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.2})
+    learners[0].fit(3)  # one min_lr is every group's, as in torch
+    assert rates(learners[0].optimizer) == [0.1, 0.05]
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^ReduceLROnPlateau\(min_lr=\[0\.0\]\) has one value per param group the optimizer had when the learner "
+            r"was built, 1, but it has 2 now\. Add param groups before building the learner, or give one min_lr "
+            r"for all groups, e\.g\. min_lr=0\.0\."
+        ),
+    ):
+        learners[1].fit(3)

@@ -198,9 +198,12 @@ class Checkpointer(Callback):
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        if self._watched is not None and self._watched.watches(phase) and "metrics" in learner.cbstate:
-            self._watched.check(learner.cbstate.metrics)
         run = self._run
+        if self._watched is not None and "metrics" in learner.cbstate:
+            if self._watched.watches(phase):
+                self._watched.check(learner.cbstate.metrics)
+            if run is not None and run.ends_epoch(phase):  # every phase of the epoch has ended
+                self._watched.check_epoch(learner.cbstate.metrics, {TrainingPhase.name, phase.name})
         if run is None or not run.ends_epoch(phase):
             return
         if run.interrupted is not None:

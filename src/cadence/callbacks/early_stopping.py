@@ -10,7 +10,7 @@ import torch
 
 from cadence import READ, WRITE, Callback, CancelFit, MissingStateError, NoConflict, Unresolvable, on
 from cadence.callbacks.accumulation import GradientAccumulation
-from cadence.callbacks.monitor import Monitor
+from cadence.callbacks.monitor import Monitor, check_count
 from cadence.events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd
 from cadence.phases import Phase, TrainingPhase
 
@@ -27,8 +27,7 @@ class EarlyStopping(Callback):
     Args:
         monitor: A key of ``cbstate.metrics``, ``"<phase>/<metric>"``, judged when that
             phase's epoch ends. A key that will not exist is a ``MissingStateError`` when the
-            learner is built (if ``Metrics`` produces the metrics) or when the phase's first
-            epoch ends.
+            learner is built (if ``Metrics`` produces the metrics) or when the first epoch ends.
         mode: ``"min"`` (lower is better) or ``"max"``.
         patience: The number of epochs with no improvement after which training stops (0 stops
             at the first such epoch, like 1).
@@ -87,9 +86,8 @@ class EarlyStopping(Callback):
         restore_best_weights: bool = False,
     ) -> None:
         self._monitor = Monitor("EarlyStopping", monitor, mode, 'EarlyStopping(monitor="{key}")')
-        for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"EarlyStopping({name}={value!r}): use an int >= 0, e.g. {name}=3.")
+        check_count("EarlyStopping", "patience", patience, 3)
+        check_count("EarlyStopping", "start_from_epoch", start_from_epoch, 3)
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
             raise ValueError(f"EarlyStopping(min_delta={min_delta!r}): use a number >= 0.")
         if baseline is not None and (
@@ -129,17 +127,19 @@ class EarlyStopping(Callback):
         self._monitor.check_planned(learner.cbstate)
 
     @on(FitBegin)
-    def fit_begin(self, event: Event, phase: Phase, learner: Any) -> None:
-        self._monitor.start(learner.cbstate.metrics)
+    def fit_begin(self, event: FitBegin, phase: Phase, learner: Any) -> None:
+        self._monitor.start(learner.cbstate.metrics, event.data)
         self._took = self._others_ended = False
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        if not self._monitor.watches(phase):
-            self._others_ended = True
-            return
+        metrics = learner.cbstate.metrics
         try:
-            value = self._monitor.new_value(learner.cbstate.metrics)
+            self._monitor.epoch_ended(phase, metrics)
+            if not self._monitor.watches(phase):
+                self._others_ended = True
+                return
+            value = self._monitor.new_value(metrics)
         except MissingStateError:
             self._took = True  # the error says what is wrong; FitEnd need not guess
             raise

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from cadence import READ, WRITE, Callback, ConflictError, NoConflict, Unresolvable, on
-from cadence.callbacks.monitor import Monitor
-from cadence.callbacks.scheduler import Scheduler
-from cadence.events import EpochEnd, Event, FitBegin
-from cadence.phases import Phase
+from cadence.callbacks.monitor import Monitor, check_count
+from cadence.callbacks.scheduler import Scheduler, set_value
+from cadence.events import EpochBegin, Event, FitBegin, FitEnd
+from cadence.phases import Phase, TrainingPhase
 
 __all__ = ["ReduceLROnPlateau"]
 
@@ -27,8 +27,8 @@ class ReduceLROnPlateau(Callback):
     arguments, the same decisions, the same rates.
 
     Args:
-        monitor: A key of ``cbstate.metrics``, ``"<phase>/<metric>"``, taken when that phase's
-            epoch ends (checked like ``EarlyStopping``'s).
+        monitor: A key of ``cbstate.metrics``, ``"<phase>/<metric>"`` (checked like
+            ``EarlyStopping``'s).
         mode: ``"min"`` (lower is better) or ``"max"``.
         factor: What the rate is multiplied by, ``0 < factor < 1``.
         patience: Epochs without improvement to allow; the next one lowers the rate.
@@ -40,12 +40,21 @@ class ReduceLROnPlateau(Callback):
         min_lr: The lowest rate, one for all groups or a list with one per group.
         eps: A reduction smaller than this is skipped.
 
-    The rate changes at the monitored phase's ``EpochEnd``, after ``Metrics`` has written the
-    value, and applies from the next training batch. It declares ``{"optimizer": WRITE,
-    "cbstate.hyperparams": WRITE, "cbstate.metrics": READ}``: the rates it sets are in
-    ``cbstate.hyperparams`` (``"lr/group0"``, ...) for loggers, which the graph runs after it.
-    With a ``Scheduler`` that schedules ``lr`` it is refused (both would set the rate); one
-    that schedules other hyperparameters combines in any order.
+    It takes the monitored value when the next training epoch begins (as a hand-written loop
+    calls ``step(value)`` after validating) and at ``FitEnd`` the last epoch's: each training
+    epoch runs at the rate torch's scheduler gives after stepping with every earlier value, and
+    after ``fit`` the rate is torch's after the last step. Deciding then, after every callback
+    has handled ``EpochEnd``, it combines in any list order with those that handle ``EpochEnd``
+    and read the optimizer (``MixedPrecision``), and a logger sees at ``EpochEnd`` the rate the
+    epoch trained at, as Keras logs it. A key that will not exist is a ``MissingStateError``
+    when the learner is built (if ``Metrics`` produces the metrics) or when the second epoch
+    of a fit begins.
+
+    It declares ``{"optimizer": WRITE, "cbstate.hyperparams": WRITE, "cbstate.metrics":
+    READ}``: the rates it sets are in ``cbstate.hyperparams`` (``"lr/group0"``, ...) for
+    loggers, which the graph runs after it. With a ``Scheduler`` that schedules ``lr`` it is
+    refused (both would set the rate); one that schedules other hyperparameters combines in
+    any order.
 
     State: the best value, the bad epochs and the cooldown left are in ``state_dict`` (the
     rates are the optimizer's, saved with it), so a resumed run lowers the rate where the
@@ -82,9 +91,8 @@ class ReduceLROnPlateau(Callback):
                 f"ReduceLROnPlateau(factor={factor!r}): the rate is multiplied by factor, a number "
                 f"between 0 and 1 (exclusive), e.g. factor=0.1."
             )
-        for name, value in (("patience", patience), ("cooldown", cooldown)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"ReduceLROnPlateau({name}={value!r}): use an int >= 0, e.g. {name}=2.")
+        check_count("ReduceLROnPlateau", "patience", patience, 2)
+        check_count("ReduceLROnPlateau", "cooldown", cooldown, 2)
         for name, number in (("threshold", threshold), ("eps", eps)):
             if not (_number(number) and number >= 0):
                 raise ValueError(f"ReduceLROnPlateau({name}={number!r}): use a number >= 0.")
@@ -126,18 +134,25 @@ class ReduceLROnPlateau(Callback):
             learner.cbstate.hyperparams = {}
 
     @on(FitBegin)
-    def fit_begin(self, event: Event, phase: Phase, learner: Any) -> None:
-        self._monitor.start(learner.cbstate.metrics)
+    def fit_begin(self, event: FitBegin, phase: Phase, learner: Any) -> None:
+        self._monitor.start(learner.cbstate.metrics, event.data)
         self._record(learner)
 
-    @on(EpochEnd)
-    def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:
-        if not self._monitor.watches(phase):
-            return
-        value = self._monitor.new_value(learner.cbstate.metrics)
+    @on(EpochBegin, phase=TrainingPhase)
+    def epoch_begin(self, event: Event, phase: Phase, learner: Any) -> None:
+        metrics = learner.cbstate.metrics
+        self._monitor.training_began(metrics)
+        self._step(self._monitor.new_value(metrics), learner)
+
+    @on(FitEnd)
+    def fit_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        # The last epoch's value; unchecked, as FitEnd also runs after an error.
+        self._step(self._monitor.new_value(learner.cbstate.metrics, check=False), learner)
+
+    def _step(self, value: float | None, learner: Any) -> None:
+        """torch's ``ReduceLROnPlateau.step(value)``, in its order; nothing without a value."""
         if value is None:
             return
-        # torch's ReduceLROnPlateau.step, in its order.
         if self._better(value):
             self.best, self.bad_epochs = value, 0
         else:
@@ -158,14 +173,18 @@ class ReduceLROnPlateau(Callback):
 
     def _reduce(self, groups: list[dict[str, Any]]) -> None:
         lowest = self._lowest if self._per_group else self._lowest * len(groups)
+        if len(lowest) != len(groups):  # torch raises too: a group was added since
+            raise ValueError(
+                f"ReduceLROnPlateau(min_lr={self.min_lr!r}) has one value per param group the "
+                f"optimizer had when the learner was built, {len(lowest)}, but it has {len(groups)} "
+                f"now. Add param groups before building the learner, or give one min_lr for all "
+                f"groups, e.g. min_lr={min(lowest)!r}."
+            )
         for i, group in enumerate(groups):
             old = float(group["lr"])
             new = max(old * self.factor, lowest[i])
             if old - new > self.eps:
-                if isinstance(group["lr"], torch.Tensor):
-                    group["lr"].fill_(new)  # a tensor lr (capturable or fused optimizers) stays one
-                else:
-                    group["lr"] = new
+                set_value(group, "lr", new)
                 log.info("ReduceLROnPlateau: %s has not improved; lr of group %d %.4g -> %.4g.", self.monitor, i, old, new)
 
     def _record(self, learner: Any) -> None:
@@ -200,9 +219,6 @@ class ReduceLROnPlateau(Callback):
         self.best = float(state["best"])
         self.bad_epochs, self.cooldown_left = int(state["bad_epochs"]), int(state["cooldown_left"])
         self._monitor.seen = int(state["seen"])
-
-    def __repr__(self) -> str:
-        return f"ReduceLROnPlateau({self.monitor!r}, {self.mode!r}, factor={self.factor}, patience={self.patience})"
 
 
 def _number(value: object) -> bool:

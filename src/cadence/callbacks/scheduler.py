@@ -15,7 +15,7 @@ from cadence.events import BatchBegin, BatchEnd, EpochBegin, EpochEnd, Event, Fi
 from cadence.phases import Phase, TrainingPhase
 from cadence.schedules import Schedule, constant
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "set_value"]
 
 _BETAS = {"beta1": 0, "beta2": 1}
 Target = tuple[str, Schedule, int | None]  # (name, schedule, index into "betas" or None)
@@ -120,10 +120,7 @@ class Scheduler(Callback):
         if self._torch is not None and self._position:
             self._torch.load_state_dict(copy.deepcopy(self._torch_start))
             for group, lr in zip(self._torch.optimizer.param_groups, self._torch.get_last_lr()):
-                if isinstance(group["lr"], torch.Tensor):
-                    group["lr"].fill_(lr)
-                else:
-                    group["lr"] = lr
+                set_value(group, "lr", lr)
         self._position = 0
 
     def init(self, learner: Any) -> None:
@@ -203,10 +200,8 @@ class Scheduler(Callback):
                 if index is not None:
                     betas = group["betas"]
                     group["betas"] = (value, betas[1]) if index == 0 else (betas[0], value)
-                elif isinstance(current := group[name], torch.Tensor):
-                    current.fill_(value)  # a tensor lr (capturable or fused optimizers) stays one
                 else:
-                    group[name] = value
+                    set_value(group, name, value)
                 record[self._label(name, i)] = value
 
     def _label(self, name: str, group: int) -> str:
@@ -254,6 +249,16 @@ class Scheduler(Callback):
     def __repr__(self) -> str:
         what = repr(self._torch) if self._torch is not None else ", ".join(f"{n}={s!r}" for n, s, _ in self._targets)
         return f"Scheduler({what}, unit={self.unit!r})"
+
+
+def set_value(group: dict[str, Any], name: str, value: float | torch.Tensor) -> None:
+    """Set ``group[name]`` to ``value``; a tensor there (the ``lr`` of capturable or fused
+    optimizers) is filled, so it stays a tensor, as those optimizers need."""
+    current = group[name]
+    if isinstance(current, torch.Tensor):
+        current.fill_(value)
+    else:
+        group[name] = value
 
 
 def _check_torch(scheduler: LRScheduler, named: Mapping[str, object], groups: object, total: object) -> None:
