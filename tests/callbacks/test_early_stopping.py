@@ -328,12 +328,49 @@ def test_restoring_declares_the_model_written() -> None:
 def test_restoring_combines_with_the_other_model_writers() -> None:
     from cadence import GradientAccumulation, GradientClipping, MixedPrecision, ToDevice
 
-    stopper = EarlyStopping(restore_best_weights=True)
+    stopper, log = EarlyStopping("valid/score", patience=5, restore_best_weights=True), WeightLog()
     others = [GradientAccumulation(2), GradientClipping(1.0), MixedPrecision(torch.bfloat16), ToDevice("cpu")]
-    learner = make_test_learner(stopper, *others, Metrics(), n_batches=4)
-    assert learner.fit(2).stopped is None
+    learner = make_test_learner(stopper, *others, log, ScriptedMetrics([5, 1, 3, 4]), n_batches=4)
+    learner.fit(4)
+    assert same_weights(learner.model.state_dict(), log.weights[1])  # the best epoch's, the second
+    assert not same_weights(log.weights[-1], log.weights[1])
     with pytest.raises(ConflictError, match=r"EarlyStopping#1 and EarlyStopping#2 cannot be used together: both write model"):
         make_test_learner(EarlyStopping(restore_best_weights=True), EarlyStopping("train/loss", restore_best_weights=True), Metrics())
+
+
+def saved_run(folder: Path, restore: bool) -> Path:
+    """A run of 4 epochs (the best the second) checkpointed at every epoch; the checkpoint after the third."""
+    stopper = EarlyStopping("valid/score", patience=5, restore_best_weights=restore)
+    make_test_learner(stopper, ScriptedMetrics([5, 1, 3, 4]), Checkpointer(folder, keep_last=10), n_batches=2).fit(4)
+    return list_checkpoints(folder)[2]
+
+
+def test_a_run_saved_with_best_weights_resumes_without_them(tmp_path: Path) -> None:
+    path = saved_run(tmp_path / "run", restore=True)
+    stopper, log = EarlyStopping("valid/score", patience=5), WeightLog()
+    learner = make_test_learner(stopper, log, ScriptedMetrics([5, 1, 3, 4]), Checkpointer(tmp_path / "again"), n_batches=2)
+    learner.fit(4, resume=path)  # it raised ProtectedAccessError at FitEnd: the model is not declared
+    assert stopper.best_weights is None and stopper.best == 1
+    assert same_weights(learner.model.state_dict(), log.weights[-1])  # nothing restored, as asked
+
+
+def test_a_run_saved_without_best_weights_cannot_restore_them(tmp_path: Path) -> None:
+    path = saved_run(tmp_path / "run", restore=False)
+    log = WeightLog()
+    stopper = EarlyStopping("valid/score", patience=5, restore_best_weights=True)
+    learner = make_test_learner(stopper, log, ScriptedMetrics([5, 1, 3, 4]), Checkpointer(tmp_path / "again"), n_batches=2)
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^EarlyStopping\(restore_best_weights=True\) was given a state with a best value \(valid/score 1 at "
+            r"epoch 2\) but not its weights: it was saved without restore_best_weights, so there are no best "
+            r"weights to restore at the end of fit\. Resume with EarlyStopping\(restore_best_weights=False\), as "
+            r"the run was saved, or start a new run to get the best weights back\."
+        ),
+    ) as raised:
+        learner.fit(4, resume=path)
+    assert any("EarlyStopping.load_state_dict while restoring" in note for note in raised.value.__notes__)
+    assert log.weights == [] and stopper.best is None  # before any epoch ran, the state untouched
 
 
 # ---- a new fit starts afresh ---------------------------------------------------------------------

@@ -221,12 +221,25 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned; a pending stop is raised at the next training
-        ``EpochBegin``."""
+        ``EpochBegin``. Without ``restore_best_weights`` the state's best weights are dropped.
+
+        Raises:
+            ValueError: with ``restore_best_weights``, a state that has a best value but no
+                weights (saved without ``restore_best_weights``): nothing could be restored.
+        """
         best, stop = state["best"], state.get("stop")  # no "stop" in older checkpoints
+        weights = state.get("best_weights") if self.restore_best_weights else None
+        if self.restore_best_weights and best is not None and weights is None:
+            raise ValueError(
+                f"EarlyStopping(restore_best_weights=True) was given a state with a best value "
+                f"({self.monitor} {float(best):.4g} at epoch {state['best_epoch']}) but not its "
+                f"weights: it was saved without restore_best_weights, so there are no best weights "
+                f"to restore at the end of fit. Resume with EarlyStopping(restore_best_weights=False), "
+                f"as the run was saved, or start a new run to get the best weights back."
+            )
         self.best = None if best is None else float(best)
         self.best_epoch, self.wait = int(state["best_epoch"]), int(state["wait"])
         self._monitor.seen = int(state["seen"])
         self._epochs = int(state.get("judged", state["seen"]))
         self._stop = None if stop is None else str(stop)
-        weights = state.get("best_weights")
         self._weights = None if weights is None else {str(k): v.to("cpu", copy=True) for k, v in weights.items()}
