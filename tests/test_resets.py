@@ -4,8 +4,11 @@ that keeps state without a reset() is named in a warning."""
 
 from __future__ import annotations
 
+import copy
+import gc
 import io
 import logging
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from cadence import (
     Checkpointer,
     EarlyStopping,
     GradientAccumulation,
+    LambdaCallback,
     Learner,
     Metrics,
     ProgressPrinter,
@@ -177,24 +181,28 @@ class Counter(Callback):
 WARNING = (
     "Counter starts this fit with the state its previous fit left: it keeps state (state_dict) but has "
     "no reset(), which fit calls before FitBegin of every fit after the first. Implement Counter.reset() "
-    "to set the state back as __init__ leaves it, or, to keep it across fits on purpose, as a method "
-    "that keeps it."
+    "to set the state back as __init__ leaves it (and set reset_when = \"learner\" on the class if its "
+    "counts should go on across the fits of one learner, and start afresh only in another), or, to keep "
+    "the state across fits on purpose, as a method that keeps it. This is said once per callback."
 )
 
 
-def test_a_callback_that_keeps_state_without_reset_is_named(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_callback_that_keeps_state_without_reset_is_named_once(caplog: pytest.LogCaptureFixture) -> None:
     counter = Counter()
     learner = make_test_learner(counter, n_batches=2)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         learner.fit(1)
         assert caplog.text == ""  # a first fit has nothing left over
         learner.fit(1)
+        learner.fit(1)  # said once, not at every fit
+        make_test_learner(counter, n_batches=2).fit(1)  # nor again when reused in a new learner
     assert caplog.messages == [WARNING]
-    assert counter.count == 8  # it went on, as the warning says
+    assert counter.count == 16  # it went on, as the warning says
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        make_test_learner(counter, n_batches=2).fit(1)  # reused in a new learner
-        make_test_learner(throttle(Counter(), BatchEnd, every=2), n_batches=2).fit(1)
+        throttled = make_test_learner(throttle(Counter(), BatchEnd, every=2), n_batches=2)
+        throttled.fit(1)
+        throttled.fit(1)  # another instance: said for it too (the wrapper answers for it)
     assert caplog.messages == [WARNING]
 
 
@@ -225,3 +233,82 @@ def test_state_loaded_before_the_first_fit_is_kept() -> None:
     log.load_state_dict({"losses": [1.0, 2.0]})
     make_test_learner(log, n_batches=2).fit(1)
     assert log.losses[:2] == [1.0, 2.0] and len(log.losses) == 4
+
+
+# ---- state loaded between fits, callbacks joining during a fit, reused producers ----------------
+
+
+def test_state_loaded_between_fits_is_kept_for_the_next_fit() -> None:
+    scheduler = Scheduler(lr=one_cycle(0.1))
+    stopper = EarlyStopping(patience=1, min_delta=1.0)
+    learner = make_test_learner(scheduler, stopper, Metrics(), n_batches=2)
+    learner.fit(1)
+    scheduler.load_state_dict({"position": 1})
+    stopper.load_state_dict({**stopper.state_dict(), "best": -1.0, "wait": 0})  # nothing can beat -1
+    learner.fit(3)
+    assert len(learner.cbstate.metrics.epochs["valid/loss"]) == 1 + 1  # stopped by the loaded best
+    assert scheduler.position == 1 + 2  # the repro: 2, the load thrown away by the reset
+    learner.fit(1)  # nothing loaded since the last fit: reset as usual
+    assert scheduler.position == 2 and stopper.best is not None and stopper.best > 0
+
+
+def test_state_a_resumed_fit_restored_is_reset_by_the_next_fit(tmp_path: Path) -> None:
+    log = LrLog()
+    learner = make_test_learner(log, Scheduler(lr=cosine(0.1, 0.0)), Checkpointer(tmp_path / "run"), n_batches=4)
+    learner.fit(3)
+    path = list_checkpoints(tmp_path / "run")[0]  # after epoch 2 of 3
+    again = make_test_learner(LrLog(), Scheduler(lr=cosine(0.1, 0.0)), Checkpointer(tmp_path / "again", every_epochs=None), n_batches=4)
+    again.fit(3, resume=path)  # loads the Scheduler's position during the fit
+    probe = again.get_callback(LrLog)
+    assert isinstance(probe, LrLog)
+    probe.reset()
+    again.fit(3)  # starts the schedule over: the resume's load is no load between fits
+    assert probe.rates == log.rates
+
+
+class Losses(LossLog):
+    def reset(self) -> None:
+        self.losses = []
+
+
+def test_a_callback_that_joins_during_a_fit_is_reset_by_the_next() -> None:
+    log = Losses()
+
+    def add_log(event: Any, phase: Phase, learner: Any) -> None:
+        if log not in target.callbacks:
+            target.add_callback(log)
+
+    target = make_test_learner(LambdaCallback(add_log, FitBegin), n_batches=2)
+    target.fit(1)
+    assert len(log.losses) == 2
+    target.fit(1)  # the repro: it was seen first at this fit's start, so not reset: 4 losses
+    assert len(log.losses) == 2
+
+
+def test_a_callback_that_joins_during_a_fit_after_a_fit_elsewhere_is_reset_as_it_joins() -> None:
+    log = Losses()
+    make_test_learner(log, n_batches=3).fit(1)
+    target = make_test_learner(LambdaCallback(lambda event, phase, learner: target.add_callback(log), FitBegin), n_batches=2)
+    target.fit(1)
+    assert len(log.losses) == 2  # this fit's only
+
+
+@pytest.mark.parametrize("entry", ["history", "metrics"])
+def test_a_producer_reused_in_another_learner_leaves_the_old_learners_values(entry: str) -> None:
+    producer = Recorder() if entry == "history" else Metrics()
+    first = make_test_learner(producer, n_batches=3)
+    first.fit(2)
+    before = copy.deepcopy(getattr(first.cbstate, entry))
+    make_test_learner(producer, n_batches=2).fit(1)  # reset for the new learner: counts from zero
+    assert getattr(first.cbstate, entry) == before  # the repro: Recorder emptied the first's history
+
+
+def test_gradient_accumulation_lets_go_of_the_old_learners_parameters() -> None:
+    accumulation = GradientAccumulation(2)
+    learner = make_test_learner(accumulation, n_batches=2)
+    learner.fit(1)
+    weight = weakref.ref(learner.model.weight)
+    del learner
+    accumulation.reset()  # as the fit of a new learner does before its first EpochBegin
+    gc.collect()
+    assert weight() is None

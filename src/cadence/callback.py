@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from cadence.access import AccessSet, parse_state_access
 from cadence.errors import DeclarationError
 from cadence.events import Event
+from cadence.loads import counting_loads
 from cadence.phases import Phase
 from cadence.signatures import check_handler, constructor_repr
 
@@ -177,6 +178,8 @@ class Callback:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.handlers = _collect_handlers(cls)
+        if inspect.isfunction(vars(cls).get("load_state_dict")):  # counted: a new fit keeps state loaded before it
+            cls.load_state_dict = counting_loads(vars(cls)["load_state_dict"])  # type: ignore[method-assign]
         if cls.__module__.startswith("cadence."):
             _register_producer(cls)
 
@@ -201,12 +204,15 @@ class Callback:
         """Forget what an earlier fit left, so that a new fit starts afresh.
 
         ``fit`` calls it before ``FitBegin`` of every fit but the callback's first (in this
-        learner or another; with ``reset_when = "learner"``, only of a fit in another learner);
-        a resumed fit then restores the checkpoint's state over it. The default does nothing. A
-        callback that keeps state (it implements ``state_dict``) but not ``reset`` is logged with
-        a warning when it starts a second fit: implement ``reset`` to set that state back as
-        ``__init__`` leaves it, or, to keep it across fits on purpose, with a body that keeps it
-        (``pass`` and a comment saying why).
+        learner or another; with ``reset_when = "learner"``, only of a fit in another learner),
+        or when the callback joins a learner during a fit, unless its state was loaded
+        (``load_state_dict``) since its last fit; a resumed fit then restores the checkpoint's
+        state over it. The default does nothing. A callback that keeps state (it implements
+        ``state_dict``) but not ``reset`` is logged with a warning, once, when it starts a second
+        fit: implement ``reset`` to set that state back as ``__init__`` leaves it (with
+        ``reset_when = "learner"`` for counts that go on across the fits of one learner), or, to
+        keep it across fits on purpose, with a body that keeps it (``pass`` and a comment saying
+        why).
         """
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

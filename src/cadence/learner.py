@@ -28,7 +28,7 @@ from cadence.checkpointing.files import Checkpoint
 from cadence.checkpointing.resume import FitRun
 from cadence.checkpointing.saver import check_savers
 from cadence.checkpointing.weights import load_weights
-from cadence.resets import reset_for_fit
+from cadence.resets import fit_ended, joined_during_fit, reset_for_fit
 from cadence.run_limits import RunLimits
 from cadence.state import Batch, CallbackState, clear_batch
 
@@ -275,6 +275,7 @@ class Learner:
             clear_batch(self._batch)  # the last batch's tensors (activations, on a GPU) go now
             if self._strategy is not None:
                 self._strategy.end_fit(pending)
+            fit_ended(self)
 
     def load(self, path: str | os.PathLike[str], *, optimizer: bool = False) -> Checkpoint:
         """Load the model (and with ``optimizer=True`` the optimizer) from the checkpoint at
@@ -449,6 +450,8 @@ class Learner:
             self._graph, self._views, self._plans = previous[1]
             exc.add_note(f"Raised by {graph.labels[i]}.init; the learner's callbacks are unchanged.")
             raise
+        if self._fit_run is not None:  # joined during a fit: reset as at the start of one
+            joined_during_fit(self, joining)
 
     def _run_order(self) -> tuple[Callback, ...]:
         return tuple(self._callbacks[i] for i in self._graph.init_order())

@@ -127,9 +127,11 @@ class GradientAccumulation(Callback):
         self._count = 0
 
     def reset(self) -> None:
-        """A new fit starts with no micro-batch held (each training epoch starts so anyway)."""
-        self._stash = [None] * len(self._params)
+        """A new fit starts with no micro-batch held (each training epoch starts so anyway),
+        and lets go of the last learner's parameters (the next ``EpochBegin`` takes them)."""
+        self._params, self._stash = [], []
         self._count = self._seen = 0
+        self._length = None
 
     def state_dict(self) -> dict[str, Any]:
         """The open group: ``count``, ``seen`` and ``stash`` (copies on the CPU; see above)."""

@@ -178,9 +178,9 @@ class Metrics(Callback):
         return f"Metrics({', '.join(names)})"
 
     def reset(self) -> None:
-        """A fit in another learner starts with no values: the epoch and step values (in
-        place) and any epoch under way are forgotten. A second fit of the same learner appends
-        to its epoch values."""
+        """A fit in another learner starts with no values: the epoch and step values (the new
+        learner's: ``init`` gave it a ``MetricValues`` of its own) and any epoch under way are
+        forgotten. A second fit of the same learner appends to its epoch values."""
         self._values.epochs.clear()
         self._values.step.clear()
         for tracker in self._trackers.values():

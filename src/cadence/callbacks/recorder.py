@@ -51,7 +51,10 @@ class Recorder(Callback):
 
     def init(self, learner: Any) -> None:
         if "history" not in learner.cbstate:
-            learner.cbstate.history = self._history
+            # A history of its own for this learner: one this Recorder counted in another
+            # learner stays that learner's (the counts so far are carried over, until a reset).
+            history = defaultdict(History, {p: History(h.epochs, h.steps, h.steps_in_epoch) for p, h in self._history.items()})
+            learner.cbstate.history = self._history = history
         else:
             self._history = learner.cbstate.history
 
@@ -70,9 +73,10 @@ class Recorder(Callback):
         self._history[phase].epochs += 1
 
     def reset(self) -> None:
-        """A fit in another learner counts from zero: every phase's history is emptied (in
-        place). A second fit of the same learner counts on: the history is the learner's step
-        axis (loggers write at its steps, and continue them)."""
+        """A fit in another learner counts from zero: every phase's history is emptied (the
+        new learner's: ``init`` gave it a history of its own). A second fit of the same learner
+        counts on: the history is the learner's step axis (loggers write at its steps, and
+        continue them)."""
         self._history.clear()
 
     def state_dict(self) -> dict[str, Any]:

@@ -41,10 +41,11 @@ class Scheduler(Callback):
     Checkpoints: ``state_dict()`` holds ``position`` (and ``lr_scheduler``, the torch
     scheduler's own state, when there is one). Nothing at ``FitBegin`` or ``EpochBegin`` resets
     the position or derives the run's length from it, so ``load_state_dict`` restores it
-    exactly whenever it is called; ``fit(n_epochs, resume=...)`` then continues the run's
-    schedule where the checkpoint was taken, in a fresh learner or in the same one (the
-    restore comes after the new fit's reset). The optimizer's values at that point come back
-    with the optimizer's state.
+    exactly: ``fit(n_epochs, resume=...)`` continues the run's schedule where the checkpoint
+    was taken, in a fresh learner or in the same one (the restore comes after the new fit's
+    reset), and a position loaded between fits is where the next fit starts (a fit does not
+    reset state loaded since the last one). The optimizer's values at that point come back with
+    the optimizer's state.
 
     Instead of schedules, pass a ``torch.optim.lr_scheduler.LRScheduler`` built on the same
     optimizer: its ``step()`` is called after each batch (or epoch), as torch expects.
@@ -230,8 +231,9 @@ class Scheduler(Callback):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned, at any point: before ``fit``, after ``FitBegin``
-        or after ``EpochBegin`` (where ``fit(..., resume=...)`` restores checkpoints).
+        """Restore what ``state_dict`` returned: between fits (the next fit starts there, not
+        reset), after ``FitBegin`` or after ``EpochBegin`` (where ``fit(..., resume=...)``
+        restores checkpoints).
 
         Raises:
             ValueError: ``state`` has other keys than ``state_dict`` gives for this Scheduler.
