@@ -436,3 +436,22 @@ def test_best_weights_of_a_model_on_the_gpu_are_kept_on_the_cpu_and_restored_the
     assert kept is not None and kept["weight"].device.type == "cpu"
     assert learner.model.weight.device.type == "cuda"
     assert same_weights({k: v.cpu() for k, v in learner.model.state_dict().items()}, {k: v.cpu() for k, v in log.weights[1].items()})
+
+
+# ---- where Keras 3's code differs from its documentation ------------------------------------------
+
+
+def test_an_epoch_beating_the_best_but_not_the_baseline_counts_as_waited() -> None:
+    # As Keras documents baseline; Keras 3's code returns before its stop check and runs a third epoch.
+    _, epochs = run([0.12, 0.34, 0.02, 0.71], mode="max", patience=2, baseline=0.7)
+    assert epochs == 2
+
+
+def test_when_every_value_is_nan_no_weights_are_restored() -> None:
+    # Keras 3 keeps the first judged epoch's weights even when its value is NaN.
+    nan = float("nan")
+    stopper, log = EarlyStopping("valid/score", patience=5, restore_best_weights=True), WeightLog()
+    learner = make_test_learner(stopper, log, ScriptedMetrics([nan, nan, nan]), n_batches=2)
+    learner.fit(3)
+    assert stopper.best_weights is None and stopper.best is None
+    assert same_weights(learner.model.state_dict(), log.weights[-1])

@@ -4,6 +4,7 @@ arguments checked, its place against Scheduler and loggers, exact resume, and a 
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,41 @@ def test_a_param_group_added_after_the_build_needs_its_own_min_lr() -> None:
         ),
     ):
         learners[1].fit(3)
+
+
+def keras_rates(values: list[float], patience: int, cooldown: int, min_delta: float) -> list[float]:
+    """The rate after each epoch of Keras 3's ReduceLROnPlateau (factor 0.5, min mode, from 1),
+    its on_epoch_end restated: cooldown counted down first, and the epoch that lowers the rate
+    counts towards patience."""
+    rate, best, wait, cooling, rates = 1.0, math.inf, 0, 0, []
+    for value in values:
+        if cooling > 0:
+            cooling, wait = cooling - 1, 0
+        if value < best - min_delta:
+            best, wait = value, 0
+        elif cooling == 0:
+            wait += 1
+            if wait >= patience:
+                rate, cooling, wait = rate * 0.5, cooldown, 0
+        rates.append(rate)
+    return rates
+
+
+@pytest.mark.parametrize("cooldown", range(4))
+@pytest.mark.parametrize("patience", range(4))
+def test_keras_patience_and_cooldown_are_one_more_than_torchs(patience: int, cooldown: int) -> None:
+    # docs/coming-from.md: Keras' patience=p, cooldown=c, min_delta=d are patience=max(p - 1, 0),
+    # cooldown=max(c - 1, 0), threshold=d, threshold_mode="abs" here (equal to torch's, above).
+    generator = random.Random(patience * 4 + cooldown)
+    for _ in range(30):
+        values = [generator.randrange(4) + generator.random() / 10 for _ in range(16)]
+        p = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([p], lr=1.0)
+        mapped = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=max(patience - 1, 0), cooldown=max(cooldown - 1, 0), threshold=1e-4, threshold_mode="abs"
+        )
+        got = []
+        for value in values:
+            mapped.step(value)
+            got.append(optimizer.param_groups[0]["lr"])
+        assert got == keras_rates(values, patience, cooldown, 1e-4), values

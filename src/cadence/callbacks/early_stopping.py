@@ -32,9 +32,9 @@ class EarlyStopping(Callback):
         patience: The number of epochs with no improvement after which training stops (0 stops
             at the first such epoch, like 1).
         min_delta: How much better than the best value a value must be to count as improving.
-        baseline: A value to beat: an epoch counts as improving only if it also beats
-            ``baseline`` (by ``min_delta``), so if none does, training stops after
-            ``patience`` epochs. The best epoch is tracked regardless.
+        baseline: A value to beat, as Keras documents it: an epoch counts as improving only if
+            it also beats ``baseline`` (by ``min_delta``), so if none does, training stops
+            after ``patience`` epochs. The best epoch is tracked regardless.
         start_from_epoch: The number of first epochs (of the monitored phase, in each fit) not
             judged at all, a warm-up in which no improvement is expected.
         restore_best_weights: At the end of every fit, load the model's weights (its whole
@@ -47,6 +47,13 @@ class EarlyStopping(Callback):
     epoch of a ``fit`` changes nothing. A NaN value counts as no improvement. In a distributed
     fit the metric is reduced over every rank's data, so every rank stops at the same epoch
     with no communication.
+
+    Where Keras 3's code differs from its documentation, this follows the documentation: in
+    Keras 3 an epoch that beats the best but not ``baseline`` adds to the epochs waited but
+    returns before the stop is checked, so ``[0.12, 0.34, 0.02, 0.71]`` in ``mode="max"``
+    with ``patience=2, baseline=0.7`` stops Keras after 3 epochs and this after 2. And Keras 3
+    keeps the first judged epoch's weights even when its value is NaN; here only an epoch with
+    a number can be the best, so when every value is NaN no weights are restored.
 
     Best weights: with ``restore_best_weights=True``, the weights are copied to the CPU when an
     epoch improves on the best (into the same buffers each time; nothing happens per batch),

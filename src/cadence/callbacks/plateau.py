@@ -58,8 +58,9 @@ class ReduceLROnPlateau(Callback):
 
     State: the best value, the bad epochs and the cooldown left are in ``state_dict`` (the
     rates are the optimizer's, saved with it), so a resumed run lowers the rate where the
-    uninterrupted one did. A new fit starts these afresh (``reset``) and keeps the rate the
-    optimizer has, as Keras does; set ``param_group["lr"]`` to start from another.
+    uninterrupted one did. A new fit starts these afresh (``reset``; Keras 3 keeps the best
+    value) and keeps the rate the optimizer has, as Keras does; set ``param_group["lr"]`` to
+    start from another.
 
     Example:
         >>> from cadence import Metrics
