@@ -6,7 +6,7 @@ what it has once the first epoch of a fit has ended; and which value is new."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from cadence import MissingStateError
@@ -140,12 +140,8 @@ class Monitor:
         Raises:
             MissingStateError: listing the keys there are, with the closest one.
         """
-        if self._found:
-            return
-        epochs = getattr(metrics, "epochs", {})
-        if self.key in epochs:
-            self._found = True
-        elif any(k.startswith(f"{self.phase_name}/") for k in epochs):  # the phase ran and wrote others
+        epochs = self._not_found(metrics)
+        if epochs is not None and any(k.startswith(f"{self.phase_name}/") for k in epochs):  # the phase wrote others
             raise self._ended_without(epochs)
 
     def check_epoch(self, metrics: Any, ran: Collection[str]) -> None:
@@ -156,18 +152,27 @@ class Monitor:
         Raises:
             MissingStateError: listing the keys there are, with the closest one.
         """
-        if self._found:
+        epochs = self._not_found(metrics)
+        if epochs is None:
             return
-        epochs = getattr(metrics, "epochs", {})
-        if self.key in epochs:
-            self._found = True
-        elif self.phase_name in ran:
+        if self.phase_name in ran:
             raise self._ended_without(epochs)
-        elif self.phase_name not in phase_names():
+        if self.phase_name not in phase_names():
             raise MissingStateError(self._missing(
                 f"no phase is named {self.phase_name!r} (fit runs {' and '.join(sorted(ran))}), so nothing "
                 f"writes it; after the first epoch cbstate.metrics has", epochs,
             ))
+
+    def _not_found(self, metrics: Any) -> Mapping[str, Any] | None:
+        """``cbstate.metrics``' epoch values while the key is not among them, else None (and,
+        once it was found, nothing more is looked at)."""
+        if self._found:
+            return None
+        epochs: Mapping[str, Any] = getattr(metrics, "epochs", {})
+        if self.key in epochs:
+            self._found = True
+            return None
+        return epochs
 
     def new_value(self, metrics: Any, *, check: bool = True) -> float | None:
         """The key's value added since the last call (``check`` first, unless told not to), or
