@@ -7,8 +7,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from cadence import READ, WRITE, Callback, ConflictError, NoConflict, Unresolvable, on
 from cadence.callbacks.monitor import Monitor, check_count
 from cadence.callbacks.scheduler import Scheduler, set_value
