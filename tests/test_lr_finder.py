@@ -176,6 +176,17 @@ def test_a_fit_after_the_sweep_runs_as_without_it() -> None:
     assert [cb.state_dict() for cb in swept.callbacks] == [cb.state_dict() for cb in plain.callbacks]
 
 
+def test_a_sweep_between_two_fits_leaves_the_second_fit_its_reset() -> None:
+    # The sweep puts every callback's state back with load_state_dict; that is no state loaded
+    # for the next fit, which resets the Scheduler as after any fit (cadence.resets).
+    scheduler = Scheduler(lr=cosine(0.1, 0.0))
+    learner = make_learner(scheduler)
+    learner.fit(1)
+    learner.lr_find(num_it=5)
+    learner.fit(1)
+    assert scheduler.position == 8  # one epoch of 8 batches, not 16
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_the_gpu_with_float16_the_sweep_is_undone() -> None:
     from cadence import MixedPrecision, ToDevice

@@ -273,9 +273,9 @@ class Learner:
             pending.add_note(f"FitEnd cleanup failed too: {type(cleanup).__name__}: {cleanup}")
         finally:
             clear_batch(self._batch)  # the last batch's tensors (activations, on a GPU) go now
+            fit_ended(self)
             if self._strategy is not None:
                 self._strategy.end_fit(pending)
-            fit_ended(self)
 
     def load(self, path: str | os.PathLike[str], *, optimizer: bool = False) -> Checkpoint:
         """Load the model (and with ``optimizer=True`` the optimizer) from the checkpoint at

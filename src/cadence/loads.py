@@ -8,16 +8,18 @@ It imports nothing from cadence: ``callback`` and ``resets`` both use it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["counting_loads", "last_load", "loads_so_far"]
+__all__ = ["counting_loads", "last_load", "loads_so_far", "uncounted"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _count = 0  # load_state_dict calls so far, of every callback
+_paused = 0  # > 0 inside uncounted()
 # id -> (the callback, the count after its last load); keyed by id so that callbacks need not
 # be hashable, and weak, so that none is kept alive.
 _LAST: dict[int, tuple[weakref.ref[Any], int]] = {}
@@ -47,6 +49,18 @@ def counting_loads(load: F) -> F:
     return load_state_dict  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def uncounted() -> Iterator[None]:
+    """Loads inside are not counted: for cadence's own restores of what it changed (``lr_find``
+    puts every callback's state back as it found it, which is no new state for the next fit)."""
+    global _paused
+    _paused += 1
+    try:
+        yield
+    finally:
+        _paused -= 1
+
+
 def loads_so_far() -> int:
     """How many loads there have been."""
     return _count
@@ -60,6 +74,8 @@ def last_load(obj: object) -> int:
 
 def _note(obj: object) -> None:
     global _count
+    if _paused:
+        return
     _count += 1
     key = id(obj)
     _LAST[key] = (weakref.ref(obj, lambda _: _LAST.pop(key, None)), _count)

@@ -35,6 +35,7 @@ from cadence.checkpointing.replay import data_generators
 from cadence.checkpointing.rng import capture_rng, restore_rng
 from cadence.errors import CadenceError, CancelEpoch
 from cadence.events import Event
+from cadence.loads import uncounted
 from cadence.phases import Loop, Phase, TrainingPhase
 from cadence.state import clear_batch
 
@@ -272,7 +273,8 @@ def _restored(learner: _Runner, data: Iterable[Any]) -> Iterator[None]:
         for module, mode in zip(model.modules(), modes):
             module.training = mode
         optimizer.load_state_dict(optimizer_state)
-        for callback, state in zip(callbacks, callback_states):
-            callback.load_state_dict(state)
+        with uncounted():  # as they were, so not state loaded for the next fit (cadence.resets)
+            for callback, state in zip(callbacks, callback_states):
+                callback.load_state_dict(state)
         restore_rng(rng, generators)
         clear_batch(learner.batch)  # the last batch's graph and activations go now
