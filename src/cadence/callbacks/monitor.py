@@ -191,10 +191,11 @@ class Monitor:
     def _missing(self, what: str, keys: Iterable[str]) -> str:
         names = sorted(keys)
         close = difflib.get_close_matches(self.key, names, n=1)
-        phases = sorted(phase_names())
-        phase = self.phase_name if self.phase_name in phases else next(
-            iter(difflib.get_close_matches(self.phase_name, phases, n=1)), ValidationPhase.name
-        )
+        # The hint names a phase that exists: the key's, the closest key's, or the closest of fit's.
+        phase = self.phase_name
+        if phase not in phase_names():
+            fits = [TrainingPhase.name, ValidationPhase.name]
+            phase = close[0].partition("/")[0] if close else next(iter(difflib.get_close_matches(phase, fits, n=1)), fits[1])
         return (
             f"{self.owner} monitors {self.key!r}, but {what} {', '.join(names) or 'no keys'}.\n"
             + (f"Did you mean {self.fix.format(key=close[0])}? " if close else "")
