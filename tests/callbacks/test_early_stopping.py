@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from cadence import READ, WRITE, Callback, CancelFit, ConflictError, Metrics, MissingStateError, on
+from cadence import READ, WRITE, Callback, CancelFit, CheckpointError, ConflictError, Metrics, MissingStateError, on
 from cadence.callbacks.checkpointer import Checkpointer
 from cadence.callbacks.early_stopping import EarlyStopping
 from cadence.callbacks.metrics import MetricSpec
@@ -360,17 +360,22 @@ def test_a_run_saved_without_best_weights_cannot_restore_them(tmp_path: Path) ->
     stopper = EarlyStopping("valid/score", patience=5, restore_best_weights=True)
     learner = make_test_learner(stopper, log, ScriptedMetrics([5, 1, 3, 4]), Checkpointer(tmp_path / "again"), n_batches=2)
     with pytest.raises(
-        ValueError,
+        CheckpointError,
         match=(
-            r"^EarlyStopping\(restore_best_weights=True\) was given a state with a best value \(valid/score 1 at "
+            r"EarlyStopping\.load_state_dict refuses the state the checkpoint holds for it \(ValueError: "
+            r"EarlyStopping\(restore_best_weights=True\) was given a state with a best value \(valid/score 1 at "
             r"epoch 2\) but not its weights: it was saved without restore_best_weights, so there are no best "
             r"weights to restore at the end of fit\. Resume with EarlyStopping\(restore_best_weights=False\), as "
-            r"the run was saved, or start a new run to get the best weights back\."
+            r"the run was saved, or start a new run to get the best weights back\.\), tried before anything was "
+            r"restored\."
         ),
-    ) as raised:
+    ):
         learner.fit(4, resume=path)
-    assert any("EarlyStopping.load_state_dict while restoring" in note for note in raised.value.__notes__)
     assert log.weights == [] and stopper.best is None  # before any epoch ran, the state untouched
+    plain = EarlyStopping("valid/score")
+    make_test_learner(plain, ScriptedMetrics([5, 1]), n_batches=1).fit(2)
+    with pytest.raises(ValueError, match=r"^EarlyStopping\(restore_best_weights=True\) was given a state with a best value"):
+        stopper.load_state_dict(plain.state_dict())  # loaded by hand: the same refusal
 
 
 # ---- a new fit starts afresh ---------------------------------------------------------------------
