@@ -235,3 +235,34 @@ def test_extra_objects_are_saved(tmp_path: Path) -> None:
     saved = load_checkpoint(list_checkpoints(tmp_path)[-1]).state["extra"]
     assert saved["lr_scheduler"]["last_epoch"] == 2
     assert json.loads(list_checkpoints(tmp_path)[-1].with_suffix(".json").read_text())["position"]["epoch"] == 2
+
+
+def test_resume_latest_in_an_unnamed_run_folder_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from cadence import RunFolder
+
+    learner = make_test_learner(RunFolder(root=tmp_path / "runs"), Checkpointer(), Recorder(), n_batches=2)
+    with pytest.raises(CheckpointError, match=(
+        r'fit\(resume="latest"\) looks for the newest checkpoint in the run folder, but RunFolder\(\) has no name: each '
+        rf"launch gets a new folder \({tmp_path}/runs/<date>-<n>\), so a relaunch never finds the checkpoints of the one "
+        r'before and starts from the beginning every time\. Name the run, e\.g\. RunFolder\("my-run"\), and relaunch with '
+        r'the same name; or give the Checkpointer a folder of its own: Checkpointer\("checkpoints"\)\.'
+    )):
+        learner.fit(2, resume="latest")
+    assert not (tmp_path / "runs").exists()  # refused before anything was created
+    learner.fit(1)  # in one process, the unnamed run's folder is known once it exists:
+    learner.fit(2, resume="latest")  # this resumes from it
+    assert len(list_checkpoints(learner.cbstate.run.path / "checkpoints")) == 2
+    named = make_test_learner(RunFolder("my-run", root=tmp_path / "runs"), Checkpointer(), Recorder(), n_batches=2)
+    named.fit(1, resume="latest")  # a named run's first launch starts from the beginning
+
+
+def test_building_or_checking_a_learner_creates_no_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cadence import RunFolder
+    from cadence.graph.check import find_errors
+
+    monkeypatch.chdir(tmp_path)
+    learner = make_test_learner(RunFolder(), Checkpointer(), Recorder(), n_batches=2)
+    assert find_errors(learner.callbacks) == []
+    assert repr(learner.get_callback(Checkpointer)) == "Checkpointer()" and not (tmp_path / "runs").exists()
+    learner.fit(1)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [learner.cbstate.run.name]

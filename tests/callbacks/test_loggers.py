@@ -98,11 +98,17 @@ def test_the_run_folder_is_shared_by_loggers_checkpoints_and_plots(tmp_path: Pat
 
 
 def test_a_checkpointer_or_plots_without_a_folder_need_a_run_folder() -> None:
-    with pytest.raises(ValueError, match=r'Checkpointer\(\) without a folder saves into the run folder, but this learner has none. Add RunFolder\(\)'):
+    from cadence import MissingStateError
+    from cadence.graph.check import find_errors
+
+    with pytest.raises(MissingStateError, match=r"Checkpointer reads cbstate\.run, but no callback writes it\.\nAdd RunFolder\(\), which writes cbstate\.run\."):
         make_test_learner(Checkpointer(), Recorder())
     with pytest.raises(ValueError, match=r'LearningCurves\(\) without a folder saves into the run folder.*Add RunFolder\(\)'):
         make_test_learner(LearningCurves(), Metrics(), Recorder())
+    found = [str(e).splitlines()[0] for e in find_errors([Checkpointer(), LogMetrics(CSVLogger()), Metrics(), Recorder()])]
+    assert found == [f"{name} reads cbstate.run, but no callback writes it." for name in ("Checkpointer", "LogMetrics")]
     assert str(Checkpointer().folder) == "<run folder>/checkpoints"
+    make_test_learner(Checkpointer("checkpoints"), LearningCurves("plots"), Metrics(), Recorder())  # a folder of their own needs none
 
 
 def test_default_run_names_count_up_per_day(tmp_path: Path) -> None:

@@ -127,6 +127,8 @@ class Checkpointer(Callback):
                     f"load_state_dict(), such as an LR scheduler or a GradScaler; got {type(obj).__name__}."
                 )
         self._folder = None if folder is None else Path(folder)
+        if self._folder is None:  # the build then asks for a RunFolder (MissingStateError)
+            self.state_access = {**type(self).state_access, "cbstate.run": READ}
         self._run_folder: Any = None
         self.every_epochs, self.every_steps = every_epochs, every_steps
         self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, monitor, mode
@@ -162,11 +164,6 @@ class Checkpointer(Callback):
 
     def init(self, learner: Any) -> None:
         if self._folder is None:
-            if "run" not in learner.cbstate:
-                raise ValueError(
-                    "Checkpointer() without a folder saves into the run folder, but this learner has "
-                    'none. Add RunFolder() to the callbacks, or pass a folder: Checkpointer("checkpoints").'
-                )
             self._run_folder = learner.cbstate.run
         if self._watched is not None:
             self._watched.check_planned(learner.cbstate)
@@ -179,6 +176,20 @@ class Checkpointer(Callback):
     def attach_run(self, run: FitProgress) -> None:
         """Called by ``fit`` when it starts, before ``FitBegin``: the run this callback saves."""
         self._run = run
+
+    def check_resume(self, resume: str | os.PathLike[str]) -> None:
+        """Called by ``fit(resume=...)`` before it looks for a checkpoint: refuse ``"latest"``
+        in the folder of an unnamed run, which is new at every launch (so it would start from
+        the beginning every time)."""
+        run = self._run_folder
+        if self._folder is None and resume == "latest" and run is not None and not run.named and not run.created:
+            raise CheckpointError(
+                f'fit(resume="latest") looks for the newest checkpoint in the run folder, but '
+                f"RunFolder() has no name: each launch gets a new folder ({run.root}/<date>-<n>), so "
+                f"a relaunch never finds the checkpoints of the one before and starts from the "
+                f'beginning every time. Name the run, e.g. RunFolder("my-run"), and relaunch with '
+                f'the same name; or give the Checkpointer a folder of its own: Checkpointer("checkpoints").'
+            )
 
     def detach_run(self, run: FitProgress) -> None:
         """Called by ``fit`` when it ends, before ``FitEnd``."""

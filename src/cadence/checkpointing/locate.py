@@ -58,8 +58,8 @@ def find_checkpoint(resume: Resume, saver_folder: Path | None) -> Checkpoint | N
                 f'path of a checkpoint: fit(..., resume="{_EXAMPLE}").'
             )
         found = latest_checkpoint(saver_folder, check=check_fit)
-        if found is None:
-            log.info("No checkpoint in %s yet: starting from the beginning.", saver_folder)
+        if found is None:  # a warning: a resume that finds nothing must not pass unseen
+            log.warning('No checkpoint in %s yet: fit(resume="latest") starts from the beginning.', saver_folder)
         return found
     if not isinstance(resume, (str, os.PathLike)):
         raise TypeError(

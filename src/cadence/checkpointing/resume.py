@@ -89,6 +89,8 @@ class FitRun:
         self.saved: Path | None = None
         self.stage = "before"
         self._resume = resume
+        if resume is not None and self.checkpointer is not None:
+            self.checkpointer.check_resume(resume)  # before its folder is read (and created)
         folder = self.folder
         # The id of a new run, the same on every rank: a collective, so before anything that
         # reads files (and could fail on one rank only); a fit without a saver has no run.

@@ -3,8 +3,8 @@
 
 Building a learner stops at the first error. Here each callback's own declarations are
 checked alone, then the list as a whole (a second checkpoint saver, ``cbstate`` entries
-nothing writes, ``run_after`` cycles), setting aside each callback found at fault so that the
-others are still checked, and then every (event, phase) plan of every phase defined so far
+nothing writes, ``run_after`` cycles), setting aside each callback found at fault (the
+savers after the first, a reader of missing state) so that the others are still checked, and then every (event, phase) plan of every phase defined so far
 (write conflicts, cycles), custom phases included; an error several plans share is reported
 once.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cadence.callback import Callback, callback_labels
-from cadence.checkpointing.saver import check_savers
+from cadence.checkpointing.saver import saver_problems
 from cadence.errors import CadenceError, CycleError, MissingStateError
 from cadence.graph.builder import CallbackGraph
 from cadence.phases import Phase
@@ -56,10 +56,11 @@ def find_errors(callbacks: Sequence[Callback]) -> list[CadenceError]:
             errors.append(error)
         else:
             kept.append(callback)
-    try:
-        check_savers(kept)
-    except CadenceError as error:
-        errors.append(error)
+    aside: set[int] = set()
+    for problem, at_fault in saver_problems(kept):  # a second saver, a run_after that names it
+        errors.append(problem)
+        aside.update(at_fault)
+    kept = [cb for i, cb in enumerate(kept) if i not in aside]
     while True:
         try:
             graph = CallbackGraph(kept)

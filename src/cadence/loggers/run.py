@@ -63,6 +63,16 @@ class Run:
         return self._path
 
     @property
+    def named(self) -> bool:
+        """Whether the run was given its name (else it is the date and a counter)."""
+        return self._name is not None
+
+    @property
+    def created(self) -> bool:
+        """Whether the folder has been chosen and created (by this process)."""
+        return self._path is not None
+
+    @property
     def name(self) -> str:
         """The run's name (the folder is created first when the name is the default)."""
         return self._name if self._name is not None else self.path.name
