@@ -12,6 +12,7 @@ epoch and ``FitBegin``/``FitEnd`` each call of ``Learner.fit``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,19 +55,24 @@ class FitBegin(Event):
         callbacks: The learner's callbacks in run order (every ``run_after`` and every
             producer of a ``cbstate`` entry before its readers; list order otherwise), for
             loggers of the run's configuration.
+        resume: The ``resume=`` that ``fit`` was given (None: a fresh run). A checkpoint's
+            state is restored after ``FitBegin``; with ``"latest"`` and no checkpoint yet,
+            the run starts from the beginning.
     """
 
-    __slots__ = ("n_epochs", "data", "callbacks")
+    __slots__ = ("n_epochs", "data", "callbacks", "resume")
 
     def __init__(
         self,
         n_epochs: int = 0,
         data: tuple[Iterable[Any], Iterable[Any] | None] | None = None,
         callbacks: tuple[Any, ...] = (),
+        resume: str | os.PathLike[str] | None = None,
     ) -> None:
         self.n_epochs = n_epochs
         self.data = data
         self.callbacks = callbacks
+        self.resume = resume
 
 
 class FitEnd(Event):

@@ -239,7 +239,7 @@ class Learner:
             reset_for_fit(self)
             if self._strategy is not None:
                 self._strategy.begin_fit(self, run)
-            self.fire(FitBegin(n_epochs, (train, valid), self._run_order()), FIT_PHASE)
+            self.fire(FitBegin(n_epochs, (train, valid), self._run_order(), resume), FIT_PHASE)
             since = {} if resume is not None else metric_lengths(self._cbstate)
             run.fit_began()
             for epoch in range(run.first_epoch, n_epochs):

@@ -48,13 +48,16 @@ def test_a_second_fit_appends_and_a_new_metric_adds_rows_not_columns(tmp_path: P
     assert rows(path)[-1] == {"step": "9", "epoch": "3", "phase": "valid", "name": "accuracy", "value": "0.9"}
 
 
-def test_a_fresh_run_replaces_an_earlier_file_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_direct_writes_into_an_earlier_file_replace_it_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Within a fit this is refused (tests/loggers/test_backend.py); a write outside any fit replaces.
     path = tmp_path / "metrics.csv"
     path.write_text("step,epoch,phase,name,value\n99,9,train,loss,1.0\n")
+    logger = CSVLogger(path)
     with caplog.at_level(logging.WARNING):
-        make_test_learner(LogMetrics(CSVLogger(path), every=4), Metrics(), Recorder(), n_batches=4).fit(1)
-    assert "replaces them" in caplog.text
-    assert all(r["step"] != "99" for r in rows(path))
+        logger.write([Scalar("loss", 0.5)], step=1, epoch=1, phase="train")
+        logger.close()
+    assert f"CSVLogger: {path} holds an earlier run's values; this fresh log replaces them." in caplog.text
+    assert [r["step"] for r in rows(path)] == ["1"]
 
 
 def test_a_path_that_is_not_a_path_is_refused() -> None:

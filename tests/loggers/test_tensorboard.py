@@ -4,6 +4,7 @@ TensorBoard server's HTTP API (scalars and the HPARAMS tab's data)."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cadence import LogConfig, LogHistograms, LogMetrics, Metrics, Recorder, RunFolder
-from cadence.loggers import Figure, Image, TensorBoardLogger
+from cadence.loggers import Figure, Image, Scalar, TensorBoardLogger
 from cadence.testing import make_test_learner
 
 
@@ -162,3 +163,60 @@ def test_the_server_shows_hparams_with_final_train_and_valid_values(server: str,
         "train": (8, pytest.approx(run[1]["train/loss"][-1])),
         "valid": (8, pytest.approx(run[1]["valid/loss"][-1])),
     }
+
+
+# ---- only its own files --------------------------------------------------------------------------
+
+
+def _event_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("events.out.tfevents.*"))
+
+
+def test_a_logger_touches_only_the_event_files_it_wrote(tmp_path: Path) -> None:
+    # One script logs into tmp/experiment_a, a second one into tmp itself: neither touches
+    # the other's files, on a fresh start or on a resume.
+    make_test_learner(LogMetrics(TensorBoardLogger(tmp_path / "experiment_a"), every=1), Metrics(), Recorder(), n_batches=2).fit(1)
+    nested = {p: p.read_bytes() for p in _event_files(tmp_path / "experiment_a")}
+    assert len(nested) == 2
+    parent = TensorBoardLogger(tmp_path)
+    learner = make_test_learner(LogMetrics(parent, every=1), Metrics(), Recorder(), n_batches=2)
+    learner.fit(1)
+    state = learner.get_callback(LogMetrics).state_dict()  # type: ignore[union-attr]
+    assert sorted(state["backends"][0]["position"]["files"]) == sorted(
+        f"{phase}/events.out.tfevents.*.{p.name.split('.')[-2]}.cadence" for phase in ("train", "valid") for p in _event_files(tmp_path / phase)
+    )
+    learner.fit(2)  # appends to its own log; then a resume from the first fit's state cuts back to it
+    parent.load_state_dict(state["backends"][0])
+    parent.attach("owner", None)
+    parent.write([Scalar("resumed", 0.1)], step=3, epoch=2, phase="train")
+    parent.detach("owner")
+    assert {p: p.read_bytes() for p in _event_files(tmp_path / "experiment_a")} == nested
+    assert [e.step for e in accumulate(tmp_path / "train").Scalars("loss_step")] == [1, 2]
+    assert [e.step for e in accumulate(tmp_path / "train").Scalars("resumed")] == [3]
+
+
+def test_no_folder_is_walked_when_a_checkpoint_takes_the_position(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cadence import Checkpointer
+
+    walked: list[str] = []
+    real_rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: walked.append(pattern) or real_rglob(self, pattern))
+    tensorboard = TensorBoardLogger(tmp_path / "tb")
+    make_test_learner(
+        LogMetrics(tensorboard, every=1), Checkpointer(tmp_path / "checkpoints", every_steps=1), Metrics(), Recorder(), n_batches=4
+    ).fit(2)
+    assert walked == [] and len(_event_files(tmp_path / "tb")) == 2
+
+
+def test_direct_writes_into_an_earlier_log_replace_its_files_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = TensorBoardLogger(tmp_path)
+    first.write([Scalar("loss", 0.5)], step=1, epoch=1, phase="train")
+    first.close()
+    (tmp_path / "train" / "events.out.tfevents.1.other.tool").write_bytes(b"")  # not this logger's
+    with caplog.at_level(logging.WARNING, logger="cadence"):
+        second = TensorBoardLogger(tmp_path)
+        second.write([Scalar("loss", 0.25)], step=1, epoch=1, phase="train")
+        second.close()
+    assert f"TensorBoardLogger: {tmp_path} holds 1 event file(s) of an earlier run; this fresh log replaces them." in caplog.text
+    assert [e.value for e in accumulate(tmp_path / "train").Scalars("loss")] == [0.25]
+    assert (tmp_path / "train" / "events.out.tfevents.1.other.tool").exists()

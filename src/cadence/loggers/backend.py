@@ -3,23 +3,29 @@
 A backend is not a callback: the logger callbacks (``LogMetrics``, ``LogHyperparams``,
 ``LogHistograms``, ``LogConfig``) write to it, and several may share one. Its life in a fit:
 
-1. ``attach(owner, run)`` at ``FitBegin``, by each callback that writes to it.
+1. ``attach(owner, run, begin)`` at ``FitBegin``, by each callback that writes to it. A fresh
+   fit (no ``resume=``) is refused when the log already holds an earlier run's values: a log
+   belongs to one run, as a checkpoint folder does.
 2. ``write(values, step=..., epoch=..., phase=...)``. The first write opens it. A resumed
    run's position is restored only after ``FitBegin`` (or after the resumed epoch's
    ``EpochBegin``), so writes made at ``FitBegin`` pass ``step=None``: they wait for the first
    write with a step (or the next flush) and are then written at the step the fit continues
    from.
 3. ``flush()`` at every epoch end, and in ``state_dict()``: a checkpoint taken after a write
-   finds it on disk, so that a killed run loses nothing its checkpoint counts as done.
+   finds it on disk, so that a killed run loses nothing its checkpoint counts as done. A
+   flush with nothing written since the last one costs nothing.
 4. ``detach(owner)`` at ``FitEnd``; the last owner's detach flushes and closes it.
 
 Resuming: ``state_dict()`` holds the last step and how far the log goes (the backend's
-``_position()``); after ``load_state_dict`` the backend reopens at that point and drops what a
-killed run wrote after its checkpoint, so every step is in the log once.
+``_position()`` after its last good flush); after ``load_state_dict`` the backend reopens at
+that point and drops what a killed run wrote after its checkpoint, so every step is in the log
+once. A fit with ``resume=`` that finds no checkpoint starts the log over.
 
 Failures (a full disk, a permission error, an MLflow server that is gone) are logged once as a
-warning, the backend stops for the rest of the fit and training goes on; what was written
-before stays. With ``strict=True`` the failure raises ``LoggerError`` instead.
+warning, the backend stops for the rest of the fit and training goes on; what it wrote before
+stays: a checkpoint taken after the failure records the position of its last good flush. With
+``strict=True`` the failure raises ``LoggerError`` instead. Either way the backend's files and
+threads are released at ``FitEnd``.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cadence.errors import LoggerError, MissingExtraError
+from cadence.events import FitBegin
 from cadence.loggers.run import Run
-from cadence.loggers.values import Loggable
+from cadence.loggers.values import Loggable, check_loggables
 
 __all__ = ["Backend", "require"]
 
@@ -75,11 +82,15 @@ class Backend(abc.ABC):
         1. Subclass ``Backend``; set ``default_name``, its file or folder in the run folder.
         2. Implement ``_open(target, resume)``: start writing to ``target`` (the location, or
            ``run.path / default_name``). ``resume`` is None for a fresh log, else what
-           ``_position()`` returned when the run's checkpoint was taken: drop everything
-           written after it.
-        3. Implement ``_write(step, epoch, phase, values)``, taking the values it can show.
-        4. Implement ``_flush()`` (after it, everything written is durable), ``_close()``,
-           and ``_position()`` (plain data: how far the log goes, after a flush).
+           ``_position()`` returned when the run's checkpoint was taken (``{}``: nothing is
+           kept): drop everything this log wrote after it, and touch nothing else.
+        3. Implement ``_write(step, epoch, phase, values)``, taking the values it can show
+           (they are checked when built, so a failure here is the backend's own).
+        4. Implement ``_flush()`` (after it, everything written is durable), ``_close()``
+           (release files and threads, also after a failure), and ``_position()`` (plain
+           data: how far the log goes; called right after ``_flush()``).
+        5. Optionally implement ``_earlier(target)``: what an earlier run left there that a
+           fresh log would replace (a fresh fit is then refused), or None.
         Every call is made under the backend's lock, on one thread at a time.
     """
 
@@ -95,9 +106,11 @@ class Backend(abc.ABC):
         self._run: Run | None = None
         self._is_open = False
         self._failed = False
+        self._dirty = False  # written since the last flush
         self._pending: list[tuple[tuple[Loggable, ...], int, str | None]] = []
         self._step = 0
-        self._resume: dict[str, Any] | None = None  # None: a fresh log
+        self._resume: dict[str, Any] | None = None  # where the next open continues; None: a fresh log
+        self._kept: dict[str, Any] | None = None  # the position of the last good flush
 
     # ---- what subclasses implement -----------------------------------------------------------
 
@@ -116,6 +129,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _position(self) -> dict[str, Any]: ...
 
+    def _earlier(self, target: Any) -> str | None:
+        """What an earlier run left at ``target`` that a fresh log would replace, such as
+        ``"rows of an earlier run"``; None when there is nothing (the default)."""
+        return None
+
     # ---- what the logger callbacks call ------------------------------------------------------
 
     @property
@@ -128,18 +146,30 @@ class Backend(abc.ABC):
         """The highest step written so far (restored by ``load_state_dict``)."""
         return self._step
 
-    def attach(self, owner: object, run: Run | None) -> None:
-        """``owner`` (a callback) writes to this backend in the fit that begins."""
+    def attach(self, owner: object, run: Run | None, begin: FitBegin | None = None) -> None:
+        """``owner`` (a callback) writes to this backend in the fit that ``begin`` begins.
+
+        Raises:
+            LoggerError: a fresh fit (``begin.resume`` is None) into a log that holds an
+                earlier run's values; the message says how to continue or start over.
+        """
         with self._lock:
             if not self._owners:
                 self._failed = False  # a new fit tries again
                 self._run = run
+                if begin is not None and self._resume is None and not self._is_open:
+                    self._begin(begin)  # this backend has not written in this process yet
             self._owners.add(id(owner))
 
     def write(self, values: Sequence[Loggable], *, step: int | None, epoch: int, phase: str | None) -> None:
         """Write ``values`` at ``step`` (None: at the step the fit continues from; see the
         module docstring), in training epoch ``epoch`` (from 1), for ``phase`` (``"train"``,
-        ``"valid"``, or None for the whole run)."""
+        ``"valid"``, or None for the whole run).
+
+        Raises:
+            TypeError: a value that is not one of ``cadence.loggers``' loggable values.
+        """
+        check_loggables(values)
         with self._lock:
             if self._failed:
                 return
@@ -149,18 +179,20 @@ class Backend(abc.ABC):
             if not self._is_open and not self._open_now():
                 return
             if self._guard("write", self._write, self._step if step is None else step, epoch, phase, values):
+                self._dirty = True
                 if step is not None and step > self._step:
                     self._step = step
 
     def flush(self) -> None:
-        """Make everything written so far durable."""
+        """Make everything written so far durable; nothing to do when nothing was written."""
         with self._lock:
             if self._failed:
                 return
             if self._pending and not self._is_open and not self._open_now():
                 return
-            if self._is_open:
-                self._guard("flush", self._flush)
+            if self._is_open and self._dirty and self._guard("flush", self._flush):
+                if self._guard("flush", self._keep_position):
+                    self._dirty = False
 
     def detach(self, owner: object) -> None:
         """``owner``'s fit ended; the last owner's detach flushes and closes the backend."""
@@ -172,43 +204,36 @@ class Backend(abc.ABC):
                 self.close()
 
     def close(self) -> None:
-        """Flush and close now; a later write reopens and appends."""
+        """Flush and close now, releasing files and threads even when the flush fails; a
+        later write reopens and appends after the last good flush."""
         with self._lock:
-            self.flush()
-            self._pending.clear()
-            if not self._is_open:
-                return
-            self._is_open = False
-            if self._failed:
-                try:  # release files and threads; the failure was reported already
-                    self._close()
-                except Exception:
-                    log.debug("%s: closing after a failure failed too.", self.describe(), exc_info=True)
-                return
-            position = self._position()
-            if self._guard("close", self._close):
-                self._resume = position  # the next fit of this learner appends
+            try:
+                self.flush()
+            finally:
+                self._pending.clear()
+                if self._is_open:
+                    self._is_open = False
+                    self._dirty = False
+                    self._resume = self._kept  # the next fit of this learner appends
+                    self._release()
 
     def state_dict(self) -> dict[str, Any]:
         """``{"step": ..., "position": ...}``: flushed first, so that it never counts what is
-        not on disk yet."""
+        not on disk yet; after a failure, the position of the last good flush."""
         with self._lock:
             self.flush()
-            position: dict[str, Any] = {}
-            if self._is_open and not self._failed:
-                position = self._position()
-            elif self._resume is not None:
-                position = self._resume
-            return {"step": self._step, "position": position}
+            position = self._kept if self._kept is not None else self._resume
+            return {"step": self._step, "position": dict(position or {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from what ``state_dict`` returned: the next write reopens the log there."""
         with self._lock:
             if self._is_open:  # opened before the restore: start again from the checkpoint
-                self._is_open = False
-                self._guard("close", self._close)
+                self._is_open = self._dirty = False
+                self._release()
             self._step = int(state["step"])
             self._resume = dict(state["position"])
+            self._kept = dict(self._resume)
 
     def describe(self) -> str:
         """The backend and where it writes, for messages."""
@@ -232,16 +257,42 @@ class Backend(abc.ABC):
             )
         return self._run.path / self.default_name
 
+    def _begin(self, begin: FitBegin) -> None:
+        if begin.resume is not None:
+            self._resume = self._kept = {}  # start over, unless a checkpoint's position is restored
+            return
+        target = self._target()
+        try:
+            found = self._earlier(target)
+        except OSError:
+            return  # unreadable: opening it fails too, and reports that
+        if found is not None:
+            raise LoggerError(_refusal(self, found, begin.n_epochs))
+
     def _open_now(self) -> bool:
         resume = self._resume
-        if not self._guard("open", lambda: self._open(self._target(), resume)):
+        target = self._target()  # no place to write is a usage error, not a failure
+        if not self._guard("open", self._open, target, resume):
             return False
-        self._is_open = True
+        self._is_open = self._dirty = True
+        self._kept = dict(resume or {})
         pending, self._pending = self._pending, []
         for values, epoch, phase in pending:
             if not self._guard("write", self._write, self._step, epoch, phase, values):
                 break
         return True
+
+    def _keep_position(self) -> None:
+        self._kept = self._position()
+
+    def _release(self) -> None:
+        if not self._failed:
+            self._guard("close", self._close)
+            return
+        try:  # the failure was reported already
+            self._close()
+        except Exception:
+            log.debug("%s: closing after a failure failed too.", self.describe(), exc_info=True)
 
     def _guard(self, action: str, call: Callable[..., Any], *args: Any) -> bool:
         try:
@@ -252,10 +303,10 @@ class Backend(abc.ABC):
         return True
 
     def _fail(self, action: str, error: Exception) -> None:
-        what = f"{self.describe()} could not {action}: {type(error).__name__}: {error}"
+        self._failed = True  # first: with strict=True too, nothing more is tried in this fit
+        what = f"{self.describe()} could not {action}: {type(error).__name__}: {str(error).rstrip('.')}"
         if self.strict:
             raise LoggerError(f"{what}. (strict=True; without it, training goes on without this logger.)") from error
-        self._failed = True
         log.warning(
             "%s. Logging to it stops for the rest of this fit; training goes on, and what it wrote "
             "before is kept. Pass strict=True to make this an error.", what,
@@ -263,3 +314,23 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return self.describe()
+
+
+def _refusal(backend: Backend, found: str, n_epochs: int) -> str:
+    """The message that refuses a fresh fit into a log with an earlier run's values."""
+    kind = type(backend).__name__
+    if backend.location is None and backend._run is not None:
+        folder = backend._run.path
+        own = f'give this run a name of its own: RunFolder("{folder.name}-2")'
+        aside = f"the old run folder aside: os.rename({str(folder)!r}, {str(folder) + '-previous'!r})"
+    else:
+        where = Path(str(backend.location))
+        other = where.with_name(f"{where.stem}-2{where.suffix}")
+        own = f"give this run a place of its own: {kind}({str(other)!r})"
+        aside = f"it aside: os.rename({str(where)!r}, {str(where.with_name(f'{where.stem}-previous{where.suffix}'))!r})"
+    return (
+        f"{backend.describe()} holds {found}, and this fit starts a new run (no resume=), which "
+        f"would replace them. A log belongs to one run, as a checkpoint folder does. Either "
+        f"continue that run from its checkpoint: fit({n_epochs}, resume=\"latest\") (with a "
+        f"Checkpointer); or {own}; or start over after moving {aside}."
+    )

@@ -2,7 +2,8 @@
 
 The long format means a metric that appears later adds rows, never columns: the file is only
 ever appended to, and its header never changes. A resumed run cuts the file back to where it
-was at the checkpoint (what a killed run wrote after it) and appends from there.
+was at the checkpoint (what a killed run wrote after it) and appends from there; a fresh fit
+into a file with an earlier run's rows is refused (``cadence.loggers.backend``).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class CSVLogger(Backend):
     def _open(self, target: Any, resume: dict[str, Any] | None) -> None:
         path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if resume is None and path.exists() and path.stat().st_size:
-            log.warning("CSVLogger: %s holds an earlier run's values; this fresh run replaces them.", path)
+        if resume is None and self._earlier(path):  # within a fit, a fresh fit into it was refused
+            log.warning("CSVLogger: %s holds an earlier run's values; this fresh log replaces them.", path)
         keep = int(resume.get("bytes", 0)) if resume is not None else 0
         with open(path, "a+b") as raw:
             raw.truncate(min(keep, raw.seek(0, os.SEEK_END)))  # what a killed run wrote after its checkpoint
@@ -83,8 +84,15 @@ class CSVLogger(Backend):
 
     def _position(self) -> dict[str, Any]:
         assert self._file is not None
-        self._file.flush()
         return {"bytes": self._file.tell()}
+
+    def _earlier(self, target: Any) -> str | None:
+        try:
+            with open(target, "rb") as file:
+                file.readline()  # the header
+                return "rows of an earlier run" if file.read(1) else None
+        except FileNotFoundError:
+            return None
 
     def _close(self) -> None:
         if self._file is not None:

@@ -1,7 +1,10 @@
 """``LoggerCallback``: what the callbacks that write to backends have in common.
 
-They attach their backends at ``FitBegin``, flush them at every epoch end, and detach them at
-``FitEnd`` (the last callback to detach a shared backend closes it), on every way a fit ends.
+They attach their backends at ``FitBegin`` (a fresh fit into an earlier run's logs is refused
+there, before any training), flush them at the end of every epoch (after its validation,
+when there is one; a backend that several callbacks share is flushed once, since a flush
+with nothing new costs nothing), and detach them at ``FitEnd`` (the last callback to detach a
+shared backend closes it), on every way a fit ends.
 They declare only ``READ`` access, so the graph runs them after whatever writes what they log,
 in any list order, and they save their backends' positions in checkpoints. In a distributed fit
 they run on rank 0 alone (``placement = "rank_zero"``), which logs the values ``Metrics``
@@ -10,6 +13,7 @@ reduced over every rank.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +23,7 @@ from cadence.events import EpochEnd, Event, FitBegin, FitEnd
 from cadence.loggers.backend import Backend
 from cadence.loggers.values import Loggable
 from cadence.phases import Phase, TrainingPhase
+from cadence.signatures import constructor_repr
 
 __all__ = ["LoggerCallback", "check_every", "position"]
 
@@ -44,7 +49,8 @@ class LoggerCallback(Callback):
            for backends that write into the run folder.
         2. Write with ``self.log(values, learner, phase)`` from your handlers; at ``FitBegin``
            override ``began(event, learner)`` (its writes wait until a resumed fit's position
-           is restored), at epoch ends override ``epoch_ended(phase, learner)``.
+           is restored), at epoch ends override ``epoch_ended(phase, learner)``. Values are
+           checked when they are built (``Image("x", pixels)`` raises for bad pixels).
         3. Log only on logging steps or at epoch ends: reading a device tensor is a sync.
         4. It runs on rank 0 only in a distributed fit (``placement``): run no collective in it.
     """
@@ -72,6 +78,7 @@ class LoggerCallback(Callback):
         if any(b.needs_run for b in self.backends):
             self.state_access = {**type(self).state_access, "cbstate.run": READ}
         self._active = False
+        self._validates = True  # a training epoch is followed by validation (its end flushes)
 
     def began(self, event: FitBegin, learner: Any) -> None:
         """At ``FitBegin``, after the backends are attached."""
@@ -83,8 +90,9 @@ class LoggerCallback(Callback):
     def fit_begin(self, event: FitBegin, phase: Phase, learner: Any) -> None:
         run = learner.cbstate.run if any(b.needs_run for b in self.backends) else None
         for backend in self.backends:
-            backend.attach(self, run)
+            backend.attach(self, run, event)
         self._active = True
+        self._validates = event.data is None or event.data[1] is not None
         self.began(event, learner)
 
     @on(EpochEnd)
@@ -92,6 +100,8 @@ class LoggerCallback(Callback):
         if not self._active:
             return
         self.epoch_ended(phase, learner)
+        if self._validates and isinstance(phase, TrainingPhase):
+            return  # the validation epoch that follows ends this epoch, and flushes
         for backend in self.backends:
             backend.flush()
 
@@ -134,7 +144,14 @@ class LoggerCallback(Callback):
             backend.load_state_dict(backend_state)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(repr(b) for b in self.backends)})"
+        """``LogMetrics(TensorBoardLogger('runs/x/tensorboard'), every=50)``: the backends, then
+        the arguments that differ from their defaults (as ``Callback.__repr__`` shows them)."""
+        parameter = inspect.signature(type(self).__init__).parameters.get("backends")
+        if parameter is not None and parameter.kind is not parameter.VAR_POSITIONAL:
+            return constructor_repr(self)  # backends as one argument: shown as given
+        arguments = constructor_repr(self).partition("(")[2][:-1]  # *backends is not among them
+        shown = [repr(b) for b in self.backends] + ([arguments] if arguments else [])
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 def position(learner: Any, *, in_batch: bool = False) -> tuple[int, int]:

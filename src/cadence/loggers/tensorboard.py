@@ -12,16 +12,23 @@ A phase is a TensorBoard run of its own with the same tags, so ``loss`` of ``tra
 (phase, name). The summaries are built with TensorBoard's protos and plugin metadata (no
 TensorFlow, no ``torch.utils.tensorboard``, which needs the same package and adds nothing).
 
-Resuming: every event file this logger writes ends in ``.cadence``; a checkpoint records their
-sizes, and a resumed run cuts them back to those sizes and removes the files begun after the
-checkpoint. That purges exactly what the killed run wrote after its checkpoint, also at the
-checkpoint's own step (TensorBoard's ``SessionLog.START`` purge keeps those).
+Its own files: every event file this logger writes ends in ``.<token>.cadence``, and it
+records each one in ``.cadence-files.json`` in its folder before creating it. Only the files
+that record lists are ever cut back or removed, so other runs' event files, in this folder or
+below it (another logger's folder nested inside), are never touched, and no folder is walked.
+
+Resuming: a checkpoint records the sizes of this logger's files; a resumed run cuts them back
+to those sizes and removes the ones begun after the checkpoint. That purges exactly what the
+killed run wrote after its checkpoint, also at the checkpoint's own step (TensorBoard's
+``SessionLog.START`` purge keeps those).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -36,12 +43,15 @@ __all__ = ["TensorBoardLogger"]
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".cadence"
+_RECORD = ".cadence-files.json"  # this logger's event files, as patterns: "train/events.out.tfevents.*.<token>.cadence"
+_ENTRY = re.compile(r"^(?:[^/*?\[\]]+/)*events\.out\.tfevents\.\*\.[0-9a-f]+\.cadence$")
 
 
 class TensorBoardLogger(Backend):
     """Writes scalars, images, figures, histograms, text and hyperparameters for TensorBoard.
 
-    Open it with ``tensorboard --logdir runs`` (every run) or ``--logdir runs/<name>/tensorboard``.
+    Open it with ``tensorboard --logdir runs`` (every run) or ``--logdir runs/<name>``; not
+    with ``--logdir runs/<name>/tensorboard``, where the HPARAMS tab finds no metrics.
 
     Args:
         folder: Where the event files go; None for ``tensorboard`` in the run folder.
@@ -78,6 +88,7 @@ class TensorBoardLogger(Backend):
         super().__init__(None if folder is None else Path(folder), strict=strict)
         self.flush_secs = float(flush_secs)
         self._folder: Path | None = None
+        self._files: dict[str, Path] = {}  # this log's event files, by their record entry
         self._writers: dict[str, Any] = {}
         self._session = False  # an hparams session was started in this open
 
@@ -86,20 +97,32 @@ class TensorBoardLogger(Backend):
     def _open(self, target: Any, resume: dict[str, Any] | None) -> None:
         folder = Path(target)
         folder.mkdir(parents=True, exist_ok=True)
-        kept = {} if resume is None else dict(resume.get("files", {}))
-        ours = sorted(p for p in folder.rglob(f"events.out.tfevents.*{_SUFFIX}") if p.is_file())
-        if resume is None and ours:
-            log.warning("TensorBoardLogger: %s holds an earlier run's event files; this fresh run replaces them.", folder)
-        for path in ours:
-            size = kept.get(path.relative_to(folder).as_posix())
-            if size is None:
-                path.unlink()  # begun after the checkpoint (or by the run this one replaces)
-            else:
+        kept = dict((resume or {}).get("files", {}))
+        self._folder, self._files = folder, {}
+        removed = 0
+        for entry in dict.fromkeys([*_recorded(folder), *kept]):
+            path = _find(folder, entry)
+            if path is None:
+                continue
+            if entry in kept:
                 with open(path, "r+b") as file:
-                    file.truncate(int(size))
-        self._folder = folder
+                    file.truncate(int(kept[entry]))
+                self._files[entry] = path
+            else:
+                path.unlink()  # begun after the checkpoint (or by the run this one replaces)
+                removed += 1
+        if removed and resume is None:  # within a fit, a fresh fit into them was refused
+            log.warning(
+                "TensorBoardLogger: %s holds %d event file(s) of an earlier run; this fresh log "
+                "replaces them.", folder, removed,
+            )
+        self._record()
         self._writers = {}
         self._session = False
+
+    def _earlier(self, target: Any) -> str | None:
+        found = sum(_find(Path(target), entry) is not None for entry in _recorded(Path(target)))
+        return f"{found} event file(s) of an earlier run" if found else None
 
     def _write(self, step: int, epoch: int, phase: str | None, values: Sequence[Loggable]) -> None:
         from tensorboard.compat.proto import summary_pb2
@@ -118,10 +141,7 @@ class TensorBoardLogger(Backend):
             writer.flush()
 
     def _position(self) -> dict[str, Any]:
-        self._flush()
-        assert self._folder is not None
-        ours = self._folder.rglob(f"events.out.tfevents.*{_SUFFIX}")
-        return {"files": {p.relative_to(self._folder).as_posix(): p.stat().st_size for p in ours if p.is_file()}}
+        return {"files": {entry: path.stat().st_size for entry, path in self._files.items()}}
 
     def _close(self) -> None:
         if self._session:
@@ -143,10 +163,22 @@ class TensorBoardLogger(Backend):
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
             assert self._folder is not None
-            suffix = f".{secrets.token_hex(4)}{_SUFFIX}"
+            suffix = f".{secrets.token_hex(8)}{_SUFFIX}"
+            entry = f"{run}/" * bool(run) + f"events.out.tfevents.*{suffix}"
+            self._record(entry)  # before the file exists: a kill in between leaves no file unrecorded
             writer = EventFileWriter(str(self._folder / run), flush_secs=self.flush_secs, filename_suffix=suffix)
+            path = _find(self._folder, entry)
+            assert path is not None  # the writer creates its file at once
+            self._files[entry] = path
             self._writers[run] = writer
         writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def _record(self, *new: str) -> None:
+        """Write the record of this log's files (those it has, and ``new``), atomically."""
+        assert self._folder is not None
+        temporary = self._folder / f"{_RECORD}.tmp"
+        temporary.write_text(json.dumps({"files": [*self._files, *new]}, indent=1))
+        os.replace(temporary, self._folder / _RECORD)
 
     def _hparams(self, value: Hyperparameters, step: int) -> None:
         """The HPARAMS tab's summaries, in the logger's root folder: the experiment (each
@@ -163,6 +195,23 @@ class TensorBoardLogger(Backend):
         self._add("", _hparams_summary("experiment", hparam_infos=infos, metric_infos=metrics), step)
         self._add("", _hparams_summary("session_start_info", hparams=dict(value.values)), step)
         self._session = True
+
+
+def _recorded(folder: Path) -> list[str]:
+    """The entries of ``folder``'s record of a logger's files (none when there is no record)."""
+    try:
+        entries = json.loads((folder / _RECORD).read_text()).get("files", [])
+    except FileNotFoundError:
+        return []
+    except (ValueError, AttributeError):
+        log.warning("TensorBoardLogger: %s is not a record of event files; it is ignored.", folder / _RECORD)
+        return []
+    return [e for e in entries if isinstance(e, str) and _ENTRY.match(e) and ".." not in e.split("/")]
+
+
+def _find(folder: Path, entry: str) -> Path | None:
+    """The event file a record entry stands for, or None when it is gone."""
+    return next((p for p in folder.glob(entry) if p.is_file()), None)
 
 
 def _data_type(value: object, api_pb2: Any) -> Any:
