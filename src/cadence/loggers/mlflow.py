@@ -1,9 +1,17 @@
 """MLflowLogger: metrics, parameters and artifacts sent to MLflow, off the training thread.
 
 MLflow's calls are slow (a database write, or a request to a server), so a worker thread makes
-them: a write puts one batch on a bounded queue and returns; the queue is drained at every
-epoch end, before each checkpoint and at ``FitEnd``. A full queue makes the training thread
-wait (memory stays bounded). Metrics go in batches (``log_batch``), never one call per value.
+them: a write puts one batch on a bounded queue and returns at once; a write that finds the
+queue full is dropped (one warning per fit), so a training step never waits for MLflow and
+memory stays bounded. What waits is a flush: at every epoch end with something new, before
+each checkpoint and at ``FitEnd``, at most ``flush_timeout`` seconds each time; one that runs
+out of time is a failure, and after a failure nothing waits for MLflow again. Metrics go in
+batches (``log_batch``), never one call per value.
+
+MLflow retries a request to a server that does not answer on its own, for minutes by default;
+its environment variables ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (default 7) and
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` (seconds per request, default 120) bound that. The worker
+thread cannot be interrupted inside such a call: it ends as soon as MLflow gives up.
 
 The default store is a SQLite database in the run folder, ``sqlite:///runs/<name>/mlflow.db``,
 with the artifacts beside it in ``mlflow-artifacts/``: recent MLflow refuses its plain file
@@ -33,7 +41,7 @@ __all__ = ["MLflowLogger"]
 log = logging.getLogger(__name__)
 
 _METRICS_PER_BATCH, _PARAMS_PER_BATCH = 1000, 100  # log_batch's limits per call
-_STOP = object()
+_LAST_WAIT = 5.0  # seconds to mark a failed run FAILED when the worker is free to
 
 
 class MLflowLogger(Backend):
@@ -48,11 +56,14 @@ class MLflowLogger(Backend):
             ``databricks``); None for ``mlflow.db`` in the run folder.
         experiment: The MLflow experiment's name, created when missing.
         run_name: The MLflow run's name; None for the run folder's name.
-        queue_size: Writes waiting for the worker thread before a write waits.
+        queue_size: Writes waiting for the worker thread; a write that finds them all taken
+            is dropped, with one warning per fit.
         flush_timeout: Seconds a flush waits for MLflow before it counts as a failure.
         strict: Raise ``LoggerError`` on a failure instead of warning once.
 
-    Parameters longer than MLflow's limit are shortened, with a warning.
+    Parameters longer than MLflow's limit are shortened, with one warning per parameter. A
+    run whose logging failed ends as ``FAILED`` when MLflow still answers (else it stays
+    ``RUNNING``).
 
     Raises:
         MissingExtraError: ``mlflow-skinny`` (or, for SQLite, SQLAlchemy and Alembic) is not
@@ -79,11 +90,11 @@ class MLflowLogger(Backend):
         sqlite = tracking_uri is None or tracking_uri.startswith("sqlite:")
         require("MLflowLogger", "mlflow", "mlflow", *(("sqlalchemy", "alembic") if sqlite else ()))
         if not isinstance(experiment, str) or not experiment:
-            raise ValueError(f'MLflowLogger(experiment=...) expects a non-empty name; got {experiment!r}.')
+            raise ValueError(f'MLflowLogger(experiment=...) expects a non-empty name such as "digits"; got {experiment!r}.')
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"MLflowLogger(queue_size=...) expects an int >= 1; got {queue_size!r}.")
         if isinstance(flush_timeout, bool) or not isinstance(flush_timeout, (int, float)) or flush_timeout <= 0:
-            raise ValueError(f"MLflowLogger(flush_timeout=...) expects seconds > 0; got {flush_timeout!r}.")
+            raise ValueError(f"MLflowLogger(flush_timeout=...) expects seconds > 0, e.g. flush_timeout=60; got {flush_timeout!r}.")
         super().__init__(tracking_uri, strict=strict)
         self.experiment, self.run_name = experiment, run_name
         self.queue_size, self.flush_timeout = queue_size, float(flush_timeout)
@@ -91,6 +102,8 @@ class MLflowLogger(Backend):
         self._worker: _Worker | None = None
         self._known: dict[str, int] = {}  # metric key -> highest step the run already has
         self._params: dict[str, str] = {}
+        self._warned: set[str] = set()  # parameters warned about (too long, or changed)
+        self._dropped = 0  # writes dropped in this open: the queue was full
 
     # ---- the backend protocol ----------------------------------------------------------------
 
@@ -101,8 +114,10 @@ class MLflowLogger(Backend):
         else:
             uri, artifacts = str(target), None
         run_id = None if resume is None else resume.get("run_id")
+        self.run_id = None  # set by _start: a failed start leaves no run to mark
         run_name = self.run_name or (self._run.name if self._run is not None else None)
         self._worker = _Worker(self.queue_size)
+        self._dropped = 0
         self._worker.submit(lambda client: self._start(client, uri, artifacts, run_id, run_name))
 
     def _start(self, client: Any, uri: str, artifacts: str | None, run_id: str | None, run_name: str | None) -> Any:
@@ -132,22 +147,37 @@ class MLflowLogger(Backend):
         texts = [v for v in values if isinstance(v, Text)]
         if any(isinstance(v, Histogram) for v in values):
             log.debug("MLflowLogger: histograms are not sent (MLflow has no histogram view).")
+        calls: list[Callable[[Any], Any]] = []
         if scalars or params:
-            self._worker.submit(lambda client: self._send(client, scalars, params, step, stamp))
+            calls.append(_Send(self._send, [(k, v, stamp, step) for k, v in scalars], params))
         for picture in pictures:  # encoded here: a figure is not the worker's to touch
             name = f"{phase}/{picture.name}" if phase else picture.name
-            self._worker.submit(_Call(self._artifact, picture.png(), name, step))
-        for text in texts:
-            self._worker.submit(_Call(self._text, text))
+            calls.append(_Call(self._artifact, picture.png(), name, step))
+        calls.extend(_Call(self._text, text) for text in texts)
+        for call in calls:
+            if not self._worker.submit(call):
+                self._drop(step)
 
-    def _send(self, client: Any, scalars: list[tuple[str, float]], params: dict[str, Any], step: int, stamp: int) -> None:
+    def _drop(self, step: int) -> None:
+        self._dropped += 1
+        if self._dropped == 1:
+            log.warning(
+                "%s: MLflow is slower than this run logs: %d writes wait for it, so the write at step %d "
+                "and any later one that finds the queue full are dropped, and training does not wait. "
+                "Log less often (every=...), pass a larger queue_size, or use a faster store.",
+                self.describe(), self.queue_size, step,
+            )
+
+    def _send(self, client: Any, scalars: list[tuple[str, float, int, int]], params: dict[str, Any]) -> None:
         from mlflow.entities import Metric, Param
 
-        metrics = [Metric(k, v, stamp, step) for k, v in scalars if step > self._known.get(k, -1)]
-        new = [Param(k, v) for k, v in self._shortened(params).items() if k not in self._params]
-        for k, v in params.items():
-            if k in self._params and self._params[k] != self._shortened({k: v})[k]:
-                log.warning("MLflowLogger: parameter %r was %r in this MLflow run; it stays (MLflow keeps one value).", k, self._params[k])
+        metrics = [Metric(k, v, stamp, step) for k, v, stamp, step in scalars if step > self._known.get(k, -1)]
+        shortened = self._shortened(params)
+        new = [Param(k, v) for k, v in shortened.items() if k not in self._params]
+        for key, value in shortened.items():
+            if key in self._params and self._params[key] != value and key not in self._warned:
+                self._warned.add(key)
+                log.warning("MLflowLogger: parameter %r was %r in this MLflow run; it stays (MLflow keeps one value).", key, self._params[key])
         for start in range(0, len(metrics), _METRICS_PER_BATCH):
             client.log_batch(self.run_id, metrics=metrics[start : start + _METRICS_PER_BATCH])
         for start in range(0, len(new), _PARAMS_PER_BATCH):
@@ -163,10 +193,12 @@ class MLflowLogger(Backend):
         for key, value in params.items():
             text = str(value)
             if len(text) > limit:
-                log.warning(
-                    "MLflowLogger: parameter %r is %d characters long, over MLflow's limit of %d; it is "
-                    "shortened to its first %d.", key, len(text), limit, limit,
-                )
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning(
+                        "MLflowLogger: parameter %r is %d characters long, over MLflow's limit of %d; it is "
+                        "shortened to its first %d.", key, len(text), limit, limit,
+                    )
                 text = text[:limit]
             shortened[key] = text
         return shortened
@@ -186,7 +218,6 @@ class MLflowLogger(Backend):
         self._worker.drain(self.flush_timeout)
 
     def _position(self) -> dict[str, Any]:
-        self._flush()
         return {"run_id": self.run_id}
 
     def _close(self) -> None:
@@ -194,11 +225,22 @@ class MLflowLogger(Backend):
         if worker is None:
             return
         try:
-            if self.run_id is not None and worker.error is None:
-                worker.submit(lambda client: client.set_terminated(self.run_id, "FINISHED"))
-            worker.drain(self.flush_timeout)
+            if self._dropped > 1:
+                log.info("%s dropped %d writes in all: the queue was full.", self.describe(), self._dropped)
+            if not self._failed:
+                if self.run_id is not None and worker.error is None:
+                    worker.submit(_Call(_terminate, self.run_id, "FINISHED"))
+                    worker.drain(self.flush_timeout)
+            elif self.run_id is not None and worker.settle(min(self.flush_timeout, _LAST_WAIT)):
+                # MLflow still answers (the failure was a call that raised): say the run failed.
+                worker.submit(_Call(_terminate, self.run_id, "FAILED"), always=True)
+                worker.settle(min(self.flush_timeout, _LAST_WAIT))
         finally:
             worker.stop()
+
+
+def _terminate(client: Any, run_id: str, status: str) -> None:
+    client.set_terminated(run_id, status)
 
 
 class _Call:
@@ -211,57 +253,102 @@ class _Call:
         return self.method(client, *self.args)
 
 
+class _Send(_Call):
+    """``method(client, scalars, params)``: metrics and parameters for one ``log_batch``.
+    The worker merges the ones queued back to back into one (MLflow's calls cost more than
+    the values: about 25 ms per call on SQLite), so a worker that falls behind catches up."""
+
+    def merge(self, later: _Send) -> _Send:
+        (scalars, params), (more, newer) = self.args, later.args
+        return _Send(self.method, [*scalars, *more], {**newer, **params})  # MLflow keeps a parameter's first value
+
+
 class _Worker:
-    """One thread making MLflow's calls in order, fed by a bounded queue. The first call
-    returns the client the later ones get; the first error stops the rest and is raised on
-    the training thread by the next ``submit`` or ``drain``."""
+    """One thread making MLflow's calls in order, fed by a bounded queue that never blocks:
+    ``submit`` returns False when the queue is full. The first call returns the client the
+    later ones get; the first error stops the rest (but calls submitted with ``always``) and is
+    raised on the training thread by the next ``submit`` or ``drain``. Every wait is bounded."""
 
     def __init__(self, size: int) -> None:
         self.error: BaseException | None = None
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self._queue: queue.Queue[tuple[Callable[[Any], Any], bool] | None] = queue.Queue(maxsize=size)
         self._client: Any = None
+        self._unfinished = 0  # calls submitted and not done yet
+        self._done = threading.Condition()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="cadence-mlflow", daemon=True)
         self._thread.start()
 
-    def submit(self, call: Callable[[Any], Any]) -> None:
-        self._raise()
-        self._queue.put(call)
+    def submit(self, call: Callable[[Any], Any], *, always: bool = False) -> bool:
+        """Queue ``call``; False when the queue is full and it was dropped."""
+        if not always:
+            self._raise()
+        with self._done:
+            try:
+                self._queue.put_nowait((call, always))
+            except queue.Full:
+                return False
+            self._unfinished += 1
+        return True
 
     def drain(self, timeout: float) -> None:
-        done = threading.Event()
+        """Wait until every call submitted is done, at most ``timeout`` seconds.
+
+        Raises:
+            TimeoutError: MLflow did not take them in time.
+            Exception: the error a call raised.
+        """
         self._raise()
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
-            raise TimeoutError(f"MLflow did not take a write for {timeout:g} s") from None
-        if not done.wait(timeout):
-            raise TimeoutError(f"MLflow did not answer for {timeout:g} s")
+        if not self.settle(timeout):
+            raise TimeoutError(f"MLflow did not take the queued writes within {timeout:g} s")
         self._raise()
 
+    def settle(self, timeout: float) -> bool:
+        """Whether every call submitted is done (or skipped after an error) within ``timeout``."""
+        with self._done:
+            return self._done.wait_for(lambda: self._unfinished == 0, timeout)
+
     def stop(self) -> None:
+        """End the thread without waiting for a call that is stuck in MLflow: it ends when
+        that call returns, and runs no other."""
+        self._stopped = True
         try:
-            self._queue.put(_STOP, timeout=1.0)
+            self._queue.put_nowait(None)
         except queue.Full:
-            return  # stuck in a call: the daemon thread ends with the process
-        self._thread.join(timeout=5.0)
+            pass  # it sees _stopped after its current call
+        if self.error is not None or self.settle(0):  # not inside a call: it ends at once
+            self._thread.join(timeout=1.0)
 
     def _raise(self) -> None:
         if self.error is not None:
             raise self.error
 
     def _run(self) -> None:
+        held: list[tuple[Callable[[Any], Any], bool] | None] = []  # taken from the queue, not run yet
         while True:
-            call = self._queue.get()
-            if call is _STOP:
+            item = held.pop() if held else self._queue.get()
+            if item is None or self._stopped:
                 return
-            if isinstance(call, threading.Event):  # drain's marker: everything before it is done
-                call.set()
-                continue
-            if self.error is not None:
-                continue
+            call, always = item
+            taken = 1
+            while isinstance(call, _Send):  # merge the sends queued right behind it
+                try:
+                    following = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if following is None or not isinstance(following[0], _Send) or following[1]:
+                    held.append(following)
+                    break
+                call, taken = call.merge(following[0]), taken + 1
             try:
-                result = call(self._client)
-                if self._client is None:
-                    self._client = result
+                if self.error is None or always:
+                    result = call(self._client)
+                    if self._client is None:
+                        self._client = result
             except BaseException as error:  # reported on the training thread
-                self.error = error
+                if self.error is None:
+                    self.error = error
+            finally:
+                with self._done:
+                    self._unfinished -= taken
+                    self._done.notify_all()
