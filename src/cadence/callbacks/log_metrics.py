@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cadence import READ, on
-from cadence.events import BatchEnd, Event
+from cadence.events import BatchEnd, Event, FitBegin
 from cadence.loggers.backend import Backend
 from cadence.loggers.logger import LoggerCallback, check_every
 from cadence.loggers.values import Scalar
@@ -20,7 +20,10 @@ class LogMetrics(LoggerCallback):
     ``<name>_step``. The step is the training step for every phase: a validation epoch's
     values are logged at the training step it follows, so train and valid curves line up.
 
-    Step values are read (``float()``, a sync on an accelerator) on logging steps only.
+    Step values are read (``float()``, a sync on an accelerator) on logging steps only. An
+    epoch's values are the ones ``Metrics`` added in that epoch, counted from what its history
+    held when the fit began (or at the checkpoint a resumed fit continues from), so a second
+    fit, a second learner, or a ``Metrics`` that starts its history afresh log every epoch.
 
     Args:
         *backends: ``TensorBoardLogger()``, ``MLflowLogger()``, ``CSVLogger()``, ...
@@ -45,6 +48,11 @@ class LogMetrics(LoggerCallback):
         self.every = check_every("LogMetrics", every, 50)
         self._written: dict[str, int] = {}  # key -> how many of its epoch values are logged
 
+    def began(self, event: FitBegin, learner: Any) -> None:
+        # What the history holds now was logged by an earlier fit (or never will be): a
+        # resumed fit's load_state_dict, after FitBegin, replaces this with the checkpoint's.
+        self._written = {k: len(v) for k, v in learner.cbstate.metrics.epochs.items()}
+
     @on(BatchEnd, phase=TrainingPhase)
     def batch_end(self, event: Event, phase: Phase, learner: Any) -> None:
         if learner.cbstate.history[phase].steps % self.every or not self._active:
@@ -58,9 +66,14 @@ class LogMetrics(LoggerCallback):
         prefix = phase.name + "/"
         values = []
         for key, history in learner.cbstate.metrics.epochs.items():
-            if key.startswith(prefix) and len(history) > self._written.get(key, 0):
-                self._written[key] = len(history)
+            if not key.startswith(prefix):
+                continue
+            written = self._written.get(key, 0)
+            if len(history) < written:  # the history started afresh
+                written = 0
+            if len(history) > written:
                 values.append(Scalar(key[len(prefix) :], history[-1]))
+            self._written[key] = len(history)
         self.log(values, learner, phase)
 
     def state_dict(self) -> dict[str, Any]:
