@@ -103,10 +103,10 @@ def test_a_checkpointer_or_plots_without_a_folder_need_a_run_folder() -> None:
 
     with pytest.raises(MissingStateError, match=r"Checkpointer reads cbstate\.run, but no callback writes it\.\nAdd RunFolder\(\), which writes cbstate\.run\."):
         make_test_learner(Checkpointer(), Recorder())
-    with pytest.raises(ValueError, match=r'LearningCurves\(\) without a folder saves into the run folder.*Add RunFolder\(\)'):
+    with pytest.raises(MissingStateError, match=r"LearningCurves reads cbstate\.run, but no callback writes it\.\nAdd RunFolder\(\)"):
         make_test_learner(LearningCurves(), Metrics(), Recorder())
-    found = [str(e).splitlines()[0] for e in find_errors([Checkpointer(), LogMetrics(CSVLogger()), Metrics(), Recorder()])]
-    assert found == [f"{name} reads cbstate.run, but no callback writes it." for name in ("Checkpointer", "LogMetrics")]
+    found = [str(e).splitlines()[0] for e in find_errors([Checkpointer(), LearningCurves(), LogMetrics(CSVLogger()), Metrics(), Recorder()])]
+    assert found == [f"{name} reads cbstate.run, but no callback writes it." for name in ("Checkpointer", "LearningCurves", "LogMetrics")]
     assert str(Checkpointer().folder) == "<run folder>/checkpoints"
     make_test_learner(Checkpointer("checkpoints"), LearningCurves("plots"), Metrics(), Recorder())  # a folder of their own needs none
 

@@ -74,8 +74,7 @@ def _save(path: Path, curves: Mapping[str, tuple[list[int], list[float]]], *, ti
         axes.plot(x, y, marker="o" if len(x) < 30 else None, label=label)
     axes.set(title=title, xlabel=x_label, ylabel=y_label)
     axes.grid(alpha=0.3)
-    if len(curves) > 1:
-        axes.legend()
+    axes.legend()  # also for one line: it says which phase (or param group) it is
     temporary = path.with_name(f".{path.name}.tmp")
     figure.savefig(temporary, format="png")
     os.replace(temporary, path)  # a viewer never sees half a file
