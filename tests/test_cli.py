@@ -4,6 +4,7 @@ one-line usage errors and the exit codes."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -42,6 +43,8 @@ MODULE = textwrap.dedent(
 
     def number():
         return 3
+
+    not_a_function = 3
     """
 )
 
@@ -93,6 +96,7 @@ def test_check_reports_every_declaration_error(module: str) -> None:
         (("check", "cli_learners"), 2, "cadence check: expected module:function (e.g. train:make_learner), got 'cli_learners'."),
         (("check", "cli_learners:broken"), 1, "cadence check: cli_learners:broken raised RuntimeError: no data here"),
         (("explain", "cli_learners:good", "--phase", "Nope"), 2, "cadence explain: no phase named 'Nope'; the built-in ones are Phase, TrainingPhase, ValidationPhase."),
+        (("check", "cli_learners:not_a_function"), 2, "cadence check: cli_learners.not_a_function is not callable; give a function that returns a Learner."),
         (("check", "missing.py:good"), 2, "cadence check: cannot import 'missing.py': no such file."),
     ],
 )
@@ -111,3 +115,32 @@ def test_python_dash_m_cadence_with_a_file_path(module: str, tmp_path: Path) -> 
         [sys.executable, "-m", "cadence", "check", "cli_learners.py:bad"], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
     assert done.returncode == 1 and "2 declaration errors" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_an_unknown_event_lists_the_built_in_ones(module: str) -> None:
+    code, out, err = run("explain", f"{module}:good", "--event", "Nope")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("cadence explain: no event named 'Nope'; the built-in ones are BackwardBegin, BackwardEnd, BatchBegin, BatchEnd,")
+
+
+def test_a_picture_that_cannot_be_written_is_one_line(module: str, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    code, out, err = run("explain", f"{module}:good", "--output", "taken/graph")
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("cadence explain: cannot create the folder 'taken': FileExistsError: ") and err.count("\n") == 1
+
+
+def test_a_failing_dot_is_one_line_and_the_text_pictures_are_written(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    fake = bin_folder / "dot"
+    fake.write_text("#!/bin/sh\necho 'Error: syntax error in line 1' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}:{os.environ['PATH']}")
+    code, out, err = run("explain", f"{module}:good", "--output", "graph")
+    assert code == 1
+    assert err == (
+        "cadence explain: dot -Tsvg failed (3): Error: syntax error in line 1 (wrote graph.mmd, graph.dot; render the "
+        "Mermaid or DOT text elsewhere)\n"
+    )
+    assert (tmp_path / "graph.mmd").is_file() and (tmp_path / "graph.dot").is_file()

@@ -289,6 +289,7 @@ def test_a_generator_used_for_several_epochs_warns_once_it_is_used_up(defaults: 
         target.fit(3, data=(fresh_batches(), None))
     assert len(caught) == 2  # epochs 2 and 3
     assert target.cbstate.history[TrainingPhase()].steps == 2  # epoch 1 trained
+    assert {w.filename for w in caught} == {__file__}  # it points at the fit() call, not into cadence
 
 
 class Batches:

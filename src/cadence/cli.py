@@ -7,8 +7,10 @@
 ``function`` takes no arguments and returns a ``Learner``. ``explain`` prints the plans (what
 ``learner.explain()`` prints) and writes the picture: ``PREFIX.mmd`` (Mermaid), ``PREFIX.dot``
 (Graphviz) and, where Graphviz's ``dot`` is installed, ``PREFIX.svg``. ``check`` builds the
-learner and reports every declaration error. Exit codes: 0 clean, 1 errors found, 2 bad usage
-(a module that does not import, a function that is missing or returns no ``Learner``).
+learner and reports every declaration error. Exit codes: 0 clean, 1 errors found (or the
+function raised, or the picture could not be written), 2 bad usage (a module that does not
+import, a function that is missing or returns no ``Learner``). Every problem is one line on
+standard error, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import importlib
 import importlib.util
 import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +37,11 @@ __all__ = ["main"]
 
 class UsageError(Exception):
     """A problem with what was asked for, reported as one line with exit code 2."""
+
+
+class OutputError(Exception):
+    """The picture could not be written (a file, or Graphviz's ``dot``), reported as one line
+    with exit code 1."""
 
 
 class BuildError(Exception):
@@ -59,6 +67,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     except UsageError as problem:
         print(f"cadence {args.command}: {problem}", file=err)
         return 2
+    except OutputError as problem:
+        print(f"cadence {args.command}: {problem}", file=err)
+        return 1
     except BuildError as problem:
         print(f"cadence {args.command}: {args.target} raised {problem}", file=err)
         return 1
@@ -84,12 +95,19 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     print(learner.explain(event, phase), file=out)
     plans = learner.plans(event, phase)
     prefix = Path(args.output)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the folder {str(prefix.parent)!r}: {type(error).__name__}: {error}") from error
     written = [_write(prefix.with_name(prefix.name + ".mmd"), mermaid(plans)), _write(prefix.with_name(prefix.name + ".dot"), dot(plans))]
     if shutil.which("dot") is not None:
-        picture = prefix.with_name(prefix.name + ".svg")
-        picture.write_bytes(svg(plans))
-        written.append(picture)
+        try:
+            picture = svg(plans)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            raise OutputError(
+                f"{error} (wrote {', '.join(str(p) for p in written)}; render the Mermaid or DOT text elsewhere)"
+            ) from error
+        written.append(_write(prefix.with_name(prefix.name + ".svg"), picture))
     note = "" if len(written) == 3 else " (install Graphviz for an SVG too)"
     print(f"\nWrote {', '.join(str(p) for p in written)}{note}.", file=out)
     return 0
@@ -170,6 +188,12 @@ def _named(name: str, module: ModuleType, what: str, base: type) -> Any:
     return found
 
 
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text + "\n", encoding="utf-8")
+def _write(path: Path, content: str | bytes) -> Path:
+    try:
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content + "\n", encoding="utf-8")
+    except OSError as error:
+        raise OutputError(f"cannot write {str(path)!r}: {type(error).__name__}: {error}") from error
     return path

@@ -19,6 +19,8 @@ the data is handed over.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from types import FrameType, TracebackType
@@ -260,7 +262,17 @@ def warn_no_batches(phase: object, data: object) -> None:
             f"{name} ran an epoch without batches: its data, {describe(inner)}, yielded none. Pass "
             f"data with at least one (x, y) batch; an iterable must start over on each iter()."
         )
-    warnings.warn(message, DataWarning, stacklevel=2)
+    warnings.warn(message, DataWarning, stacklevel=_outside_cadence())
+
+
+def _outside_cadence() -> int:
+    """The ``stacklevel`` at which ``warn_no_batches``'s warning names the first frame outside
+    cadence: the user's ``fit()`` or ``epoch()`` call, not cadence's own loop."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2  # 1: warn_no_batches itself
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _length(data: Sized) -> int | None:
