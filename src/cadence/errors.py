@@ -14,7 +14,7 @@ run goes on but probably not as meant::
     │   ├── SignalScopeError               a Cancel* signal raised where it cancels nothing
     │   ├── CheckpointError                a checkpoint cannot be written, read or used
     │   ├── DistributedError               the ranks of a distributed fit disagree, or one failed
-    │   ├── LoggerError                    a logger backend failed, with strict=True
+    │   ├── LoggerError                    a logger backend failed (strict=True), or cannot write as asked
     │   ├── MissingExtraError (ImportError)  a backend's optional dependency is not installed
     │   └── SanityCheckError               (cadence.callbacks.sanity) the first batches fail
     └── CancelSignal                       control flow, not an error
@@ -95,7 +95,8 @@ class CheckpointError(CadenceError):
 
 class LoggerError(CadenceError):
     """A logger backend could not write, flush or close, and was built with ``strict=True``
-    (without it, the failure is logged once and training goes on)."""
+    (without it, the failure is logged once and training goes on); or it cannot be used as
+    asked: a fresh fit into a log that holds an earlier run's values, or no place to write."""
 
 
 class MissingExtraError(CadenceError, ImportError):

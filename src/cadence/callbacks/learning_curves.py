@@ -9,7 +9,7 @@ from typing import Any
 
 from cadence import READ, Callback, on
 from cadence.events import BatchEnd, EpochEnd, Event, FitBegin, FitEnd
-from cadence.loggers.backend import require
+from cadence.loggers.extras import require
 from cadence.loggers.plots import plot_curve, plot_learning_curves
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 

@@ -6,7 +6,8 @@
 - ``values``: what is logged: ``Scalar``, ``Image``, ``Histogram``, ``Text``,
   ``Hyperparameters``, ``Figure``.
 - ``tensorboard``, ``mlflow``, ``csv``: the backends (``cadence[tensorboard]``,
-  ``cadence[mlflow]``; CSV needs nothing).
+  ``cadence[mlflow]``; CSV needs nothing); ``worker``: the thread that makes MLflow's calls.
+- ``extras``: the optional dependencies, checked when a backend is built.
 - ``logger``: ``LoggerCallback``, the base of the callbacks that write to backends.
 - ``run``: the run folder, ``runs/<name>/``, shared by loggers, checkpoints and plots.
 - ``plots``: learning curves and the ``lr`` curve as PNG (``cadence[plots]``).

@@ -31,42 +31,20 @@ threads are released at ``FitEnd``.
 from __future__ import annotations
 
 import abc
-import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cadence.errors import LoggerError, MissingExtraError
+from cadence.errors import LoggerError
 from cadence.events import FitBegin
 from cadence.loggers.run import Run
 from cadence.loggers.values import Loggable, check_loggables
 
-__all__ = ["Backend", "require"]
+__all__ = ["Backend"]
 
 log = logging.getLogger(__name__)
-
-
-def require(kind: str, extra: str, *modules: str) -> None:
-    """Check that ``modules`` can be imported (without importing them).
-
-    Raises:
-        MissingExtraError: naming the extra to install.
-
-    Example:
-        >>> require("CSVLogger", "csv", "csv")
-        >>> require("Nothing", "nothing", "no_such_module_here")
-        Traceback (most recent call last):
-        ...
-        cadence.errors.MissingExtraError: Nothing needs no_such_module_here, which is not installed. Install it with: pip install 'cadence[nothing]'
-    """
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise MissingExtraError(
-            f"{kind} needs {', '.join(missing)}, which is not installed. Install it with: "
-            f"pip install 'cadence[{extra}]'"
-        )
 
 
 class Backend(abc.ABC):

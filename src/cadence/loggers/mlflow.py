@@ -25,16 +25,16 @@ cannot delete metric values), so no step appears twice.
 from __future__ import annotations
 
 import logging
-import queue
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cadence.loggers.backend import Backend, require
+from cadence.loggers.backend import Backend
+from cadence.loggers.extras import require
 from cadence.loggers.values import Figure, Histogram, Hyperparameters, Image, Loggable, Scalar, Text
+from cadence.loggers.worker import Call, Send, Worker
 
 __all__ = ["MLflowLogger"]
 
@@ -99,7 +99,7 @@ class MLflowLogger(Backend):
         self.experiment, self.run_name = experiment, run_name
         self.queue_size, self.flush_timeout = queue_size, float(flush_timeout)
         self.run_id: str | None = None
-        self._worker: _Worker | None = None
+        self._worker: Worker | None = None
         self._known: dict[str, int] = {}  # metric key -> highest step the run already has
         self._params: dict[str, str] = {}
         self._warned: set[str] = set()  # parameters warned about (too long, or changed)
@@ -116,7 +116,7 @@ class MLflowLogger(Backend):
         run_id = None if resume is None else resume.get("run_id")
         self.run_id = None  # set by _start: a failed start leaves no run to mark
         run_name = self.run_name or (self._run.name if self._run is not None else None)
-        self._worker = _Worker(self.queue_size)
+        self._worker = Worker(self.queue_size)
         self._dropped = 0
         self._worker.submit(lambda client: self._start(client, uri, artifacts, run_id, run_name))
 
@@ -149,11 +149,11 @@ class MLflowLogger(Backend):
             log.debug("MLflowLogger: histograms are not sent (MLflow has no histogram view).")
         calls: list[Callable[[Any], Any]] = []
         if scalars or params:
-            calls.append(_Send(self._send, [(k, v, stamp, step) for k, v in scalars], params))
+            calls.append(Send(self._send, [(k, v, stamp, step) for k, v in scalars], params))
         for picture in pictures:  # encoded here: a figure is not the worker's to touch
             name = f"{phase}/{picture.name}" if phase else picture.name
-            calls.append(_Call(self._artifact, picture.png(), name, step))
-        calls.extend(_Call(self._text, text) for text in texts)
+            calls.append(Call(self._artifact, picture.png(), name, step))
+        calls.extend(Call(self._text, text) for text in texts)
         for call in calls:
             if not self._worker.submit(call):
                 self._drop(step)
@@ -229,11 +229,11 @@ class MLflowLogger(Backend):
                 log.info("%s dropped %d writes in all: the queue was full.", self.describe(), self._dropped)
             if not self._failed:
                 if self.run_id is not None and worker.error is None:
-                    worker.submit(_Call(_terminate, self.run_id, "FINISHED"))
+                    worker.submit(Call(_terminate, self.run_id, "FINISHED"))
                     worker.drain(self.flush_timeout)
             elif self.run_id is not None and worker.settle(min(self.flush_timeout, _LAST_WAIT)):
                 # MLflow still answers (the failure was a call that raised): say the run failed.
-                worker.submit(_Call(_terminate, self.run_id, "FAILED"), always=True)
+                worker.submit(Call(_terminate, self.run_id, "FAILED"), always=True)
                 worker.settle(min(self.flush_timeout, _LAST_WAIT))
         finally:
             worker.stop()
@@ -241,114 +241,3 @@ class MLflowLogger(Backend):
 
 def _terminate(client: Any, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status)
-
-
-class _Call:
-    """``method(client, *args)``, queued for the worker."""
-
-    def __init__(self, method: Callable[..., Any], *args: Any) -> None:
-        self.method, self.args = method, args
-
-    def __call__(self, client: Any) -> Any:
-        return self.method(client, *self.args)
-
-
-class _Send(_Call):
-    """``method(client, scalars, params)``: metrics and parameters for one ``log_batch``.
-    The worker merges the ones queued back to back into one (MLflow's calls cost more than
-    the values: about 25 ms per call on SQLite), so a worker that falls behind catches up."""
-
-    def merge(self, later: _Send) -> _Send:
-        (scalars, params), (more, newer) = self.args, later.args
-        return _Send(self.method, [*scalars, *more], {**newer, **params})  # MLflow keeps a parameter's first value
-
-
-class _Worker:
-    """One thread making MLflow's calls in order, fed by a bounded queue that never blocks:
-    ``submit`` returns False when the queue is full. The first call returns the client the
-    later ones get; the first error stops the rest (but calls submitted with ``always``) and is
-    raised on the training thread by the next ``submit`` or ``drain``. Every wait is bounded."""
-
-    def __init__(self, size: int) -> None:
-        self.error: BaseException | None = None
-        self._queue: queue.Queue[tuple[Callable[[Any], Any], bool] | None] = queue.Queue(maxsize=size)
-        self._client: Any = None
-        self._unfinished = 0  # calls submitted and not done yet
-        self._done = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="cadence-mlflow", daemon=True)
-        self._thread.start()
-
-    def submit(self, call: Callable[[Any], Any], *, always: bool = False) -> bool:
-        """Queue ``call``; False when the queue is full and it was dropped."""
-        if not always:
-            self._raise()
-        with self._done:
-            try:
-                self._queue.put_nowait((call, always))
-            except queue.Full:
-                return False
-            self._unfinished += 1
-        return True
-
-    def drain(self, timeout: float) -> None:
-        """Wait until every call submitted is done, at most ``timeout`` seconds.
-
-        Raises:
-            TimeoutError: MLflow did not take them in time.
-            Exception: the error a call raised.
-        """
-        self._raise()
-        if not self.settle(timeout):
-            raise TimeoutError(f"MLflow did not take the queued writes within {timeout:g} s")
-        self._raise()
-
-    def settle(self, timeout: float) -> bool:
-        """Whether every call submitted is done (or skipped after an error) within ``timeout``."""
-        with self._done:
-            return self._done.wait_for(lambda: self._unfinished == 0, timeout)
-
-    def stop(self) -> None:
-        """End the thread without waiting for a call that is stuck in MLflow: it ends when
-        that call returns, and runs no other."""
-        self._stopped = True
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass  # it sees _stopped after its current call
-        if self.error is not None or self.settle(0):  # not inside a call: it ends at once
-            self._thread.join(timeout=1.0)
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        held: list[tuple[Callable[[Any], Any], bool] | None] = []  # taken from the queue, not run yet
-        while True:
-            item = held.pop() if held else self._queue.get()
-            if item is None or self._stopped:
-                return
-            call, always = item
-            taken = 1
-            while isinstance(call, _Send):  # merge the sends queued right behind it
-                try:
-                    following = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if following is None or not isinstance(following[0], _Send) or following[1]:
-                    held.append(following)
-                    break
-                call, taken = call.merge(following[0]), taken + 1
-            try:
-                if self.error is None or always:
-                    result = call(self._client)
-                    if self._client is None:
-                        self._client = result
-            except BaseException as error:  # reported on the training thread
-                if self.error is None:
-                    self.error = error
-            finally:
-                with self._done:
-                    self._unfinished -= taken
-                    self._done.notify_all()

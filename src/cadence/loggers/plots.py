@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cadence.loggers.backend import require
+from cadence.loggers.extras import require
 
 __all__ = ["plot_learning_curves", "plot_curve"]
 

@@ -35,7 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cadence.loggers.backend import Backend, require
+from cadence.loggers.backend import Backend
+from cadence.loggers.extras import require
 from cadence.loggers.values import Figure, Histogram, Hyperparameters, Image, Loggable, Scalar, Text
 
 __all__ = ["TensorBoardLogger"]
