@@ -41,7 +41,7 @@ __all__ = ["MLflowLogger"]
 log = logging.getLogger(__name__)
 
 _METRICS_PER_BATCH, _PARAMS_PER_BATCH = 1000, 100  # log_batch's limits per call
-_LAST_WAIT = 5.0  # seconds to mark a failed run FAILED when the worker is free to
+_LAST_WAIT = 5.0  # at most, to mark a run FAILED after a call raised (MLflow answers then)
 
 
 class MLflowLogger(Backend):
@@ -231,8 +231,9 @@ class MLflowLogger(Backend):
                 if self.run_id is not None and worker.error is None:
                     worker.submit(Call(_terminate, self.run_id, "FINISHED"))
                     worker.drain(self.flush_timeout)
-            elif self.run_id is not None and worker.settle(min(self.flush_timeout, _LAST_WAIT)):
-                # MLflow still answers (the failure was a call that raised): say the run failed.
+            elif self.run_id is not None and worker.error is not None and worker.settle(_LAST_WAIT):
+                # A call raised, so MLflow answers (the worker only skips the rest, at once):
+                # say the run failed. After a timeout the worker is stuck, and nothing waits.
                 worker.submit(Call(_terminate, self.run_id, "FAILED"), always=True)
                 worker.settle(min(self.flush_timeout, _LAST_WAIT))
         finally:
