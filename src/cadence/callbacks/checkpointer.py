@@ -180,9 +180,10 @@ class Checkpointer(Callback):
     def check_resume(self, resume: str | os.PathLike[str]) -> None:
         """Called by ``fit(resume=...)`` before it looks for a checkpoint: refuse ``"latest"``
         in the folder of an unnamed run, which is new at every launch (so it would start from
-        the beginning every time)."""
+        the beginning every time), unless an earlier fit of this process saved there."""
         run = self._run_folder
-        if self._folder is None and resume == "latest" and run is not None and not run.named and not run.created:
+        first = self.run_id is None  # no fit has saved through this Checkpointer yet (on every rank alike)
+        if self._folder is None and resume == "latest" and run is not None and not run.named and first:
             raise CheckpointError(
                 f'fit(resume="latest") looks for the newest checkpoint in the run folder, but '
                 f"RunFolder() has no name: each launch gets a new folder ({run.root}/<date>-<n>), so "

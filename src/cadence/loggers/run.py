@@ -53,6 +53,7 @@ class Run:
             raise TypeError(f'Run(root=...) expects a path such as "runs"; got {type(root).__name__}.')
         self.root = Path(root)
         self._name = name
+        self._named = name is not None  # given by the user (adopt() names a run too, but not so)
         self._path: Path | None = None
 
     @property
@@ -64,13 +65,9 @@ class Run:
 
     @property
     def named(self) -> bool:
-        """Whether the run was given its name (else it is the date and a counter)."""
-        return self._name is not None
-
-    @property
-    def created(self) -> bool:
-        """Whether the folder has been chosen and created (by this process)."""
-        return self._path is not None
+        """Whether the run was given its name (else it is the date and a counter, new at every
+        launch, or in a distributed fit the one rank 0 chose)."""
+        return self._named
 
     @property
     def name(self) -> str:
