@@ -4,6 +4,8 @@ each pinned against the hand-written loop it replaces."""
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from cadence import BatchAdapter, DictBatches, Learner, Metrics, Recorder, ToDevice, TupleBatches
+from cadence import READ, BatchAdapter, CancelBatch, Callback, DictBatches, Learner, Metrics, Recorder, ToDevice, TupleBatches, on
+from cadence.events import BatchBegin, Event, LossBegin
+from cadence.phases import Phase, TrainingPhase
 
 N_BATCHES = 4
 
@@ -98,8 +102,68 @@ def test_dict_batches_train_as_the_hand_written_loop() -> None:
     assert same_weights(learner.model, expected)
     predictions, targets = learner.get_preds([{"image": d["image"], "extra": d["extra"]} for d in dicts(1)])
     assert targets is None and predictions.shape == (8 * N_BATCHES, 1)
-    learner = Learner(TwoInputs(), nn.functional.mse_loss, data=(dicts(), None), adapter=DictBatches(), callbacks=[ToDevice("cpu")], default_callbacks=False)
-    learner.fit(1)  # ToDevice moves dict inputs
+
+
+class Devices(Callback):
+    """Records, at BatchBegin after ToDevice, the type of batch.x and where its tensors are."""
+
+    state_access = {"batch.x": READ, "batch.y": READ}
+    run_after = (ToDevice,)
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[type, dict[str, str], str]] = []
+
+    @on(BatchBegin)
+    def record(self, event: Event, phase: Phase, learner: Any) -> None:
+        x, y = learner.batch.x, learner.batch.y
+        self.seen.append((type(x), {k: str(v.device) for k, v in x.items()}, str(y.device)))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_to_device_moves_dict_batches(device: str) -> None:
+    model, devices = TwoInputs(), Devices()
+    expected = hand_written(
+        copy.deepcopy(model), dicts(), lambda m, b: nn.functional.mse_loss(m(b["image"], b["extra"]), b["labels"])
+    )
+    learner = Learner(
+        model, nn.functional.mse_loss, torch.optim.SGD(model.parameters(), lr=0.1), data=(dicts(), dicts()),
+        adapter=DictBatches("labels"), callbacks=[devices, ToDevice(device)], default_callbacks=False,
+    )
+    learner.fit(2)
+    where = str(model.image.weight.device)
+    assert where.startswith(device)
+    # Every batch, in training and validation, reached the model as a dict of inputs on its device.
+    assert devices.seen == [(dict, {"image": where, "extra": where}, where)] * (4 * N_BATCHES)
+    assert same_weights(model.cpu(), expected)
+
+
+class CancelAtLossBegin(Callback):
+    @on(LossBegin, phase=TrainingPhase)
+    def cancel(self, event: Event, phase: Phase, learner: Any) -> None:
+        raise CancelBatch
+
+
+class Remembered(SelfScoring):
+    """Keeps a weak reference to every loss it returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[weakref.ref[torch.Tensor]] = []
+
+    def forward(self, image: torch.Tensor, extra: torch.Tensor, labels: torch.Tensor | None = None) -> Output:  # type: ignore[override]
+        output = super().forward(image, extra, labels)
+        if output.loss is not None:
+            self.losses.append(weakref.ref(output.loss))
+        return output
+
+
+def test_the_models_loss_does_not_outlive_its_batch() -> None:
+    model = Remembered()
+    adapter = DictBatches("labels", pass_target=True, prediction="logits")
+    learner = Learner(model, nn.functional.mse_loss, data=(dicts(), None), adapter=adapter, callbacks=[CancelAtLossBegin()], default_callbacks=False)
+    learner.fit(1)  # every batch is cancelled before its loss is taken
+    gc.collect()
+    assert len(model.losses) == N_BATCHES and all(loss() is None for loss in model.losses)
 
 
 def test_a_model_that_computes_its_own_loss() -> None:
@@ -151,6 +215,8 @@ def test_errors_at_construction_and_in_the_loop() -> None:
     learner = Learner(TwoInputs(), nn.functional.mse_loss, data=(dicts(), None), default_callbacks=False)
     with pytest.raises(TypeError, match=r'got a dict with the keys .*For dict batches write Learner\(\.\.\., adapter=DictBatches\(target="labels"\)\)'):
         learner.fit(1)
+    with pytest.raises(TypeError, match=r"Learner\(adapter=\.\.\.\) expects a BatchAdapter.*; got str"):
+        learner.adapter = "dict"  # type: ignore[assignment]
     learner.adapter = TupleBatches(2, prediction="scores")
     with pytest.raises(TypeError, match=r"TupleBatches\(prediction='scores'\): the model returned a Tensor, which has no 'scores'"):
         learner.fit(1, data=(triples(), None))

@@ -141,14 +141,24 @@ def learner_for_issue_13(plateau: type[Callback] = Plateau) -> Learner:
     return make_test_learner(*callbacks, n_batches=4, lr=0.05)
 
 
-@pytest.mark.parametrize("plateau", [ReduceLROnPlateau, Plateau])  # cadence's, and one keyed by value only
-def test_evaluating_held_out_data_leaves_every_training_value_unchanged(plateau: type[Callback]) -> None:
+def held_out_loader() -> DataLoader[Any]:
+    """HELD_OUT as a DataLoader: iterating it draws its base seed from torch's RNG."""
+    return DataLoader(TensorDataset(torch.cat([x for x, _ in HELD_OUT]), torch.cat([y for _, y in HELD_OUT])), batch_size=8)
+
+
+@pytest.mark.parametrize(
+    ("plateau", "held_out"),
+    [(ReduceLROnPlateau, HELD_OUT), (Plateau, HELD_OUT), (ReduceLROnPlateau, held_out_loader())],  # cadence's, one keyed by value only
+    ids=["ReduceLROnPlateau", "Plateau", "DataLoader"],
+)
+def test_evaluating_held_out_data_leaves_every_training_value_unchanged(plateau: type[Callback], held_out: Any) -> None:
     learner, twin = learner_for_issue_13(plateau), learner_for_issue_13(plateau)
     learner.fit(2)
     twin.fit(2)
     before = training_state(learner)
     for _ in range(3):  # three bad evaluations: each would be "no improvement" if it counted
-        assert learner.validate(HELD_OUT)["loss"] > 1.0
+        assert learner.validate(held_out)["loss"] > 1.0
+    learner.predict(held_out), learner.get_preds(held_out)  # no RNG draw survives these either
     after = training_state(learner)
     assert after.keys() == before.keys()
     for key in before:
@@ -205,6 +215,43 @@ def test_get_preds_returns_targets_when_the_data_has_them() -> None:
     assert torch.equal(predictions, hand_written_predictions(learner.model, batches))
     assert torch.equal(targets, torch.cat([y for _, y in batches]))
     assert learner.get_preds([x for x, _ in batches])[1] is None
+
+
+class Printer(Callback):
+    """DESIGN's example callback, for every phase."""
+
+    state_access = {"batch.loss": READ, "cbstate.history": READ}
+
+    @on(BatchEnd)  # any phase
+    def print_loss(self, event: Event, phase: Phase, learner: Any) -> None:
+        step = learner.cbstate.history[phase].steps_in_epoch
+        print(f"Step {step} loss: {learner.batch.loss:.4f}")
+
+
+class Losses(Callback):
+    state_access = {"batch.loss": READ}
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    @on(BatchEnd, phase=PredictionPhase)
+    def record(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.seen.append(learner.batch.loss)
+
+
+def test_predictions_of_data_with_targets_have_their_loss(capsys: pytest.CaptureFixture[str]) -> None:
+    learner = make_test_learner(Printer(), Recorder(), n_batches=2)
+    batches = learner.data[1]  # type: ignore[index]
+    learner.get_preds()  # fastai computes the loss in get_preds too
+    with torch.no_grad():
+        losses = [float(torch.nn.functional.mse_loss(learner.model(x), y)) for x, y in batches]
+    assert capsys.readouterr().out.splitlines() == [f"Step {i} loss: {loss:.4f}" for i, loss in enumerate(losses, 1)]
+    losses_seen = Losses()
+    learner.add_callback(losses_seen)
+    learner.remove_callback(Printer)
+    learner.predict([x for x, _ in batches])  # inputs alone: nothing to compute a loss from
+    learner.predict(batches)
+    assert losses_seen.seen[:2] == [None, None] and [float(v) for v in losses_seen.seen[2:]] == losses
 
 
 class Seen(Callback):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import Entry, RecordingCallback, RecordingExecutor, linear_batches
 
-from cadence import READ, WRITE, Callback, Learner, Recorder, SerialExecutor, on
+from cadence import READ, WRITE, Callback, Learner, Metrics, Recorder, SerialExecutor, on
 from cadence.errors import CadenceError
 from cadence.events import (
     BackwardBegin,
@@ -275,7 +275,7 @@ def test_fit_lets_go_of_the_last_batch_after_fit_end(fail: bool) -> None:
     assert (learner.batch.x, learner.batch.y, learner.batch.y_pred, learner.batch.loss) == (None,) * 4
 
 
-def test_fit_resets_custom_batch_fields_to_their_defaults() -> None:
+def test_fit_and_epoch_reset_custom_batch_fields_to_their_defaults() -> None:
     @dataclass(slots=True)
     class TaggedBatch(Batch):
         tag: str = "untagged"
@@ -290,11 +290,50 @@ def test_fit_resets_custom_batch_fields_to_their_defaults() -> None:
             super().step(loop, batch)
 
     learner = make_test_learner(n_batches=2)
-    learner.epoch(Tagged(), learner.data[0])  # type: ignore[index]
-    assert learner.batch.tag == "tagged"  # type: ignore[attr-defined]
+    learner.step(Tagged(), learner.data[0][0])  # type: ignore[index]
+    assert learner.batch.tag == "tagged"  # type: ignore[attr-defined]  # step() keeps the batch
     learner.fit(1)
     assert learner.batch.tag == "untagged"  # type: ignore[attr-defined]
     assert learner.batch.loss is None
+    learner.step(Tagged(), learner.data[0][0])  # type: ignore[index]
+    learner.epoch(Tagged(), learner.data[0])  # type: ignore[index]
+    assert learner.batch.tag == "untagged" and learner.batch.loss is None  # epoch() clears it too
+
+
+class Holder(Callback):
+    """Counts its teardowns; with ``fail``, each raises."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.teardowns = fail, 0
+
+    def teardown(self) -> None:
+        self.teardowns += 1
+        if self.fail:
+            raise RuntimeError("teardown failed")
+
+
+def test_every_entry_point_ends_with_the_callbacks_teardown() -> None:
+    holder = Holder()
+    learner = make_test_learner(holder, Metrics(), n_batches=2)
+    learner.fit(1)
+    learner.epoch(ValidationPhase(), learner.data[1])  # type: ignore[index]
+    learner.step(TrainingPhase(), learner.data[0][0])  # type: ignore[index]
+    learner.validate(), learner.predict(learner.data[1]), learner.lr_find(num_it=2)  # type: ignore[index]
+    assert holder.teardowns == 6  # once each: fit's epochs are inside fit's boundary
+
+    failing = make_test_learner(Holder(fail=True), Holder(), n_batches=2)
+    with pytest.raises(RuntimeError, match="teardown failed") as caught:
+        failing.fit(1)
+    assert caught.value.__notes__ == ["Raised by Holder#1.teardown."]
+    assert failing.callbacks[1].teardowns == 1  # type: ignore[attr-defined]  # the others still run
+
+    def broken(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise ValueError("broken loss")
+
+    failing.loss_fn = broken
+    with pytest.raises(ValueError, match="broken loss") as error:  # the original error wins
+        failing.epoch(ValidationPhase(), failing.data[1])  # type: ignore[index]
+    assert "Holder#1.teardown failed too: RuntimeError: teardown failed" in error.value.__notes__
 
 
 def test_make_test_learner_converges() -> None:

@@ -135,6 +135,8 @@ def test_a_custom_phase_runs_with_its_own_batch_type() -> None:
     learner = make_test_learner(NoiseReader(), n_batches=2)
     learner.epoch(NoisyTrainingPhase(), learner.data[0])  # type: ignore[index]
     assert seen == [0.5, 0.5]
+    assert isinstance(learner.batch, NoisyBatch) and learner.batch.noise is None  # cleared after the epoch
+    learner.step(NoisyTrainingPhase(), learner.data[0][0])  # type: ignore[index]
     assert learner.batch.noise == 0.5  # type: ignore[attr-defined]
     # Back to a plain phase: the richer batch still serves it.
     learner.fit(1)

@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["BatchAdapter", "DictBatches", "TupleBatches"]
+import torch
+
+__all__ = ["BatchAdapter", "DictBatches", "TupleBatches", "map_tensors"]
 
 _FIX = "or subclass cadence.batches.BatchAdapter and override unpack() for your batches"
 
@@ -35,7 +37,9 @@ class BatchAdapter:
            understand is a ``TypeError`` that says what it expected and what to write.
         3. ``unpack_inputs(batch) -> (x, y or None)``: the same for prediction, where the data
            may hold inputs only.
-        4. ``forward(model, x) -> y_pred`` and ``loss(loss_fn, y_pred, y) -> loss``.
+        4. ``forward(model, x) -> y_pred`` and ``loss(loss_fn, y_pred, y) -> loss``. An adapter
+           that keeps something from ``forward`` for ``loss`` (the model's own loss) lets go of
+           it in ``clear()``, which the learner calls whenever it clears the batch.
         5. Pass it to the learner: ``Learner(model, loss_fn, adapter=MyBatches())``.
 
     Example:
@@ -70,6 +74,11 @@ class BatchAdapter:
         """Compute the loss; the result becomes ``batch.loss``."""
         return loss_fn(y_pred, y)
 
+    def clear(self) -> None:
+        """Forget anything kept from the last batch (the learner calls it when it clears the
+        batch: at the end of ``fit``, ``epoch`` and so ``validate``, ``predict``, ``lr_find``),
+        so that no tensor outlives its batch. The default keeps nothing."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -89,6 +98,7 @@ class _ModelOutputs(BatchAdapter):
         self._model_loss: Any = None  # from forward() to loss() of the same batch
 
     def _output(self, output: Any) -> Any:
+        self._model_loss = None  # a batch cancelled before its loss leaves none behind
         if self.prediction is None:
             return output
         if isinstance(output, Mapping) and self.prediction in output:
@@ -106,6 +116,9 @@ class _ModelOutputs(BatchAdapter):
     def loss(self, loss_fn: Callable[..., Any], y_pred: Any, y: Any) -> Any:
         model_loss, self._model_loss = self._model_loss, None
         return model_loss if model_loss is not None else loss_fn(y_pred, y)
+
+    def clear(self) -> None:
+        self._model_loss = None
 
 
 class TupleBatches(_ModelOutputs):
@@ -247,3 +260,24 @@ def _not_a_pair(batch: object) -> str:
         f"Each batch must be an (x, y) pair; got {_shown(batch)}. Make the data yield (inputs, "
         f"targets), e.g. DataLoader(TensorDataset(x, y), batch_size=32). {hint}"
     )
+
+
+def map_tensors(function: Callable[[torch.Tensor], Any], value: Any) -> Any:
+    """``value`` with ``function`` applied to every tensor in it: tensors, and tuples (named
+    tuples too), lists and mappings of them, at any depth (a mapping comes back as a dict);
+    anything else is kept as it is. How ``ToDevice`` moves batches and ``predict`` brings
+    outputs to the CPU.
+
+    Example:
+        >>> map_tensors(lambda t: t * 2, {"a": torch.ones(1), "b": [torch.zeros(1), "tag"]})
+        {'a': tensor([2.]), 'b': [tensor([0.]), 'tag']}
+    """
+    if isinstance(value, torch.Tensor):
+        return function(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(map_tensors(function, v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(function, v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: map_tensors(function, v) for k, v in value.items()}
+    return value

@@ -147,7 +147,8 @@ class Callback:
            (how to order against another writer of the same state), and ``init`` (create the
            ``cbstate`` entries this callback writes).
         5. A callback with state: ``state_dict``/``load_state_dict`` (checkpoints) and ``reset``
-           (what a new ``fit`` starts from).
+           (what a new ``fit`` starts from). One that holds something across events (a
+           context entered at ``BatchBegin``) lets go of it in ``teardown``.
         6. For distributed training (``cadence.distributed``): ``placement = "rank_zero"`` for a
            callback that only prints, logs or writes files, so that it runs (``init`` and
            handlers) on the process of rank 0 alone. Such a callback must not run collectives
@@ -214,6 +215,15 @@ class Callback:
         keep it across fits on purpose, with a body that keeps it (``pass`` and a comment saying
         why).
         """
+
+    def teardown(self) -> None:
+        """Called when every entry point that runs events ends, normally or by an error:
+        ``fit`` (after ``FitEnd``), ``epoch``, ``step``, and so ``validate``, ``predict``,
+        ``get_preds`` and ``lr_find`` (Lightning's ``teardown``). Undo here what a handler set
+        up and a later event would have undone had the run not stopped early, such as a
+        context entered at ``BatchBegin`` (``MixedPrecision`` leaves autocast); it must be
+        safe to call when nothing is held. It takes no learner: it touches only the
+        callback's own state. The default does nothing."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned. The default accepts only ``{}``."""

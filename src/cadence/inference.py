@@ -9,13 +9,17 @@ state unchanged:
   callbacks that act on validation results (early stopping, plateau schedules, checkpoints,
   your own ``@on(EpochEnd, phase=ValidationPhase)``) do not see an evaluation;
 - ``Metrics`` keeps evaluation values under their own keys (``"eval/loss"``), so a callback that
-  monitors a ``"valid/..."`` key does not see them either. Predictions have no loss and are not
-  tracked.
+  monitors a ``"valid/..."`` key does not see them either. Predictions are not tracked; where
+  the data has targets, their loss is computed as in validation (``batch.loss`` at
+  ``BatchEnd``), and it is None only for batches of inputs alone.
 
 Handlers for every phase (``@on(BatchBegin)``) run as in validation: ``ToDevice`` moves the
 batches, ``MixedPrecision`` runs the forward under autocast, ``Recorder`` and the printers count
 and show the epoch. A callback that should react to validation and not to evaluation needs no
 special code: it registers for ``ValidationPhase`` or monitors a ``valid/`` key.
+
+Every random number generator is put back afterwards (``rng_kept``), so that a ``fit`` after an
+evaluation runs as it would have without it.
 
 ``learner.epoch(ValidationPhase(), data)`` called directly is a validation epoch *of training*:
 every validation callback reacts to it. Evaluate held-out data with ``learner.validate(data)``
@@ -25,30 +29,33 @@ every validation callback reacts to it. Evaluate held-out data with ``learner.va
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast
 
 import torch
 
-from cadence.errors import CadenceError, CancelBatch
+from cadence.batches import map_tensors
+from cadence.callback import Callback
+from cadence.checkpointing.replay import data_generators
+from cadence.checkpointing.rng import capture_rng, restore_rng
+from cadence.errors import CadenceError
 from cadence.events import BatchBegin, BatchEnd, EpochBegin, EpochEnd, Event, LossBegin
 from cadence.fit_result import metric_lengths
-from cadence.phases import Loop, Phase, ValidationPhase, evaluating, scope_error
+from cadence.phases import Loop, Phase, ValidationPhase, evaluate_batch, evaluating
 from cadence.state import CallbackState
 
-__all__ = ["EvaluationPhase", "PredictionPhase", "concatenate", "gather", "validate"]
+__all__ = ["EvaluationPhase", "PredictionPhase", "Runner", "concatenate", "gather", "rng_kept", "validate"]
 
-_BATCH_BEGIN, _LOSS_BEGIN, _BATCH_END = BatchBegin(), LossBegin(), BatchEnd()
-# ValidationPhase.step uses its phase only to fire the events and to name it in errors.
-_validation_step = cast(Callable[[Phase, Loop, object], None], ValidationPhase.step)
-
-
-class _Runner(Loop, Protocol):
-    """What ``validate`` and ``gather`` need from the learner besides the ``Loop``."""
+class Runner(Loop, Protocol):
+    """What ``validate``, ``gather`` and ``lr_finder.lr_find`` need from the learner besides
+    the ``Loop`` (``Learner`` implements it)."""
 
     @property
     def cbstate(self) -> CallbackState: ...
+
+    @property
+    def callbacks(self) -> tuple[Callback, ...]: ...
 
     def epoch(self, phase: Phase, data: Iterable[Any]) -> None: ...
 
@@ -71,18 +78,20 @@ class EvaluationPhase(Phase):
         return evaluating(loop.model)
 
     def step(self, loop: Loop, batch: object) -> None:
-        _validation_step(self, loop, batch)
+        evaluate_batch(self, loop, loop.adapter.unpack(batch))
 
 
 @dataclass(frozen=True)
 class PredictionPhase(Phase):
-    """Predictions: the model in eval mode under ``torch.no_grad()``, and no loss.
+    """Predictions: the model in eval mode under ``torch.no_grad()``, the loss only where the
+    data has targets.
 
     Events, in order: ``EpochBegin``, then per batch ``BatchBegin`` (``batch.x``, and
     ``batch.y``: the targets, or None when the data has none), ``LossBegin`` (``batch.y_pred``,
-    may be rewritten: the rewrite is what is gathered), ``BatchEnd`` (``batch.loss`` is None),
-    then ``EpochEnd``. A handler for every phase that reads ``batch.loss`` at ``BatchEnd`` gets
-    None here (``Metrics`` does not track predictions).
+    may be rewritten: the rewrite is what is gathered), ``BatchEnd`` (``batch.loss``, computed
+    by the learner's adapter as in validation when the batch has targets, as fastai's
+    ``get_preds`` does; None for a batch of inputs alone), then ``EpochEnd``. ``Metrics`` does
+    not track predictions.
 
     Attributes:
         outputs: Each batch's ``(y_pred, y)``, detached and copied to the CPU, in order.
@@ -96,20 +105,13 @@ class PredictionPhase(Phase):
         return evaluating(loop.model)
 
     def step(self, loop: Loop, batch: object) -> None:
-        state, fire, adapter = loop.batch, loop.fire, loop.adapter
-        state.x, state.y = adapter.unpack_inputs(batch)
-        state.y_pred = state.loss = None
-        fire(_BATCH_BEGIN, self)
-        state.y_pred = adapter.forward(loop.model, state.x)
-        fire(_LOSS_BEGIN, self)
-        self.outputs.append((_to_cpu(state.y_pred), _to_cpu(state.y)))
-        try:
-            fire(_BATCH_END, self)
-        except CancelBatch as signal:  # the batch is predicted: nothing left to cancel
-            raise scope_error(signal, f"at BatchEnd of {type(self).__name__}") from signal
+        evaluate_batch(self, loop, loop.adapter.unpack_inputs(batch), self._keep)
+
+    def _keep(self, y_pred: Any, y: Any) -> None:
+        self.outputs.append((map_tensors(_on_cpu, y_pred), map_tensors(_on_cpu, y)))
 
 
-def validate(learner: _Runner, data: Iterable[Any]) -> dict[str, float]:
+def validate(learner: Runner, data: Iterable[Any]) -> dict[str, float]:
     """Evaluate ``data`` in an ``EvaluationPhase`` epoch and return the epoch values ``Metrics``
     recorded, by metric name (``{"loss": 0.12, "accuracy": 0.97}``).
 
@@ -122,7 +124,8 @@ def validate(learner: _Runner, data: Iterable[Any]) -> dict[str, float]:
             "callback. Add one: Learner(..., callbacks=[Metrics()]) (the default callbacks include it)."
         )
     before = metric_lengths(learner.cbstate)
-    learner.epoch(EvaluationPhase(), data)
+    with rng_kept(data):
+        learner.epoch(EvaluationPhase(), data)
     epochs = learner.cbstate.metrics.epochs
     prefix = f"{EvaluationPhase.name}/"
     found = {
@@ -135,7 +138,7 @@ def validate(learner: _Runner, data: Iterable[Any]) -> dict[str, float]:
     return found
 
 
-def gather(learner: _Runner, data: Iterable[Any]) -> tuple[Any, Any]:
+def gather(learner: Runner, data: Iterable[Any]) -> tuple[Any, Any]:
     """Predict ``data`` in a ``PredictionPhase`` epoch; return ``(predictions, targets)``, each
     concatenated over the batches along the first dimension (tensors, and tuples, lists and
     dicts of them; anything else is a list with one item per batch). ``targets`` is None when
@@ -143,13 +146,37 @@ def gather(learner: _Runner, data: Iterable[Any]) -> tuple[Any, Any]:
     """
     phase = PredictionPhase()
     try:
-        learner.epoch(phase, data)
+        with rng_kept(data):
+            learner.epoch(phase, data)
         predictions = [y_pred for y_pred, _ in phase.outputs]
         targets = [y for _, y in phase.outputs]
     finally:
         phase.outputs.clear()  # Recorder may keep the phase as a key: not its tensors
     has_targets = any(y is not None for y in targets)
     return concatenate(predictions), concatenate(targets) if has_targets else None
+
+
+@contextlib.contextmanager
+def rng_kept(data: Iterable[Any]) -> Iterator[None]:
+    """Put every random number generator back afterwards: Python's, NumPy's, torch's (CUDA's
+    once in use) and the generators ``data`` draws its order from. Iterating a ``DataLoader``
+    draws its base seed from torch's RNG, so without this an evaluation would change the
+    shuffle and the dropout of the next ``fit``.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> state = torch.get_rng_state()
+        >>> with rng_kept(DataLoader(range(4))):
+        ...     _ = list(DataLoader(range(4)))
+        >>> torch.equal(state, torch.get_rng_state())
+        True
+    """
+    generators = data_generators(data)
+    state = capture_rng(generators)
+    try:
+        yield
+    finally:
+        restore_rng(state, generators)
 
 
 def concatenate(items: list[Any]) -> Any:
@@ -173,13 +200,5 @@ def concatenate(items: list[Any]) -> Any:
     return list(items)
 
 
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_to_cpu(v) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_cpu(v) for v in value)
-    if isinstance(value, Mapping):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    return value
+def _on_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu()

@@ -119,11 +119,6 @@ class Learner:
         self.optimizer = optimizer
         self.data = None if data is None else _check_data(data, "Learner(data=...)")
         self.executor = SerialExecutor() if executor is None else executor
-        if not isinstance(adapter, (BatchAdapter, type(None))):
-            raise TypeError(
-                f"Learner(adapter=...) expects a BatchAdapter, e.g. DictBatches(target=\"labels\"), "
-                f"or a subclass of cadence.batches.BatchAdapter; got {type(adapter).__name__}."
-            )
         self.adapter = BatchAdapter() if adapter is None else adapter
         self._batch = Batch()
         self._cbstate = CallbackState()
@@ -161,6 +156,21 @@ class Learner:
     def strategy(self) -> Strategy | None:
         """How this learner trains across processes (``DataParallel``), or None."""
         return self._strategy
+
+    @property
+    def adapter(self) -> BatchAdapter:
+        """How a batch is unpacked, the model called and the loss computed
+        (``cadence.batches``); replaceable between events."""
+        return self._adapter
+
+    @adapter.setter
+    def adapter(self, adapter: BatchAdapter) -> None:
+        if not isinstance(adapter, BatchAdapter):
+            raise TypeError(
+                f"Learner(adapter=...) expects a BatchAdapter, e.g. DictBatches(target=\"labels\"), "
+                f"or a subclass of cadence.batches.BatchAdapter; got {type(adapter).__name__}."
+            )
+        self._adapter = adapter
 
     @property
     def executor(self) -> Executor:
@@ -243,9 +253,9 @@ class Learner:
             since = {} if resume is not None else metric_lengths(self._cbstate)
             run.fit_began()
             for epoch in range(run.first_epoch, n_epochs):
-                self.epoch(TRAINING, run.training_data(epoch))
+                self._epoch(TRAINING, run.training_data(epoch))
                 if valid is not None:
-                    self.epoch(VALIDATION, valid)
+                    self._epoch(VALIDATION, valid)
         except CancelFit as signal:
             result = signal
             log.info("fit cancelled by %s: %s", signal.origin, signal.reason)
@@ -262,6 +272,7 @@ class Learner:
     def _end_fit(self, pending: BaseException | None, run: FitRun) -> None:
         run.close()
         self._fit_run = None
+        failed: Exception | None = None
         try:
             try:
                 self.fire(_FIT_END, FIT_PHASE)
@@ -269,13 +280,17 @@ class Learner:
                 raise scope_error(signal, "at FitEnd") from signal
         except Exception as cleanup:
             if pending is None:
-                raise
-            pending.add_note(f"FitEnd cleanup failed too: {type(cleanup).__name__}: {cleanup}")
+                failed = cleanup
+            else:
+                pending.add_note(f"FitEnd cleanup failed too: {type(cleanup).__name__}: {cleanup}")
+        try:
+            self._tear_down(pending or failed)
         finally:
-            clear_batch(self._batch)  # the last batch's tensors (activations, on a GPU) go now
             fit_ended(self)
             if self._strategy is not None:
                 self._strategy.end_fit(pending)
+        if failed is not None:
+            raise failed
 
     def load(self, path: str | os.PathLike[str], *, optimizer: bool = False) -> Checkpoint:
         """Load the model (and with ``optimizer=True`` the optimizer) from the checkpoint at
@@ -292,6 +307,10 @@ class Learner:
         reacts (``EarlyStopping`` counts it). To evaluate held-out data without changing
         training state, use ``validate(data)``, which runs an ``EvaluationPhase`` epoch.
         """
+        with self._entry_point():
+            self._epoch(phase, data)
+
+    def _epoch(self, phase: Phase, data: Iterable[Any]) -> None:
         self._ensure_plans(phase)
         check_data(data, "epoch(phase, data): data")
         loop = self if self._strategy is None else self._strategy.epoch_loop(self, phase)
@@ -304,11 +323,13 @@ class Learner:
 
     def step(self, phase: Phase, batch: object) -> None:
         """Process one ``(x, y)`` batch in ``phase``, firing its batch events, in the phase's
-        epoch context (``ValidationPhase``: eval mode, no gradients)."""
-        self._ensure_plans(phase)
-        loop = self if self._strategy is None else self._strategy.epoch_loop(self, phase)
-        with phase.epoch_context(loop):
-            phase.run_step(loop, batch)
+        epoch context (``ValidationPhase``: eval mode, no gradients). ``learner.batch`` keeps
+        the batch's state afterwards, for inspection."""
+        with self._entry_point(clear=False):
+            self._ensure_plans(phase)
+            loop = self if self._strategy is None else self._strategy.epoch_loop(self, phase)
+            with phase.epoch_context(loop):
+                phase.run_step(loop, batch)
 
     # ---- evaluating, predicting, finding a learning rate (cadence.inference, cadence.lr_finder)
 
@@ -452,6 +473,40 @@ class Learner:
             raise
         if self._fit_run is not None:  # joined during a fit: reset as at the start of one
             joined_during_fit(self, joining)
+
+    @contextlib.contextmanager
+    def _entry_point(self, clear: bool = True) -> Iterator[None]:
+        """The end of an entry point that runs events outside ``fit`` (``fit`` has its own, in
+        ``_end_fit``): every callback's ``teardown``, however it ends, then (with ``clear``)
+        the batch is cleared."""
+        try:
+            yield
+        except BaseException as error:
+            self._tear_down(error, clear)
+            raise
+        self._tear_down(None, clear)
+
+    def _tear_down(self, pending: BaseException | None, clear: bool = True) -> None:
+        """Run every callback's ``teardown`` (each one, whatever the others do); a failure is
+        a note on ``pending``, or raised when nothing is pending. Then clear the batch and the
+        adapter: the last batch's tensors (activations, on a GPU) go now."""
+        failed: Exception | None = None
+        for label, callback in zip(self._graph.labels, self._callbacks):
+            if self._strategy is not None and not self._strategy.runs_init(callback):
+                continue  # a rank-zero callback on another rank: it never ran here
+            try:
+                callback.teardown()
+            except Exception as error:
+                if pending is None and failed is None:
+                    error.add_note(f"Raised by {label}.teardown.")
+                    failed = error
+                else:
+                    (pending or failed).add_note(f"{label}.teardown failed too: {type(error).__name__}: {error}")  # type: ignore[union-attr]
+        if clear:
+            clear_batch(self._batch)
+            self.adapter.clear()
+        if failed is not None:
+            raise failed
 
     def _run_order(self) -> tuple[Callback, ...]:
         return tuple(self._callbacks[i] for i in self._graph.init_order())

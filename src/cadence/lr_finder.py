@@ -26,18 +26,15 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, ClassVar, cast
 
 import torch
 
-from cadence.callback import Callback
-from cadence.checkpointing.replay import data_generators
-from cadence.checkpointing.rng import capture_rng, restore_rng
 from cadence.errors import CadenceError, CancelEpoch
 from cadence.events import Event
+from cadence.inference import Runner, rng_kept
 from cadence.loads import uncounted
 from cadence.phases import Loop, Phase, TrainingPhase
-from cadence.state import clear_batch
 
 __all__ = ["LRFinderPhase", "LRFinderResult", "lr_find", "valley"]
 
@@ -45,13 +42,6 @@ BETA = 0.98  # fastai's smoothing of the recorded loss
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
 # TrainingPhase.step uses its phase only to fire the events and to name it in errors.
 _training_step = cast(Callable[[Phase, Loop, object], None], TrainingPhase.step)
-
-
-class _Runner(Loop, Protocol):
-    @property
-    def callbacks(self) -> tuple[Callback, ...]: ...
-
-    def epoch(self, phase: Phase, data: Iterable[Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -157,7 +147,7 @@ class LRFinderPhase(Phase):
 
 
 def lr_find(
-    learner: _Runner,
+    learner: Runner,
     data: Iterable[Any],
     *,
     start_lr: float = 1e-7,
@@ -251,7 +241,7 @@ class _Cycled:
 
 
 @contextlib.contextmanager
-def _restored(learner: _Runner, data: Iterable[Any]) -> Iterator[None]:
+def _restored(learner: Runner, data: Iterable[Any]) -> Iterator[None]:
     """Put back, exactly, what a sweep changes: weights and buffers, gradients, train/eval mode,
     the optimizer's state and hyperparameters, the callbacks' states, and the RNGs (the data's
     generators included)."""
@@ -261,10 +251,9 @@ def _restored(learner: _Runner, data: Iterable[Any]) -> Iterator[None]:
     modes = [module.training for module in model.modules()]
     optimizer_state = copy.deepcopy(optimizer.state_dict())
     callback_states = [copy.deepcopy(callback.state_dict()) for callback in callbacks]
-    generators = data_generators(data)
-    rng = capture_rng(generators)
     try:
-        yield
+        with rng_kept(data):
+            yield
     finally:
         with torch.no_grad():
             model.load_state_dict(weights)
@@ -276,5 +265,3 @@ def _restored(learner: _Runner, data: Iterable[Any]) -> Iterator[None]:
         with uncounted():  # as they were, so not state loaded for the next fit (cadence.resets)
             for callback, state in zip(callbacks, callback_states):
                 callback.load_state_dict(state)
-        restore_rng(rng, generators)
-        clear_batch(learner.batch)  # the last batch's graph and activations go now

@@ -38,6 +38,7 @@ __all__ = [
     "Phase",
     "TrainingPhase",
     "ValidationPhase",
+    "evaluate_batch",
     "evaluating",
     "known_batch_fields",
     "phases_firing",
@@ -283,19 +284,30 @@ class ValidationPhase(Phase):
         return evaluating(loop.model)
 
     def step(self, loop: Loop, batch: object) -> None:
-        state, fire, adapter = loop.batch, loop.fire, loop.adapter
-        state.x, state.y = adapter.unpack(batch)
-        state.y_pred = state.loss = None
-        fire(BATCH_BEGIN, self)
-        state.y_pred = adapter.forward(loop.model, state.x)
-        fire(LOSS_BEGIN, self)
+        evaluate_batch(self, loop, loop.adapter.unpack(batch))
+
+
+def evaluate_batch(phase: Phase, loop: Loop, pair: tuple[Any, Any], keep: Callable[[Any, Any], None] | None = None) -> None:
+    """The step of an evaluating phase (``ValidationPhase`` and its siblings): ``pair`` is the
+    batch's ``(x, y)``. ``BatchBegin``, the forward, ``LossBegin``, the loss, ``BatchEnd``. With
+    ``keep`` (predictions), ``keep(y_pred, y)`` runs before ``BatchEnd`` and the loss is
+    computed only when the batch has targets (``y`` is not None; else ``batch.loss`` is None)."""
+    state, fire, adapter = loop.batch, loop.fire, loop.adapter
+    state.x, state.y = pair
+    state.y_pred = state.loss = None
+    fire(BATCH_BEGIN, phase)
+    state.y_pred = adapter.forward(loop.model, state.x)
+    fire(LOSS_BEGIN, phase)
+    if keep is None or state.y is not None:
         state.loss = adapter.loss(loop.loss_fn, state.y_pred, state.y)
         if state.loss.__class__ is not Tensor or state.loss.ndim:  # the full check only then
-            check_loss(state.loss, self)
-        try:
-            fire(BATCH_END, self)
-        except CancelBatch as signal:  # the batch is evaluated: nothing left to cancel
-            raise scope_error(signal, f"at BatchEnd of {type(self).__name__}") from signal
+            check_loss(state.loss, phase)
+    if keep is not None:
+        keep(state.y_pred, state.y)
+    try:
+        fire(BATCH_END, phase)
+    except CancelBatch as signal:  # the batch is evaluated: nothing left to cancel
+        raise scope_error(signal, f"at BatchEnd of {type(phase).__name__}") from signal
 
 
 @contextlib.contextmanager

@@ -179,6 +179,42 @@ def test_autocast_is_left_when_a_batch_is_cancelled_or_fit_fails() -> None:
     assert not torch.is_autocast_enabled("cpu")
 
 
+class FailingModel(torch.nn.Module):
+    """A model whose second forward raises, as an out-of-memory error would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return self.linear(x)
+
+
+ENTRY_POINTS: dict[str, Any] = {
+    "fit": lambda learner, data: learner.fit(1),
+    "validate": lambda learner, data: learner.validate(data),
+    "predict": lambda learner, data: learner.predict(data),
+    "get_preds": lambda learner, data: learner.get_preds(data),
+    "lr_find": lambda learner, data: learner.lr_find(data, num_it=3),
+    "epoch": lambda learner, data: learner.epoch(ValidationPhase(), data),
+    "step": lambda learner, data: [learner.step(TrainingPhase(), batch) for batch in data],
+}
+
+
+@pytest.mark.parametrize("entry_point", list(ENTRY_POINTS))
+def test_autocast_is_left_when_the_model_raises_in_any_entry_point(entry_point: str) -> None:
+    model = FailingModel()
+    learner = Learner(model, torch.nn.functional.mse_loss, data=(regression_batches(3), None), callbacks=[MixedPrecision()])
+    with pytest.raises(RuntimeError, match=r"out of memory \(simulated\)"):
+        ENTRY_POINTS[entry_point](learner, regression_batches(3))
+    assert not torch.is_autocast_enabled("cpu")  # teardown() left it, on the way out
+    assert learner.batch.y_pred is None or entry_point == "step"  # step() keeps its batch
+
+
 def test_the_loss_is_scaled_after_other_loss_writers_in_either_order() -> None:
     for callbacks in ([MixedPrecision(torch.float16), AuxiliaryLoss()], [AuxiliaryLoss(), MixedPrecision(torch.float16)]):
         learner = make_test_learner(*callbacks, n_batches=2)
@@ -257,10 +293,8 @@ def test_handlers_on_another_thread_are_an_error() -> None:
     with pytest.raises(CadenceError, match=r"entered autocast on one thread and is leaving it on another.*Use SerialExecutor"):
         learner.fit(1)
     executor.pool.shutdown()
-    assert torch.is_autocast_enabled("cpu")  # only this thread can leave it
-    assert precision._autocast is not None
-    precision._autocast.__exit__(None, None, None)
-    assert not torch.is_autocast_enabled("cpu")
+    # teardown() runs on the learner's thread, the one that entered: it left autocast there.
+    assert not torch.is_autocast_enabled("cpu") and not precision._active
 
 
 def test_two_mixed_precisions_cannot_be_used_together() -> None:

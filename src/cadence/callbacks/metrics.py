@@ -158,7 +158,7 @@ class Metrics(Callback):
     @on(BatchEnd, phase=PredictionPhase)
     @on(BatchEnd, phase=LRFinderPhase)
     def untracked(self, event: Event, phase: Phase, learner: Any) -> None:
-        """Predictions have no loss, and the LR finder's losses are its own: nothing to track."""
+        """Predictions are not tracked, and the LR finder's losses are its own: nothing to track."""
 
     @on(EpochEnd)
     def epoch_end(self, event: Event, phase: Phase, learner: Any) -> None:

@@ -36,7 +36,8 @@ class MixedPrecision(Callback):
     """Runs the forward pass and the loss under ``torch.autocast(device_type, dtype)``, in
     training and validation: autocast is entered at ``BatchBegin`` and left before the
     backward pass (``BackwardBegin``), or at ``BatchEnd``, ``EpochEnd`` or ``FitEnd`` when a
-    batch was cancelled or failed, so it never leaks out of ``fit``.
+    batch was cancelled, and in ``teardown`` when one failed, so it never leaks out of ``fit``,
+    ``validate``, ``predict``, ``get_preds``, ``lr_find``, ``epoch`` or ``step``.
 
     With ``torch.float16`` a ``torch.amp.GradScaler`` scales the loss at ``BackwardBegin`` and
     unscales the gradients at ``BackwardEnd`` (of every phase that fires them: training and
@@ -144,6 +145,12 @@ class MixedPrecision(Callback):
     @on(EpochEnd, access={})
     @on(FitEnd, access={})
     def leave(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.teardown()
+
+    def teardown(self) -> None:
+        """Leave autocast if a batch entered it and nothing left it yet: the model raised, or a
+        batch was cancelled, in ``fit`` or outside it (``validate``, ``predict``, ``lr_find``,
+        ``epoch``, ``step``)."""
         if self._active and self._autocast is not None:
             if threading.get_ident() != self._thread:
                 raise CadenceError(_THREADS)
