@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cadence import CancelFit, Checkpointer, EarlyStopping, FitResult, Metrics, Recorder
+from typing import Any
+
+from cadence import CancelFit, Callback, Checkpointer, EarlyStopping, FitResult, Metrics, Recorder, on
+from cadence.events import Event, FitBegin
+from cadence.phases import Phase
 from cadence.checkpointing.files import list_checkpoints
 from cadence.testing import make_test_learner
 
@@ -26,6 +30,30 @@ def test_a_stopped_fit_says_why() -> None:
     assert isinstance(result.stopped, CancelFit) and result.stopped.origin == "EarlyStopping.training_begin"
     assert result.reason == result.stopped.reason and result.reason.startswith("EarlyStopping: valid/loss")
     assert len(result.history["valid/loss"]) == 2
+
+
+class Budget(Callback):
+    """Allows one fit: the next ones stop at FitBegin."""
+
+    def __init__(self) -> None:
+        self.fits = 0
+
+    @on(FitBegin)
+    def check(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.fits += 1
+        if self.fits > 1:
+            raise CancelFit("budget used up")
+
+    def reset(self) -> None:
+        pass  # the count is the budget: it spans fits
+
+
+def test_a_fit_stopped_at_fit_begin_has_no_epochs_of_its_own() -> None:
+    learner = make_test_learner(Budget(), Recorder(), Metrics())
+    assert len(learner.fit(3).history["train/loss"]) == 3
+    second = learner.fit(2)
+    assert second.reason == "budget used up" and second.history == {}  # not the first fit's epochs
+    assert repr(second) == "FitResult(keys=[], epochs=0, stopped='budget used up')"
 
 
 def test_without_metrics_the_history_is_empty() -> None:

@@ -10,7 +10,7 @@ from cadence.errors import CancelFit
 __all__ = ["FitResult", "metric_lengths", "fit_result"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FitResult:
     """The outcome of one ``fit``, like Keras' ``History``.
 
@@ -26,6 +26,8 @@ class FitResult:
         >>> result = make_test_learner(Metrics()).fit(2)
         >>> sorted(result.history), len(result.history["valid/loss"]), result.reason
         (['train/loss', 'valid/loss'], 2, None)
+        >>> result  # short, like Keras' History: the values are in result.history
+        FitResult(keys=['train/loss', 'valid/loss'], epochs=2, stopped=None)
     """
 
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -35,6 +37,10 @@ class FitResult:
     def reason(self) -> str | None:
         """Why training stopped early (``stopped.reason``), or None when every epoch ran."""
         return None if self.stopped is None else self.stopped.reason
+
+    def __repr__(self) -> str:
+        epochs = max((len(values) for values in self.history.values()), default=0)
+        return f"FitResult(keys={list(self.history)!r}, epochs={epochs}, stopped={self.reason!r})"
 
 
 def metric_lengths(cbstate: Any) -> dict[str, int]:

@@ -244,13 +244,15 @@ class Learner:
         run = FitRun(self, n_epochs, train, valid is not None, resume)
         self._fit_run = run
         result: CancelFit | None = None
-        since: dict[str, int] = {}  # a resumed fit's history is the whole run's
+        since: dict[str, int] = {}
         try:
             reset_for_fit(self)
+            # Where this fit's epoch values begin, before anything can stop it; a resumed fit's
+            # history is the whole run's.
+            since = {} if resume is not None else metric_lengths(self._cbstate)
             if self._strategy is not None:
                 self._strategy.begin_fit(self, run)
             self.fire(FitBegin(n_epochs, (train, valid), self._run_order(), resume), FIT_PHASE)
-            since = {} if resume is not None else metric_lengths(self._cbstate)
             run.fit_began()
             for epoch in range(run.first_epoch, n_epochs):
                 self._epoch(TRAINING, run.training_data(epoch))
