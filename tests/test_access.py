@@ -368,6 +368,23 @@ def test_a_handler_sees_only_its_own_declaration_and_the_hint_names_it() -> None
         learner.fit(1)
 
 
+def test_a_write_refused_by_a_handlers_read_names_the_handlers_declaration() -> None:
+    class Reader(Callback):
+        state_access = {"batch.loss": WRITE}  # the callback writes it elsewhere; this handler only reads
+
+        @on(BatchEnd, phase=TrainingPhase, access={"batch.loss": READ})
+        def show(self, event: Event, phase: Phase, learner: Any) -> None:
+            learner.batch.loss = learner.batch.loss * 2
+
+    expected = (
+        "Write access to Learner.batch.loss disallowed.\n"
+        "Reader.show's @on(BatchEnd, access=...) declares it READ; declare WRITE instead. "
+        'Declare it in Reader.show\'s @on(BatchEnd, access=...), e.g. {"batch.loss": WRITE}.'
+    )
+    with pytest.raises(ProtectedAccessError, match=f"^{re.escape(expected)}"):
+        make_test_learner(Reader(), n_batches=1).fit(1)
+
+
 def test_undeclared_handlers_and_init_keep_the_callbacks_state_access() -> None:
     class Wide(Narrow):
         @on(BatchEnd, phase=TrainingPhase, access={"batch.y": READ, "batch.loss": READ})

@@ -320,3 +320,38 @@ def test_one_method_with_two_accesses_for_the_same_events_is_an_error() -> None:
         def show(self, event: Event, phase: Phase, learner: Any) -> None: ...
 
     assert len(Apart.handlers) == 2
+
+    class Spelt(Callback):  # the same declaration, nested and dotted: the same access
+        @on(BatchEnd, access={"batch": {"loss": READ}, "model": READ})
+        @on(BatchEnd, phase=TrainingPhase, access={"model": READ, "batch.loss": READ})
+        def show(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    assert len(Spelt.handlers) == 2
+
+
+class Muted(Callback):
+    """Overrides handler_for: while muted, BatchEnd goes to ``quiet``, a method of its own."""
+
+    state_access = {"model": READ}
+
+    def __init__(self, muted: bool) -> None:
+        self.muted = muted
+
+    @on(BatchEnd, access={"batch.loss": WRITE})
+    def loud(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    @on(EpochEnd, access={"cbstate": READ})
+    def quiet(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+    def handler_for(self, event: type[Event], phase: type[Phase]) -> str | None:
+        if self.muted and issubclass(event, BatchEnd):
+            return "quiet"
+        return super().handler_for(event, phase)
+
+
+def test_the_declaration_of_the_method_an_overridden_handler_for_picks_applies() -> None:
+    assert access_at(Muted(False), BatchEnd, TrainingPhase) == AccessSet(writes=(("batch", "loss"),))
+    assert access_at(Muted(True), BatchEnd, TrainingPhase) == AccessSet(reads=(("cbstate",),))
+    learner = make_test_learner(Muted(True))
+    (plan,) = learner.plans(BatchEnd, TrainingPhase)
+    assert plan.labels == ("Muted.quiet",) and plan.accesses == (AccessSet(reads=(("cbstate",),)),)

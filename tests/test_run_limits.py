@@ -137,3 +137,34 @@ def test_a_fast_dev_run_leaves_out_the_run_folder_loggers_and_plots(tmp_path: Pa
     learner.fit(2, fast_dev_run=True)
     assert list(tmp_path.iterdir()) == []
     assert all(cb.writes_files for cb in learner.callbacks if not isinstance(cb, (Recorder, Metrics)))
+
+
+class UsesRun(Callback):
+    """Reads the run folder RunFolder makes, and writes no file itself."""
+
+    state_access = {"cbstate.run": READ}
+
+    def __init__(self) -> None:
+        self.folders: list[Any] = []
+
+    @on(FitBegin)
+    def record(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.folders.append(learner.cbstate.run)
+
+
+def test_a_fast_dev_run_leaves_out_the_readers_of_what_only_a_left_out_callback_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cadence import RunFolder
+
+    uses_run = UsesRun()
+    learner = make_test_learner(RunFolder("run", root=tmp_path / "runs"), uses_run, Recorder(), Metrics(), n_batches=2)
+    with caplog.at_level("INFO", logger="cadence.run_limits"):
+        learner.fit(2, fast_dev_run=True)  # no MissingStateError: UsesRun goes with RunFolder
+    assert uses_run.folders == [] and list(tmp_path.iterdir()) == []
+    assert caplog.messages == [
+        "fast_dev_run: this fit runs without RunFolder (they write files) and without UsesRun "
+        "(reads cbstate.run, which only RunFolder writes)."
+    ]
+    learner.fit(1)
+    assert len(uses_run.folders) == 1  # both are back for the next fit

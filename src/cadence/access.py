@@ -13,14 +13,24 @@ from __future__ import annotations
 import enum
 import functools
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cadence.errors import DeclarationError, ProtectedAccessError
 from cadence.phases import known_batch_fields
 
-__all__ = ["READ", "WRITE", "Access", "AccessSet", "LearnerView", "Path", "overlaps", "parse_state_access"]
+__all__ = [
+    "READ",
+    "WRITE",
+    "Access",
+    "AccessSet",
+    "LearnerView",
+    "Path",
+    "merge_accesses",
+    "overlaps",
+    "parse_state_access",
+]
 
 Path = tuple[str, ...]
 
@@ -72,6 +82,20 @@ class AccessSet:
 
     def reads_overlapping(self, path: Path) -> tuple[Path, ...]:
         return tuple(p for p in self.all() if overlaps(p, path))
+
+
+def merge_accesses(parts: Iterable[AccessSet]) -> AccessSet:
+    """One ``AccessSet`` covering all of ``parts``: every path written in any, then every path
+    only read (what a callback touches over all its handlers).
+
+    Example:
+        >>> merge_accesses([AccessSet(reads=(("batch", "loss"),)), AccessSet(writes=(("batch", "loss"),))])
+        AccessSet(writes=(('batch', 'loss'),), reads=())
+    """
+    parts = list(parts)
+    writes = tuple(dict.fromkeys(p for part in parts for p in part.writes))
+    reads = tuple(dict.fromkeys(p for part in parts for p in part.reads if p not in writes))
+    return AccessSet(writes=writes, reads=reads)
 
 
 def parse_state_access(owner: str, declaration: object, *, where: str | None = None) -> AccessSet:
@@ -164,7 +188,9 @@ def _read_error(where: str, path: str) -> ProtectedAccessError:
 
 
 def _write_error(owner: str, where: str, path: str, readable: bool) -> ProtectedAccessError:
-    hint = f"{owner} declares it READ; declare WRITE instead. " if readable else ""
+    # A handler's own access= is what the view enforces: name it, not the callback.
+    declarer = owner if where == f"{owner}.state_access" else where
+    hint = f"{declarer} declares it READ; declare WRITE instead. " if readable else ""
     return ProtectedAccessError(
         f"Write access to Learner.{path} disallowed.\n{hint}{_fix(where, path, WRITE)}"
     )

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
-from cadence.access import AccessSet, parse_state_access
+from cadence.access import AccessSet, merge_accesses, parse_state_access
 from cadence.errors import DeclarationError
 from cadence.events import Event
 from cadence.loads import counting_loads
@@ -26,9 +26,11 @@ __all__ = [
     "Unresolvable",
     "access_at",
     "callback_labels",
+    "declared_access",
+    "handler_accesses",
     "handler_access_label",
+    "handled_by",
     "on",
-    "picked_handler",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -252,7 +254,7 @@ PRODUCERS: dict[str, str] = {}
 
 
 def _register_producer(cls: type[Callback]) -> None:
-    for path in _merged(cls.__name__, cls.state_access, cls.handlers).writes:
+    for path in declared_access(cls).writes:
         if path[0] == "cbstate" and len(path) > 1:
             PRODUCERS.setdefault(path[1], _producer_example(cls))
 
@@ -277,30 +279,60 @@ def access_at(callback: Callback, event: type[Event], phase: type[Phase]) -> Acc
         >>> access_at(Penalty(), BackwardBegin, Phase), access_at(Penalty(), BatchEnd, Phase)
         (AccessSet(writes=(('batch', 'loss'),), reads=()), None)
     """
-    if callback.handler_for(event, phase) is None:
+    handled = handled_by(callback, event, phase)
+    if handled is None:
         return None
-    name = type(callback).__name__
-    handler = picked_handler(callback, event, phase)
-    if handler is not None and handler.access is not None:
-        return parse_state_access(name, handler.access, where=handler_access_label(name, handler))
+    name, own = type(callback).__name__, handled[1]
+    if own is not None:
+        return parse_state_access(name, own.access, where=handler_access_label(name, own))
     return parse_state_access(name, callback.state_access)
 
 
-def _merged(name: str, state_access: Mapping[str, Any], handlers: Sequence[Handler]) -> AccessSet:
-    own = [h for h in handlers if h.access is not None]
-    if not state_access and not own:
-        return AccessSet()
-    parts = [parse_state_access(name, state_access)]
-    parts += [parse_state_access(name, h.access, where=handler_access_label(name, h)) for h in own]
-    writes = tuple(dict.fromkeys(p for part in parts for p in part.writes))
-    reads = tuple(dict.fromkeys(p for part in parts for p in part.reads if p not in writes))
-    return AccessSet(writes=writes, reads=reads)
+def declared_access(callback: Callback | type[Callback], owner: str | None = None) -> AccessSet:
+    """Everything ``callback`` declares, over all its handlers: its ``state_access`` and each
+    ``@on(..., access=...)`` (``owner`` names it in errors; the class name by default).
+
+    Example:
+        >>> from cadence import READ, WRITE
+        >>> from cadence.events import BackwardBegin
+        >>> class Penalty(Callback):
+        ...     state_access = {"model": READ}
+        ...     @on(BackwardBegin, access={"batch.loss": WRITE})
+        ...     def add(self, event, phase, learner): ...
+        >>> declared_access(Penalty)
+        AccessSet(writes=(('batch', 'loss'),), reads=(('model',),))
+    """
+    name = owner or (callback.__name__ if isinstance(callback, type) else type(callback).__name__)
+    return merge_accesses([parse_state_access(name, callback.state_access), *handler_accesses(callback, name).values()])
 
 
-def picked_handler(callback: Callback, event: type[Event], phase: type[Phase]) -> Handler | None:
-    """The registration of ``callback.handlers`` that handles (event, phase): the most specific
-    one (see ``Callback.handler_for``), or None."""
-    return _best(type(callback).__name__, callback.handlers, event, phase)
+def handler_accesses(callback: Callback | type[Callback], owner: str) -> dict[Handler, AccessSet]:
+    """The registrations of ``callback`` that declare their own access, each parsed."""
+    return {
+        h: parse_state_access(owner, h.access, where=handler_access_label(owner, h))
+        for h in callback.handlers
+        if h.access is not None
+    }
+
+
+def handled_by(callback: Callback, event: type[Event], phase: type[Phase]) -> tuple[str, Handler | None] | None:
+    """The method that handles (event, phase), as ``callback.handler_for`` says (a subclass may
+    override it), and its registration when that declares its own ``access=`` (None: the
+    callback's ``state_access`` applies there); None when the callback does not handle it.
+    What the graph and ``access_at`` read a handler's declaration from.
+
+    The registration is that of the method ``handler_for`` names (the one that matches (event,
+    phase), or else its first); a name no registration has (the gate ``throttle`` puts in front
+    of a handler) stands for the most specific registration that matches."""
+    method = callback.handler_for(event, phase)
+    if method is None:
+        return None
+    named = [h for h in callback.handlers if h.name == method]
+    if named:
+        chosen: Handler | None = next((h for h in named if h.matches(event, phase)), named[0])
+    else:
+        chosen = _best(type(callback).__name__, callback.handlers, event, phase)
+    return method, chosen if chosen is not None and chosen.access is not None else None
 
 
 def _producer_example(cls: type[Callback]) -> str:
@@ -333,7 +365,7 @@ def _collect_handlers(cls: type[Callback]) -> tuple[Handler, ...]:
 def _check_pair(cls: type[Callback], a: Handler, b: Handler, found: list[Handler]) -> None:
     events_meet = issubclass(a.event, b.event) or issubclass(b.event, a.event)
     phases_meet = issubclass(a.phase, b.phase) or issubclass(b.phase, a.phase)
-    if a.name == b.name and events_meet and phases_meet and a.access != b.access:
+    if a.name == b.name and events_meet and phases_meet and _flat(a.access) != _flat(b.access):
         raise DeclarationError(
             f"{cls.__name__}.{a.name} has @on({a.event.__name__}, phase={a.phase.__name__}) and "
             f"@on({b.event.__name__}, phase={b.phase.__name__}) with different access, and both can "
@@ -351,6 +383,21 @@ def _check_pair(cls: type[Callback], a: Handler, b: Handler, found: list[Handler
         event = a.event if issubclass(a.event, b.event) else b.event
         phase = a.phase if issubclass(a.phase, b.phase) else b.phase
         _pick_from(cls.__name__, found, event, phase)
+
+
+def _flat(access: Mapping[str, Any] | None) -> dict[tuple[str, ...], Any] | None:
+    """``access`` with nested dicts spelt out as dotted paths, to compare two declarations
+    (``{"batch": {"loss": READ}}`` is ``{"batch.loss": READ}``); checked later, at build."""
+    if access is None:
+        return None
+    flat: dict[tuple[str, ...], Any] = {}
+    for key, value in access.items():
+        path = tuple(str(key).split("."))
+        if isinstance(value, Mapping):
+            flat.update({path + rest: inner for rest, inner in (_flat(value) or {}).items()})
+        else:
+            flat[path] = value
+    return flat
 
 
 def _ambiguity(owner: str, event: type[Event], phase: type[Phase], a: Handler, b: Handler) -> str:

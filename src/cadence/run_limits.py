@@ -13,19 +13,25 @@
   a bug.
 
 The rule for callbacks that write files: set the class attribute ``writes_files = True``; a
-fast dev run then runs without them (their handlers do not run, nothing else changes).
+fast dev run then runs without them (their handlers do not run, nothing else changes), and
+without the callbacks that read a ``cbstate`` entry only those write (a callback reading
+``cbstate.run`` goes with ``RunFolder``); a log line names them all.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
-from cadence.callback import Callback
+from cadence.access import overlaps
+from cadence.callback import Callback, declared_access
 
 __all__ = ["LimitedBatches", "RunLimits", "limited"]
+
+log = logging.getLogger(__name__)
 
 Limit = int | None
 
@@ -108,10 +114,49 @@ class RunLimits:
         return n_epochs, train, valid
 
     def callbacks(self, callbacks: Sequence[Callback]) -> list[Callback]:
-        """The callbacks that run: in a fast dev run, those that write no files."""
+        """The callbacks that run: in a fast dev run, those that write no files, less those
+        that read a ``cbstate`` entry only a left-out callback writes (``cbstate.run`` without
+        ``RunFolder``); one log line names what is left out."""
         if not self.fast_dev_run:
             return list(callbacks)
-        return [cb for cb in callbacks if not cb.writes_files]
+        writers = [cb for cb in callbacks if cb.writes_files]
+        kept = [cb for cb in callbacks if not cb.writes_files]
+        dependents = _dependents(kept, writers)
+        if writers or dependents:
+            names = ", ".join(type(cb).__name__ for cb in writers)
+            if dependents:
+                log.warning(
+                    "fast_dev_run: this fit runs without %s (they write files) and without %s.",
+                    names, "; ".join(f"{type(cb).__name__} ({why})" for cb, why in dependents.values()),
+                )
+            else:
+                log.info("fast_dev_run: this fit runs without %s (they write files).", names)
+        return [cb for cb in kept if id(cb) not in dependents]
+
+
+def _dependents(kept: list[Callback], left_out: list[Callback]) -> dict[int, tuple[Callback, str]]:
+    """The callbacks of ``kept`` that read a ``cbstate`` entry which, once ``left_out`` and
+    these are gone, nothing writes; by id, with the reason."""
+    declared = {id(cb): declared_access(cb) for cb in (*kept, *left_out)}
+    gone = list(left_out)
+    found: dict[int, tuple[Callback, str]] = {}
+    changed = True
+    while changed:
+        changed = False
+        running = [cb for cb in kept if id(cb) not in found]
+        for cb in running:
+            for path in declared[id(cb)].reads:
+                if path[0] != "cbstate" or len(path) == 1:
+                    continue
+                if any(overlaps(path, w) for other in running for w in declared[id(other)].writes):
+                    continue
+                producers = [type(o).__name__ for o in gone if any(overlaps(path, w) for w in declared[id(o)].writes)]
+                if producers:
+                    found[id(cb)] = (cb, f"reads {'.'.join(path)}, which only {', '.join(producers)} writes")
+                    gone.append(cb)
+                    changed = True
+                    break
+    return found
 
 
 class LimitedBatches:

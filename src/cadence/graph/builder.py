@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cadence.access import AccessSet, Path, dotted, parse_state_access
-from cadence.callback import PRODUCERS, Callback, Handler, callback_labels, handler_access_label, picked_handler
+from cadence.access import AccessSet, Path, dotted, merge_accesses, parse_state_access
+from cadence.callback import PRODUCERS, Callback, Handler, callback_labels, handled_by, handler_accesses
 from cadence.graph.conflicts import Resolver
 from cadence.errors import CycleError, DeclarationError, MissingStateError
 from cadence.events import Event
@@ -119,17 +119,13 @@ class CallbackGraph:
         )
         # Per callback, the registrations that declare their own access (@on(..., access=...)).
         self.handler_accesses: tuple[dict[Handler, AccessSet], ...] = tuple(
-            {
-                h: parse_state_access(label, h.access, where=handler_access_label(label, h))
-                for h in cb.handlers
-                if h.access is not None
-            }
-            for label, cb in zip(self.labels, self.callbacks)
+            handler_accesses(cb, label) for label, cb in zip(self.labels, self.callbacks)
         )
+        # Per callback, everything it declares over all its handlers.
+        self._declared = [merge_accesses([a, *own.values()]) for a, own in zip(self.accesses, self.handler_accesses)]
         self._writes = _WriteIndex()
-        for owner, access in enumerate(self.accesses):
-            own = [a.writes for a in self.handler_accesses[owner].values()]
-            for path in dict.fromkeys(p for writes in (access.writes, *own) for p in writes):
+        for owner, declared in enumerate(self._declared):
+            for path in declared.writes:
                 self._writes.add(owner, path)
         self._check_handlers()
         check_placements(self.labels, self.callbacks, self.accesses)
@@ -198,9 +194,8 @@ class CallbackGraph:
         return reach
 
     def _check_producers(self) -> None:
-        for reader, access in enumerate(self.accesses):
-            own = [a.reads for a in self.handler_accesses[reader].values()]
-            for path in dict.fromkeys(p for reads in (access.reads, *own) for p in reads):
+        for reader, declared in enumerate(self._declared):
+            for path in declared.reads:
                 if path[0] != "cbstate" or len(path) == 1:
                     continue
                 if not self._writes.overlapping(path):
@@ -241,14 +236,12 @@ class CallbackGraph:
         declared: list[AccessSet] = []  # what each member handles this event with
         registrations: list[Handler | None] = []
         for i, cb in enumerate(self.callbacks):
-            method = cb.handler_for(event, phase)
-            if method is not None:
+            handled = handled_by(cb, event, phase)
+            if handled is not None:
+                method, handler = handled
                 members.append((i, method))
-                own = self.handler_accesses[i]
-                handler = picked_handler(cb, event, phase) if own else None
-                handler = handler if handler in own else None
                 registrations.append(handler)
-                declared.append(self.accesses[i] if handler is None else own[handler])
+                declared.append(self.accesses[i] if handler is None else self.handler_accesses[i][handler])
         position = {i: p for p, (i, _) in enumerate(members)}
         edges: dict[tuple[int, int], list[str]] = defaultdict(list)
 
