@@ -49,7 +49,7 @@ def test_overlap_is_prefix() -> None:
 @pytest.mark.parametrize(
     ("declaration", "message"),
     [
-        ({"history": READ}, r"P\.state_access declares 'history', which is not learner state\. Valid paths start with model, optimizer, loss_fn, data, batch, cbstate; shared state goes under cbstate, e\.g\. \"cbstate\.history\""),
+        ({"history": READ}, r"P\.state_access declares 'history', which is not learner state\. Valid paths start with model, optimizer, loss_fn, data, adapter, batch, cbstate; shared state goes under cbstate, e\.g\. \"cbstate\.history\""),
         ({"batch.logits": READ}, r"P\.state_access declares 'batch\.logits', which is not a batch field\. Batch fields are .*loss.*y_pred"),
         ({"batch.loss.value": READ}, r"P\.state_access declares 'batch\.loss\.value', which is not a batch field"),
         ({"model.layer": READ}, r"P\.state_access declares 'model\.layer', but model is handed out whole; declare \{\"model\": READ\} or \{\"model\": WRITE\}"),
@@ -154,7 +154,7 @@ def test_default_is_no_access() -> None:
     for field in ("x", "y", "y_pred", "loss"):
         with pytest.raises(ProtectedAccessError, match=rf"Read access to Learner\.batch\.{field} disallowed"):
             getattr(view.batch, field)
-    for root in ("model", "optimizer", "loss_fn", "data"):
+    for root in ("model", "optimizer", "loss_fn", "data", "adapter"):
         with pytest.raises(ProtectedAccessError, match=rf'Read access to Learner\.{root} disallowed\.\nDeclare it in Probe\.state_access, e\.g\. \{{"{root}": READ\}}'):
             getattr(view, root)
     with pytest.raises(ProtectedAccessError, match=r"Read access to Learner\.cbstate\.history disallowed"):
@@ -180,13 +180,14 @@ def test_whole_batch_covers_every_field() -> None:
 
 
 def test_objects_are_handed_out_themselves() -> None:
-    probe = Probe({"model": READ, "optimizer": READ, "loss_fn": READ, "data": READ})
+    probe = Probe({"model": READ, "optimizer": READ, "loss_fn": READ, "data": READ, "adapter": READ})
     learner = make_test_learner(probe)
     view = probe.view
     assert view.model is learner.model
     assert view.optimizer is learner.optimizer
     assert view.loss_fn is learner.loss_fn
     assert view.data is learner.data
+    assert view.adapter is learner.adapter
 
 
 def test_a_read_of_a_mutable_object_is_not_enforced_deeply() -> None:
@@ -231,7 +232,7 @@ def test_batch_and_cbstate_cannot_be_replaced(root: str) -> None:
 def test_view_does_not_expose_learner_methods() -> None:
     view = view_of({"model": WRITE, "batch": WRITE, "cbstate": WRITE})
     for name in ("fit", "epoch", "add_callback", "explain", "callbacks", "executor"):
-        with pytest.raises(ProtectedAccessError, match=rf"Learner\.{name} is not state a callback can access\.\nHandlers see model, optimizer, loss_fn, data, batch, cbstate; share your own state through cbstate"):
+        with pytest.raises(ProtectedAccessError, match=rf"Learner\.{name} is not state a callback can access\.\nHandlers see model, optimizer, loss_fn, data, adapter, batch, cbstate; share your own state through cbstate"):
             getattr(view, name)
 
 

@@ -3,9 +3,10 @@
 A callback declares what it touches as ``{"batch.loss": READ, "cbstate.history": WRITE}`` (or the
 equivalent nested ``{"batch": {"loss": READ}}``). ``WRITE`` implies read; anything undeclared is
 off limits. Each handler sees the learner through a ``LearnerView`` built once per callback that
-enforces the declaration. Enforcement is shallow: ``model``, ``optimizer``, ``loss_fn`` and
-``data`` are handed out as the objects themselves, and a declared ``cbstate`` entry is handed
-out as is, so a ``READ`` of a mutable object cannot stop a handler from mutating it.
+enforces the declaration. Enforcement is shallow: ``model``, ``optimizer``, ``loss_fn``,
+``data`` and ``adapter`` (the learner's ``BatchAdapter``) are handed out as the objects
+themselves, and a declared ``cbstate`` entry is handed out as is, so a ``READ`` of a mutable
+object cannot stop a handler from mutating it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ __all__ = [
 
 Path = tuple[str, ...]
 
-OBJECT_ROOTS = ("model", "optimizer", "loss_fn", "data")
+OBJECT_ROOTS = ("model", "optimizer", "loss_fn", "data", "adapter")
 ROOTS = (*OBJECT_ROOTS, "batch", "cbstate")
 
 
@@ -273,8 +274,8 @@ class LearnerView:
     ``"<owner>.state_access"`` by default).
 
     ``batch`` and ``cbstate`` are always views, so an error names the full path; ``model``,
-    ``optimizer``, ``loss_fn`` and ``data`` are the objects themselves. The learner's methods
-    are not exposed.
+    ``optimizer``, ``loss_fn``, ``data`` and ``adapter`` are the objects themselves. The
+    learner's methods are not exposed.
     """
 
     __slots__ = ("batch", "cbstate", "_learner", "_owner", "_where", "_readable", "_writable")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cadence import READ, CadenceError, Callback, CancelFit, Learner, on
+from cadence import READ, CadenceError, Callback, CancelFit, DictBatches, Learner, on
 from cadence.callbacks.lambda_callback import LambdaCallback
 from cadence.callbacks.sanity import SanityCheck, SanityCheckError
 from cadence.events import BatchBegin, Event, FitBegin
@@ -119,6 +119,29 @@ def test_batches_that_are_not_pairs() -> None:
     assert "SanityCheck found 2 problems before the first epoch:" in text
     assert "  1. train: Each batch must be an (x, y) pair; got a Tensor. Make the data yield (inputs, targets)" in text
     assert "  2. valid: Each batch must be an (x, y) pair; got a tuple of length 3." in text
+
+
+class ImageModel(torch.nn.Module):
+    """Called as model(image=...), as DictBatches calls it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.linear(image)
+
+
+def test_batches_go_through_the_learners_adapter() -> None:
+    dicts = [{"image": x, "labels": y} for x, y in BATCHES]
+    learner = Learner(ImageModel(), torch.nn.functional.mse_loss, data=(dicts, dicts), adapter=DictBatches("labels"), callbacks=[SanityCheck()], default_callbacks=False)
+    assert learner.fit(1).stopped is None  # not "each batch must be an (x, y) pair"
+    wrong = [{"image": x, "label": y} for x, y in BATCHES]  # the adapter's own message, with its fix
+    text = problems(Learner(ImageModel(), torch.nn.functional.mse_loss, data=(wrong, None), adapter=DictBatches("labels"), callbacks=[SanityCheck()], default_callbacks=False))
+    assert "1. train: DictBatches(target='labels'): the batch has the keys 'image', 'label' but no 'labels'. Name the key that holds the targets, e.g. DictBatches(target='image')." in text
+    wide = [{"image": torch.ones(8, 3), "labels": y} for _, y in BATCHES]
+    text = problems(Learner(ImageModel(), torch.nn.functional.mse_loss, data=(wide, None), adapter=DictBatches("labels"), callbacks=[SanityCheck()], default_callbacks=False))
+    assert "1. train: model(x) raised RuntimeError: mat1 and mat2 shapes cannot be multiplied" in text and "x is a dict" in text
 
 
 def test_a_model_that_raises() -> None:

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from cadence import READ, CadenceError, Callback, on
+from cadence.batches import BatchAdapter, map_tensors
 from cadence.events import FitBegin
-from cadence.phases import Phase, unpack
+from cadence.phases import Phase
 from cadence.checkpointing.replay import data_generators
 from cadence.checkpointing.rng import capture_rng, restore_rng
 
@@ -32,6 +33,8 @@ class SanityCheck(Callback):
     It checks that each batch is an ``(x, y)`` pair, that ``model(x)`` runs, that
     ``loss_fn(y_pred, y)`` runs without warnings (such as a shape broadcast) and returns a finite
     scalar tensor, and that the training loss can be backpropagated to the model's parameters.
+    Batches go through the learner's ``adapter`` as in training (``Learner(...,
+    adapter=DictBatches("labels"))``: dict batches, ``model(**inputs)``, the model's own loss).
 
     Nothing changes: gradients are computed with ``torch.autograd.grad`` (no ``.grad`` is
     written), buffers such as BatchNorm statistics, module train/eval modes and the random
@@ -63,7 +66,7 @@ class SanityCheck(Callback):
           2. valid: Each batch must be an (x, y) pair; got a Tensor. Make the data yield (inputs, targets), ...
     """
 
-    state_access = {"model": READ, "loss_fn": READ, "data": READ}
+    state_access = {"model": READ, "loss_fn": READ, "data": READ, "adapter": READ}
 
     @on(FitBegin)
     def check(self, event: FitBegin, phase: Phase, learner: Any) -> None:
@@ -74,7 +77,7 @@ class SanityCheck(Callback):
         if data is None:
             log.warning("SanityCheck had nothing to check: FitBegin carried no data and learner.data is None.")
             return
-        model, loss_fn = learner.model, learner.loss_fn
+        model, loss_fn, adapter = learner.model, learner.loss_fn, learner.adapter
         problems: list[str] = []
         # Taking a batch draws from the data's generators (a DataLoader(shuffle=True,
         # generator=g) advances g): put every RNG back, so the first epoch's order is unchanged.
@@ -84,9 +87,10 @@ class SanityCheck(Callback):
         try:
             for name, part in zip(("train", "valid"), data):
                 if part is not None:
-                    problems += _check_data(name, part, n_epochs, model, loss_fn)
+                    problems += _check_data(name, part, n_epochs, model, loss_fn, adapter)
         finally:
             restore_rng(rng, generators)
+            adapter.clear()
         if problems:
             lines = "\n".join(f"  {i}. {problem}" for i, problem in enumerate(problems, 1))
             count = f"{len(problems)} problem{'s' * (len(problems) > 1)}"
@@ -102,7 +106,9 @@ def _generators(data: Iterable[Any]) -> dict[str, torch.Generator]:
     return found
 
 
-def _check_data(name: str, data: Iterable[Any], n_epochs: int, model: torch.nn.Module, loss_fn: Any) -> list[str]:
+def _check_data(
+    name: str, data: Iterable[Any], n_epochs: int, model: torch.nn.Module, loss_fn: Any, adapter: BatchAdapter
+) -> list[str]:
     if isinstance(data, Iterator):
         kind = type(data).__name__
         if n_epochs > 1:
@@ -123,14 +129,15 @@ def _check_data(name: str, data: Iterable[Any], n_epochs: int, model: torch.nn.M
     except Exception as exc:
         return [f"{name}: taking the first batch raised {_error(exc)}; check the dataset and loader."]
     try:
-        x, y = unpack(batch)
+        x, y = adapter.unpack(batch)
     except TypeError as exc:
         return [f"{name}: {exc}"]
     device = next(model.parameters(), torch.empty(0)).device
-    return _check_batch(name, _to(x, device), _to(y, device), model, loss_fn)
+    x, y = (map_tensors(lambda t: t.to(device), v) for v in (x, y))
+    return _check_batch(name, x, y, model, loss_fn, adapter)
 
 
-def _check_batch(name: str, x: Any, y: Any, model: torch.nn.Module, loss_fn: Any) -> list[str]:
+def _check_batch(name: str, x: Any, y: Any, model: torch.nn.Module, loss_fn: Any, adapter: BatchAdapter) -> list[str]:
     training = name == "train"
     modes = [module.training for module in model.modules()]
     buffers = [buffer.detach().clone() for buffer in model.buffers()]
@@ -139,13 +146,13 @@ def _check_batch(name: str, x: Any, y: Any, model: torch.nn.Module, loss_fn: Any
             model.eval()
         with torch.set_grad_enabled(training):
             try:
-                y_pred = model(x)
+                y_pred = adapter.forward(model, x)
             except Exception as exc:
                 return [f"{name}: model(x) raised {_error(exc)}. x is {_show(x)}; make the model accept the data's inputs."]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
-                    loss = loss_fn(y_pred, y)
+                    loss = adapter.loss(loss_fn, y_pred, y)
                 except Exception as exc:
                     return [
                         f"{name}: loss_fn(y_pred, y) raised {_error(exc)}. y_pred is {_show(y_pred)} and "
@@ -195,16 +202,6 @@ def _check_loss(name: str, loss: Any, model: torch.nn.Module) -> list[str]:
     if all(g is None for g in grads):
         return [f"{name}: the loss does not depend on any of the model's parameters; compute it from model(x)."]
     return []
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if type(value) in (list, tuple):
-        return type(value)(_to(v, device) for v in value)
-    if type(value) is dict:
-        return {k: _to(v, device) for k, v in value.items()}
-    return value
 
 
 def _show(value: Any) -> str:
