@@ -10,7 +10,8 @@ import torch
 
 from cadence import READ, WRITE, CancelBatch, Callback, ConflictError, Learner, on
 from cadence.callbacks.device import ToDevice
-from cadence.events import BatchBegin, Event
+from cadence.access import AccessSet
+from cadence.events import BatchBegin, EpochBegin, Event
 from cadence.phases import Phase, TrainingPhase
 from cadence.testing import make_test_learner, regression_batches
 
@@ -82,6 +83,24 @@ def test_runs_before_other_writers_in_either_list_order() -> None:
         plan = make_test_learner(*callbacks).explain(BatchBegin, TrainingPhase)
         assert plan.index("ToDevice.batch_begin") < plan.index("Augment.flip")
         assert "resolve_conflict says RunFirst(ToDevice)" in plan
+
+
+class EpochReader(Callback):
+    """Reads the batch at EpochBegin: nothing ToDevice writes there."""
+
+    state_access = {"batch.x": READ}
+
+    @on(EpochBegin)
+    def look(self, event: Event, phase: Phase, learner: Any) -> None: ...
+
+
+def test_each_handler_declares_what_it_moves() -> None:
+    learner = make_test_learner(ToDevice("cpu"), EpochReader())
+    (plan,) = learner.plans(EpochBegin, TrainingPhase)
+    assert plan.labels == ("ToDevice.move_model", "EpochReader.look")
+    assert plan.accesses[0] == AccessSet(writes=(("model",), ("optimizer",))) and plan.reasons[1] == ()
+    (batch_plan,) = learner.plans(BatchBegin, TrainingPhase)
+    assert batch_plan.accesses == (AccessSet(writes=(("batch", "x"), ("batch", "y"))),)
 
 
 def test_two_to_device_cannot_be_used_together() -> None:

@@ -7,16 +7,22 @@ from typing import Any
 import torch
 
 from cadence import WRITE, Callback, RunFirst, Unresolvable, on
+from cadence.batches import map_tensors
 from cadence.events import BatchBegin, EpochBegin, Event, FitBegin
 from cadence.phases import Phase
 
 __all__ = ["ToDevice"]
 
+_MODEL = {"model": WRITE, "optimizer": WRITE}
+_BATCH = {"batch.x": WRITE, "batch.y": WRITE}
+
 
 class ToDevice(Callback):
     """Moves the model to ``device`` at ``FitBegin`` and at each ``EpochBegin`` (a no-op once it
     is there; it serves ``validate()``, ``predict()`` and ``lr_find()`` before any ``fit``), and
-    each batch's ``x`` and ``y`` at ``BatchBegin`` (tensors, and lists, tuples and dicts of them).
+    each batch's ``x`` and ``y`` at ``BatchBegin`` (tensors, and lists, tuples and dicts of them,
+    ``cadence.batches.map_tensors``). Each handler declares what it writes: the model and the
+    optimizer (``move_model``), or ``batch.x`` and ``batch.y`` (``batch_begin``).
 
     ``Module.to`` moves parameters in place, so the optimizer keeps its parameters; any
     optimizer state that exists already (a resumed Adam, say) is moved next to its parameter.
@@ -38,7 +44,7 @@ class ToDevice(Callback):
         device(type='cpu')
     """
 
-    state_access = {"model": WRITE, "optimizer": WRITE, "batch.x": WRITE, "batch.y": WRITE}
+    state_access = {**_MODEL, **_BATCH}  # each handler declares its part
 
     def __init__(self, device: torch.device | str | int) -> None:
         try:
@@ -56,9 +62,9 @@ class ToDevice(Callback):
         # Copies to the CPU must finish before the host reads them, so only those block.
         self._non_blocking = self.device.type != "cpu"
 
-    @on(FitBegin)
-    @on(EpochBegin)  # epochs outside fit: validate(), predict(), lr_find(), learner.epoch()
-    def fit_begin(self, event: Event, phase: Phase, learner: Any) -> None:
+    @on(FitBegin, access=_MODEL)
+    @on(EpochBegin, access=_MODEL)  # epochs outside fit: validate(), predict(), lr_find(), learner.epoch()
+    def move_model(self, event: Event, phase: Phase, learner: Any) -> None:
         learner.model.to(self.device)
         for param, state in learner.optimizer.state.items():
             for key, value in state.items():
@@ -66,22 +72,14 @@ class ToDevice(Callback):
                 if isinstance(value, torch.Tensor) and (key != "step" or value.device.type != "cpu"):
                     state[key] = value.to(param.device)
 
-    @on(BatchBegin)
+    @on(BatchBegin, access=_BATCH)
     def batch_begin(self, event: Event, phase: Phase, learner: Any) -> None:
-        batch = learner.batch
-        batch.x = self._move(batch.x)
-        batch.y = self._move(batch.y)
+        batch, move = learner.batch, self._move
+        batch.x = map_tensors(move, batch.x)
+        batch.y = map_tensors(move, batch.y)
 
-    def _move(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.to(self.device, non_blocking=self._non_blocking)
-        if isinstance(value, tuple) and hasattr(value, "_fields"):
-            return type(value)(*(self._move(v) for v in value))
-        if isinstance(value, (list, tuple)):
-            return type(value)(self._move(v) for v in value)
-        if isinstance(value, dict):
-            return {k: self._move(v) for k, v in value.items()}
-        return value
+    def _move(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=self._non_blocking)
 
     def resolve_conflict(self, other: Callback) -> Any:
         if isinstance(other, ToDevice):
