@@ -17,6 +17,7 @@ from cadence import (
     Callback,
     CancelBatch,
     DataWarning,
+    DictBatches,
     EarlyStopping,
     EvaluationPhase,
     Learner,
@@ -313,6 +314,41 @@ def test_outputs_are_joined_along_the_batch_dimension() -> None:
     assert torch.equal(joined[1]["a"], torch.tensor([1.0, 1.0, 0.0]))
     assert concatenate([torch.tensor(1.0), torch.tensor(2.0)]).tolist() == [1.0, 2.0]
     assert concatenate(["a", "b"]) == ["a", "b"]
+
+
+class Embedder(torch.nn.Module):
+    """Token ids [B, T] to vectors [B, T, 4], as a language model's logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 4)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(input_ids)
+
+
+def test_outputs_of_different_lengths_need_concat_false() -> None:
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 10, (2, n), generator=generator)} for n in (3, 5)]
+    learner = Learner(Embedder(), lambda y_pred, y: y_pred.sum(), adapter=DictBatches("labels"), default_callbacks=False)
+    with pytest.raises(
+        CadenceError,
+        match=r"The predictions of the batches cannot be joined into one tensor: batch 1 gives shape \(2, 3, 4\) and "
+        r"batch 2 \(2, 5, 4\), and only the first dimension may differ .* Pass concat=False for a list with one item "
+        r"per batch: learner\.predict\(data, concat=False\)",
+    ):
+        learner.predict(batches)
+    predictions = learner.predict(batches, concat=False)
+    with torch.no_grad():
+        assert [p.shape for p in predictions] == [(2, 3, 4), (2, 5, 4)]
+        assert all(torch.equal(p, learner.model(**b)) for p, b in zip(predictions, batches))
+    labelled = [{**b, "labels": b["input_ids"]} for b in batches]
+    with pytest.raises(CadenceError, match=r"The predictions of the batches"):
+        learner.get_preds(labelled)
+    predictions, targets = learner.get_preds(labelled, concat=False)
+    assert [t.shape for t in targets] == [(2, 3), (2, 5)] and len(predictions) == 2
+    with pytest.raises(CadenceError, match=r"The outputs\['logits'\] of the batches cannot be joined"):
+        concatenate([{"logits": torch.zeros(1, 2)}, {"logits": torch.zeros(1, 3)}])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -138,11 +138,16 @@ def validate(learner: Runner, data: Iterable[Any]) -> dict[str, float]:
     return found
 
 
-def gather(learner: Runner, data: Iterable[Any]) -> tuple[Any, Any]:
+def gather(learner: Runner, data: Iterable[Any], *, concat: bool = True) -> tuple[Any, Any]:
     """Predict ``data`` in a ``PredictionPhase`` epoch; return ``(predictions, targets)``, each
     concatenated over the batches along the first dimension (tensors, and tuples, lists and
-    dicts of them; anything else is a list with one item per batch). ``targets`` is None when
-    the data has none.
+    dicts of them; anything else is a list with one item per batch), or with ``concat=False``
+    a list with one item per batch. ``targets`` is None when the data has none.
+
+    Raises:
+        CadenceError: tensors of different shapes beyond the first dimension (sequences of
+            different lengths), which cannot be joined: the message says to pass
+            ``concat=False``.
     """
     phase = PredictionPhase()
     try:
@@ -153,7 +158,9 @@ def gather(learner: Runner, data: Iterable[Any]) -> tuple[Any, Any]:
     finally:
         phase.outputs.clear()  # Recorder may keep the phase as a key: not its tensors
     has_targets = any(y is not None for y in targets)
-    return concatenate(predictions), concatenate(targets) if has_targets else None
+    if not concat:
+        return predictions, targets if has_targets else None
+    return concatenate(predictions, "predictions"), concatenate(targets, "targets") if has_targets else None
 
 
 @contextlib.contextmanager
@@ -179,8 +186,11 @@ def rng_kept(data: Iterable[Any]) -> Iterator[None]:
         restore_rng(state, generators)
 
 
-def concatenate(items: list[Any]) -> Any:
-    """Join per-batch outputs along the first dimension.
+def concatenate(items: list[Any], what: str = "outputs") -> Any:
+    """Join per-batch outputs along the first dimension; ``what`` names them in errors.
+
+    Raises:
+        CadenceError: tensors whose shapes differ beyond the first dimension.
 
     Example:
         >>> concatenate([torch.zeros(2, 3), torch.ones(1, 3)]).shape
@@ -190,14 +200,29 @@ def concatenate(items: list[Any]) -> Any:
     """
     if items and all(isinstance(item, torch.Tensor) for item in items):
         tensors = cast(list[torch.Tensor], items)
+        _check_joinable(tensors, what)
         return torch.stack(tensors) if tensors[0].ndim == 0 else torch.cat(tensors)
     first = items[0] if items else None
     if isinstance(first, (tuple, list)) and all(type(i) is type(first) and len(i) == len(first) for i in items):
-        joined = [concatenate([item[k] for item in items]) for k in range(len(first))]
+        joined = [concatenate([item[k] for item in items], f"{what}[{k}]") for k in range(len(first))]
         return type(first)(*joined) if hasattr(first, "_fields") else type(first)(joined)
     if isinstance(first, Mapping) and all(isinstance(i, Mapping) and i.keys() == first.keys() for i in items):
-        return {key: concatenate([item[key] for item in items]) for key in first}
+        return {key: concatenate([item[key] for item in items], f"{what}[{key!r}]") for key in first}
     return list(items)
+
+
+def _check_joinable(tensors: list[torch.Tensor], what: str) -> None:
+    first = tensors[0]
+    for position, tensor in enumerate(tensors[1:], 2):
+        if tensor.ndim != first.ndim or (first.ndim and tensor.shape[1:] != first.shape[1:]):
+            raise CadenceError(
+                f"The {what} of the batches cannot be joined into one tensor: batch 1 gives shape "
+                f"{tuple(first.shape)} and batch {position} {tuple(tensor.shape)}, and only the first "
+                f"dimension may differ (sequences of different lengths do this). Pass concat=False "
+                f"for a list with one item per batch: learner.predict(data, concat=False) or "
+                f"learner.get_preds(data, concat=False); or pad them to one length (in the data's "
+                f"collate_fn, or in a LossBegin handler that rewrites batch.y_pred)."
+            )
 
 
 def _on_cpu(tensor: torch.Tensor) -> torch.Tensor:

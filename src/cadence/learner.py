@@ -346,16 +346,18 @@ class Learner:
         """
         return validate(self, self._valid_data(data, "validate"))
 
-    def predict(self, data: Iterable[Any]) -> Any:
+    def predict(self, data: Iterable[Any], *, concat: bool = True) -> Any:
         """The model's predictions for ``data`` (batches of inputs, or of ``(x, y)``), in eval
-        mode under ``torch.no_grad()``, concatenated over the batches and on the CPU; the same
-        batch callbacks apply as in validation (see ``cadence.inference``)."""
-        return gather(self, data)[0]
+        mode under ``torch.no_grad()``, on the CPU, concatenated over the batches (with
+        ``concat=False``, a list with one item per batch: for outputs whose shapes differ
+        beyond the first dimension, such as sequences of different lengths); the same batch
+        callbacks apply as in validation (see ``cadence.inference``)."""
+        return gather(self, data, concat=concat)[0]
 
-    def get_preds(self, data: Iterable[Any] | None = None) -> tuple[Any, Any]:
+    def get_preds(self, data: Iterable[Any] | None = None, *, concat: bool = True) -> tuple[Any, Any]:
         """``(predictions, targets)`` for ``data`` (by default the validation data), as
         ``predict`` makes them; ``targets`` is None when the data has none."""
-        return gather(self, self._valid_data(data, "get_preds"))
+        return gather(self, self._valid_data(data, "get_preds"), concat=concat)
 
     def lr_find(
         self,
