@@ -86,22 +86,33 @@ def test_fast_dev_run_runs_one_batch_of_each_and_writes_nothing(tmp_path: Path) 
     assert (tmp_path / "log.txt").exists() and any((tmp_path / "checkpoints").iterdir())
 
 
-def test_overfit_batches_trains_and_validates_on_the_same_batches() -> None:
+def test_overfit_batches_trains_and_validates_on_the_first_batches_of_each() -> None:
+    # Lightning's meaning: the first n training batches, and the first n validation batches.
     batches = Batches()
-    data = regression_batches(6, seed=3)
+    train, valid = regression_batches(6, seed=3), regression_batches(6, seed=4)
     learner = make_test_learner(batches, Metrics(), n_batches=6)
-    learner.fit(3, data=(data, regression_batches(6, seed=4)), overfit_batches=2)
-    assert batches.seen == {"train": firsts(data[:2]) * 3, "valid": firsts(data[:2]) * 3}
-    assert learner.cbstate.metrics.epochs["valid/loss"][-1] < learner.cbstate.metrics.epochs["valid/loss"][0]
+    learner.fit(3, data=(train, valid), overfit_batches=2)
+    assert batches.seen == {"train": firsts(train[:2]) * 3, "valid": firsts(valid[:2]) * 3}
+    assert learner.cbstate.metrics.epochs["train/loss"][-1] < learner.cbstate.metrics.epochs["train/loss"][0]
+    batches.seen.clear()
+    learner.fit(2, data=(train, None), overfit_batches=2)  # no validation data: no validation
+    assert batches.seen == {"train": firsts(train[:2]) * 2}
 
 
-def test_a_shuffled_loader_overfits_the_batches_drawn_once() -> None:
+def test_a_shuffled_loader_overfits_its_first_batches_in_order(caplog: pytest.LogCaptureFixture) -> None:
     dataset = torch.utils.data.TensorDataset(torch.arange(32.0)[:, None], torch.zeros(32, 1))
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True)
     batches = Batches()
     learner = make_test_learner(batches, n_batches=2)
-    learner.fit(2, data=(loader, None), overfit_batches=2)
-    assert batches.seen["train"][:2] == batches.seen["train"][2:] == batches.seen["valid"][:2]
+    with caplog.at_level("WARNING", logger="cadence.run_limits"):
+        learner.fit(2, data=(loader, loader), overfit_batches=2)
+    assert batches.seen == {"train": [0.0, 4.0, 0.0, 4.0], "valid": [0.0, 4.0, 0.0, 4.0]}  # in order, not shuffled
+    assert caplog.messages[0].startswith("fit(overfit_batches=...): the training DataLoader shuffles; this fit takes its first batches in order")
+    assert isinstance(loader.sampler, torch.utils.data.RandomSampler)  # the user's loader is left as it was
+    generated = iter(regression_batches(4))  # a one-shot iterator: drawn from once
+    batches.seen.clear()
+    learner.fit(2, data=(generated, None), overfit_batches=2)
+    assert batches.seen["train"][:2] == batches.seen["train"][2:] == firsts(regression_batches(4)[:2])
 
 
 @pytest.mark.parametrize(
@@ -123,6 +134,8 @@ def test_bad_quick_run_arguments_say_what_to_write(kwargs: dict[str, Any], messa
 def test_overfitting_data_without_batches_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"overfit_batches=\.\.\.\): the training data yields no batches"):
         make_test_learner().fit(1, data=([], None), overfit_batches=2)
+    with pytest.raises(ValueError, match=r"overfit_batches=\.\.\.\): the validation data yields no batches"):
+        make_test_learner().fit(1, data=(regression_batches(2), iter([])), overfit_batches=2)
     recorder = Recorder()
     assert RunLimits.check().callbacks([recorder]) == [recorder]
 

@@ -213,9 +213,11 @@ class Learner:
             limit_batches: At most this many batches per epoch, or ``(train, valid)`` counts
                 (None: all); for quick runs (see ``cadence.run_limits``).
             fast_dev_run: One epoch of one training and one validation batch, without the
-                callbacks that write files (``writes_files = True``, e.g. ``Checkpointer``).
-            overfit_batches: Train and validate on the same first N training batches every
-                epoch.
+                callbacks that write files (``writes_files = True``, e.g. ``Checkpointer``)
+                and those that read what only they write.
+            overfit_batches: Lightning's: train on the first N training batches and validate
+                on the first N validation batches every epoch, in order (a shuffling
+                DataLoader is taken without shuffling).
 
         Returns:
             A ``FitResult``: ``history``, the epoch metrics this fit recorded per key, and

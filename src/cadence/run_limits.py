@@ -7,10 +7,17 @@
 - ``fast_dev_run=True``: one epoch of one training batch and one validation batch, and nothing
   written: every callback that declares ``writes_files = True`` (``Checkpointer``,
   ``RunFolder``, ``LearningCurves``, every ``LoggerCallback``) is left out of that fit. It
-  does train: the model takes one optimizer step.
-- ``overfit_batches=n``: the first ``n`` training batches, drawn once, are every epoch's
-  training data and its validation data too; a model that cannot drive their loss to zero has
-  a bug.
+  does train: the model takes one optimizer step, and ``Recorder`` and ``Metrics`` count its
+  step and epoch like any other (a later fit of the learner goes on from them). Unlike
+  Lightning's, it keeps ``EarlyStopping``.
+- ``overfit_batches=n``: Lightning's: every epoch trains on the first ``n`` training batches
+  and validates on the first ``n`` validation batches (none without validation data), in order:
+  a shuffling ``DataLoader`` is rebuilt without shuffling (a warning says so; a sampler or batch
+  sampler of your own is used as it is), and a one-shot iterator is drawn from once. A model that
+  cannot drive their loss to zero has a bug.
+
+Every count is a number of batches; Lightning's fractions (``limit_train_batches=0.1``) are not
+accepted.
 
 The rule for callbacks that write files: set the class attribute ``writes_files = True``; a
 fast dev run then runs without them (their handlers do not run, nothing else changes), and
@@ -20,14 +27,26 @@ without the callbacks that read a ``cbstate`` entry only those write (a callback
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+
 from cadence.access import overlaps
 from cadence.callback import Callback, declared_access
+from cadence.checkpointing.replay import loader_options
 
 __all__ = ["LimitedBatches", "RunLimits", "limited"]
 
@@ -103,10 +122,8 @@ class RunLimits:
         if self.fast_dev_run:
             return min(n_epochs, 1), limited(train, 1), None if valid is None else limited(valid, 1)
         if self.overfit is not None:
-            batches = list(itertools.islice(train, self.overfit))
-            if not batches:
-                raise ValueError("fit(overfit_batches=...): the training data yields no batches.")
-            return n_epochs, batches, batches
+            first = _first_in_order(train, self.overfit, "training")
+            return n_epochs, first, None if valid is None else _first_in_order(valid, self.overfit, "validation")
         if self.train is not None:
             train = limited(train, self.train)
         if valid is not None and self.valid is not None:
@@ -157,6 +174,42 @@ def _dependents(kept: list[Callback], left_out: list[Callback]) -> dict[int, tup
                     changed = True
                     break
     return found
+
+
+def _first_in_order(data: Iterable[Any], n: int, which: str) -> Iterable[Any]:
+    """The first ``n`` batches of ``data`` in order, every epoch (Lightning's
+    ``overfit_batches``): a shuffling DataLoader is rebuilt without shuffling, a one-shot
+    iterator is drawn from once."""
+    if isinstance(data, Iterator):
+        batches = list(itertools.islice(data, n))
+        if not batches:
+            raise ValueError(f"fit(overfit_batches=...): the {which} data yields no batches.")
+        return batches
+    if isinstance(data, Sized) and len(data) == 0:
+        raise ValueError(f"fit(overfit_batches=...): the {which} data yields no batches.")
+    return limited(_in_order(data, which), n)
+
+
+def _in_order(data: Iterable[Any], which: str) -> Iterable[Any]:
+    if type(data) is not DataLoader or isinstance(data.dataset, IterableDataset):
+        return data
+    if data.batch_sampler is not None and type(data.batch_sampler) is not BatchSampler:
+        return data  # a batch sampler of the user's own: its order is its own
+    given = data.sampler
+    sampler: Sampler[Any]
+    if isinstance(given, RandomSampler):
+        sampler = SequentialSampler(data.dataset)  # type: ignore[arg-type]
+    elif isinstance(given, DistributedSampler) and given.shuffle:  # a distributed fit's shard
+        unshuffled = copy.copy(given)
+        unshuffled.shuffle = False
+        sampler = unshuffled
+    else:
+        return data
+    log.warning(
+        "fit(overfit_batches=...): the %s DataLoader shuffles; this fit takes its first batches in "
+        "order, without shuffling, as Lightning does.", which,
+    )
+    return DataLoader(data.dataset, batch_size=data.batch_size, sampler=sampler, drop_last=data.drop_last, **loader_options(data))
 
 
 class LimitedBatches:
