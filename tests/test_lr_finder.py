@@ -13,8 +13,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cadence import CadenceError, Learner, LRFinderResult, Metrics, Recorder, Scheduler
+from cadence import CadenceError, Callback, Learner, LRFinderResult, Metrics, Recorder, Scheduler, on
+from cadence.events import BatchEnd, Event
 from cadence.lr_finder import valley
+from cadence.phases import Phase, TrainingPhase
 from cadence.schedules import cosine
 from cadence.testing import regression_batches
 
@@ -115,10 +117,28 @@ def test_divergence_stops_early() -> None:
     assert len(learner.lr_find(start_lr=1e-3, end_lr=1e4, num_it=100, stop_div=False).lrs) == 100
 
 
+class TrainingBatches(Callback):
+    """Counts TrainingPhase batches. It keeps no state_dict, so the sweep's undoing cannot
+    put the count back: it shows whether a training handler ran."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def count_batch(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.count += 1
+
+
 def test_training_callbacks_do_not_run_during_the_sweep() -> None:
-    scheduler = Scheduler(lr=cosine(0.1, 0.001))
-    learner = make_learner(scheduler, Recorder())
-    learner.lr_find(num_it=10)
+    scheduler, counter = Scheduler(lr=cosine(0.1, 0.001)), TrainingBatches()
+    learner = make_learner(scheduler, counter, Recorder())
+    torch.manual_seed(1)
+    expected = hand_written_sweep(learner, 1e-5, 1.0, 10)
+    torch.manual_seed(1)
+    result = learner.lr_find(start_lr=1e-5, end_lr=1.0, num_it=10)
+    assert counter.count == 0
+    # A Scheduler that set the rate at BatchBegin would train at its rates, not the sweep's.
+    assert result.lrs == [1e-5 * (1.0 / 1e-5) ** (i / 10) for i in range(10)] and result.losses == expected
     assert scheduler.position == 0 and learner.optimizer.param_groups[0]["lr"] == 0.001  # Adam's default
 
 
