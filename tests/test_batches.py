@@ -203,6 +203,22 @@ def test_a_batch_the_adapter_does_not_understand_says_what_to_write(adapter: Bat
         adapter.unpack(batch)
 
 
+@pytest.mark.parametrize(
+    ("adapter", "batch", "message"),
+    [
+        (TupleBatches(1), torch.zeros(2), r"TupleBatches\(1\) expects each batch to be a tuple of 1 input, optionally followed by the target; got a Tensor\. Set n_inputs to the number of inputs"),
+        (TupleBatches(2), (1,), r"TupleBatches\(2\) expects each batch to be a tuple of 2 inputs, optionally followed by the target; got a tuple of length 1\."),
+        (TupleBatches(1), (1, 2, 3), r"TupleBatches\(1\) expects each batch to be a tuple of 1 input, optionally followed by the target; got a tuple of length 3\."),
+        (BatchAdapter(), {"x": 1}, r'Each batch must be an \(x, y\) pair; got a dict with the keys \'x\'\..*adapter=DictBatches\(target="labels"\)'),
+    ],
+)
+def test_an_inputs_only_batch_the_adapter_does_not_understand_says_what_to_write(adapter: BatchAdapter, batch: object, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        adapter.unpack_inputs(batch)
+    with pytest.raises(TypeError, match=r"TupleBatches\(1\) expects each batch to be a tuple of 2 items, 1 input then the target"):
+        TupleBatches(1).unpack((1, 2, 3))
+
+
 def test_errors_at_construction_and_in_the_loop() -> None:
     with pytest.raises(ValueError, match=r"TupleBatches\(n_inputs=\.\.\.\) expects an int >= 1; got 0"):
         TupleBatches(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -389,8 +390,13 @@ def test_fit_rejects_a_bad_number_of_epochs(n_epochs: Any) -> None:
 
 def test_fit_without_data_says_where_to_pass_it() -> None:
     learner = Learner(model(), MSE)
-    with pytest.raises(ValueError, match=r"fit\(\) has no data: pass data=\(train, valid\) to Learner\(\.\.\.\) or to fit\(\.\.\.\), each an iterable of \(x, y\) batches \(valid may be None\)\."):
+    with pytest.raises(ValueError, match=r"fit\(\) has no data: pass it, fit\(n_epochs, data=\(train, valid\)\), or give the learner data, Learner\(\.\.\., data=\(train, valid\)\), each an iterable of \(x, y\) batches \(valid may be None\)\."):
         learner.fit(1)
+    for call, what in ((learner.validate, "validate() has no data: pass it, validate(batches), or give the learner validation data"),
+                       (learner.get_preds, "get_preds() has no data: pass it, get_preds(batches), or give the learner validation data"),
+                       (learner.lr_find, "lr_find() has no data: pass it, lr_find(batches), or give the learner training data")):
+        with pytest.raises(ValueError, match=re.escape(what)):
+            call()
 
 
 def test_fit_checks_its_data_argument() -> None:

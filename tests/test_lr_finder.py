@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cadence import CadenceError, Callback, Learner, LRFinderResult, Metrics, Recorder, Scheduler, on
-from cadence.events import BatchEnd, Event
+from cadence import CadenceError, CancelBatch, Callback, Learner, LRFinderPhase, LRFinderResult, Metrics, Recorder, Scheduler, on
+from cadence.events import BatchEnd, Event, LossBegin
 from cadence.lr_finder import valley
 from cadence.phases import Phase, TrainingPhase
 from cadence.schedules import cosine
@@ -174,6 +174,22 @@ def test_bad_arguments_say_what_to_write(kwargs: dict[str, Any], message: str) -
         make_learner().lr_find(**kwargs)
 
 
+class CancelEvery(Callback):
+    @on(LossBegin, phase=LRFinderPhase)
+    def cancel(self, event: Event, phase: Phase, learner: Any) -> None:
+        raise CancelBatch
+
+
+def test_a_sweep_without_a_batch_or_outside_lr_find_is_an_error() -> None:
+    with pytest.raises(CadenceError, match=r"lr_find\(\): no batch completed \(every one was cancelled\); nothing to suggest\."):
+        make_learner(CancelEvery()).lr_find(num_it=3)
+    learner = make_learner()
+    with pytest.raises(CadenceError, match=r"^LRFinderPhase runs a sweep that learner\.lr_find\(\) makes; call learner\.lr_find\(\)\."):
+        learner.epoch(LRFinderPhase(), learner.data[0])  # type: ignore[index]
+    with pytest.raises(TypeError, match=r"lr_find\(stop_div=\.\.\.\) is True \(stop once the loss diverges\) or False; got 'yes'\."):
+        learner.lr_find(stop_div="yes")  # type: ignore[arg-type]
+
+
 def test_data_without_batches_is_an_error() -> None:
     with pytest.raises(CadenceError, match=r"lr_find\(\): the training data yields no batches"):
         make_learner().lr_find([])
@@ -217,3 +233,25 @@ def test_on_the_gpu_with_float16_the_sweep_is_undone() -> None:
     result = learner.lr_find(start_lr=1e-4, end_lr=1e3, num_it=20)
     assert math.isfinite(result.suggestion)
     assert all(torch.equal(learner.model.state_dict()[k], weights[k]) for k in weights)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_the_gpu_the_snapshot_takes_no_device_memory() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2048, 2048).cuda()  # 16 MiB of weights, 32 MiB of Adam state
+    batches = [(torch.randn(16, 2048, device="cuda"), torch.randn(16, 2048, device="cuda")) for _ in range(3)]
+    learner = Learner(model, torch.nn.functional.mse_loss, torch.optim.Adam(model.parameters()), data=(batches, None), default_callbacks=False)
+    learner.fit(1)  # Adam has state, the parameters have gradients
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def peak(run: Any) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    training = peak(lambda: learner.fit(1))
+    sweep = peak(lambda: learner.lr_find(num_it=3))
+    assert sweep < training + size // 2  # copies on the device would add 4 * size

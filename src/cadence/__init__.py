@@ -25,7 +25,7 @@ from cadence.executors import SerialExecutor, ThreadedExecutor
 from cadence.fit_result import FitResult
 from cadence.inference import EvaluationPhase, PredictionPhase
 from cadence.learner import Learner
-from cadence.lr_finder import LRFinderResult
+from cadence.lr_finder import LRFinderPhase, LRFinderResult
 
 # Built-in callbacks come last: they are written on the public names above.
 from cadence.callbacks.recorder import History, Recorder  # isort: skip
@@ -78,6 +78,7 @@ __all__ = [
     "GradientClipping",
     "HandlerTime",
     "History",
+    "LRFinderPhase",
     "LRFinderResult",
     "LambdaCallback",
     "Learner",

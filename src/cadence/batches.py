@@ -149,14 +149,14 @@ class TupleBatches(_ModelOutputs):
         n = self.n_inputs
         if isinstance(batch, (tuple, list)) and len(batch) == n + 1:
             return tuple(batch[:n]), batch[n]
-        raise TypeError(self._mismatch(batch, f"{n + 1} items, {n} inputs then the target"))
+        raise TypeError(self._mismatch(batch, f"{n + 1} items, {_inputs(n)} then the target"))
 
     def unpack_inputs(self, batch: object) -> tuple[Any, Any]:
         if isinstance(batch, (tuple, list)) and len(batch) == self.n_inputs:
             return tuple(batch), None
         if isinstance(batch, (tuple, list)) and len(batch) == self.n_inputs + 1:
             return self.unpack(batch)
-        raise TypeError(self._mismatch(batch, f"{self.n_inputs} inputs, optionally followed by the target"))
+        raise TypeError(self._mismatch(batch, f"{_inputs(self.n_inputs)}, optionally followed by the target"))
 
     def forward(self, model: Callable[..., Any], x: Any) -> Any:
         return self._output(model(*x))
@@ -235,6 +235,10 @@ class DictBatches(_ModelOutputs):
         return (
             f"DictBatches({self.target!r}, pass_target={self.pass_target}, prediction={self.prediction!r})"
         )
+
+
+def _inputs(n: int) -> str:
+    return f"{n} input{'s' * (n != 1)}"
 
 
 def _shown(batch: object) -> str:

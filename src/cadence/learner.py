@@ -232,7 +232,7 @@ class Learner:
         """
         if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"fit(n_epochs) expects a non-negative int; got {n_epochs!r}.")
-        train, valid = self._data(data, "fit")
+        train, valid = self._own_data("fit", "both") if data is None else _check_data(data, "fit(data=...)")
         if self._strategy is not None:  # shard first: limits count each process's batches
             train, valid = self._strategy.prepare_fit(self, train, valid)
         limits = RunLimits.check(limit_batches, fast_dev_run, overfit_batches, resume)
@@ -346,7 +346,7 @@ class Learner:
         ``Metrics``, under ``"eval/..."`` keys) and none of those registered for
         ``TrainingPhase`` or ``ValidationPhase`` (see ``cadence.inference``).
         """
-        return validate(self, self._valid_data(data, "validate"))
+        return validate(self, self._own_data("validate", "validation") if data is None else data)
 
     def predict(self, data: Iterable[Any], *, concat: bool = True) -> Any:
         """The model's predictions for ``data`` (batches of inputs, or of ``(x, y)``), in eval
@@ -359,7 +359,7 @@ class Learner:
     def get_preds(self, data: Iterable[Any] | None = None, *, concat: bool = True) -> tuple[Any, Any]:
         """``(predictions, targets)`` for ``data`` (by default the validation data), as
         ``predict`` makes them; ``targets`` is None when the data has none."""
-        return gather(self, self._valid_data(data, "get_preds"), concat=concat)
+        return gather(self, self._own_data("get_preds", "validation") if data is None else data, concat=concat)
 
     def lr_find(
         self,
@@ -374,13 +374,7 @@ class Learner:
         exponential sweep from ``start_lr`` to ``end_lr`` over ``num_it`` batches that stops
         when the loss diverges, then the model, the optimizer and the RNGs are restored
         exactly. The result has the ``suggestion`` (fastai's valley) and a ``plot()``."""
-        if data is None:
-            if self.data is None:
-                raise ValueError(
-                    "lr_find() has no data: pass the training batches, lr_find(batches), or give "
-                    "the learner data, Learner(..., data=(train, valid))."
-                )
-            data = self.data[0]
+        data = self._own_data("lr_find", "training") if data is None else data
         return lr_find(self, data, start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
 
     def fire(self, event: Event, phase: Phase) -> None:
@@ -559,16 +553,19 @@ class Learner:
             if self._batch is not batch:  # a custom phase's batch: the views hold the batch
                 self._views, self._plans = self._plan_all(self._graph)
 
-    def _valid_data(self, data: Iterable[Any] | None, caller: str) -> Iterable[Any]:
-        if data is not None:
-            return data
-        valid = self.data[1] if self.data is not None else None
-        if valid is None:
+    def _own_data(self, caller: str, part: str) -> Any:
+        """The learner's ``data`` (``part="both"``) or its ``"training"`` or ``"validation"``
+        part, for ``caller``, which was given none."""
+        own = self.data
+        found = own if own is None or part == "both" else own[part == "validation"]
+        if found is None:
+            given = f"{caller}(n_epochs, data=(train, valid))" if part == "both" else f"{caller}(batches)"
+            what = "data" if part == "both" else f"{part} data"
             raise ValueError(
-                f"{caller}() has no data: pass it, {caller}(batches), or give the learner "
-                f"validation data, Learner(..., data=(train, valid))."
+                f"{caller}() has no data: pass it, {given}, or give the learner {what}, "
+                f"Learner(..., data=(train, valid)), each an iterable of (x, y) batches (valid may be None)."
             )
-        return valid
+        return found
 
     def _plans_for(
         self,
@@ -588,15 +585,6 @@ class Learner:
             return self.get_callback(target)
         return next((cb for cb in self._callbacks if cb is target), None)
 
-    def _data(self, data: Data | None, caller: str) -> Data:
-        if data is not None:
-            return _check_data(data, f"{caller}(data=...)")
-        if self.data is None:
-            raise ValueError(
-                f"{caller}() has no data: pass data=(train, valid) to Learner(...) or to {caller}(...), "
-                f"each an iterable of (x, y) batches (valid may be None)."
-            )
-        return self.data
 
     def _not_fired(self, event: Event, phase: Phase) -> CadenceError:
         name = type(phase).__name__

@@ -4,13 +4,24 @@
 from ``start_lr`` to ``end_lr`` over ``num_it`` batches (``lr_i = start_lr * (end_lr /
 start_lr) ** (i / num_it)``, fastai's ``SchedExp``), records the loss smoothed as fastai does
 (an exponential moving average with ``beta = 0.98``, debiased), and stops early once the
-smoothed loss exceeds four times its minimum (divergence) or is NaN. Then the model's weights
-and buffers, its gradients and train/eval mode, the optimizer's state and hyperparameters, every
-callback's ``state_dict()`` (a ``MixedPrecision`` loss scale, ``Recorder``'s counts) and the
-RNGs (Python's, NumPy's, torch's, and the data's generators) are put back exactly as they were,
-so that a ``fit`` after it runs as it would have without it. The suggestion is fastai's ``valley``: the learning rate at about half of the longest
-stretch over which the loss keeps falling, skipping the first tenth and the last five points
-as fastai does.
+smoothed loss exceeds four times its minimum (divergence). Then the model's weights and
+buffers, its gradients and train/eval mode, the optimizer's state and hyperparameters (kept on
+the CPU meanwhile, not in device memory), every callback's ``state_dict()`` (a
+``MixedPrecision`` loss scale, ``Recorder``'s counts) and the RNGs (Python's, NumPy's, torch's,
+and the data's generators) are put back exactly as they were, so that a ``fit`` after it runs as
+it would have without it. The suggestion is fastai's ``valley``: the learning rate at about half
+of the longest stretch over which the loss keeps falling, leaving out the first tenth and the
+last five points, and everything from the first NaN on.
+
+Where it differs from fastai's ``LRFinder``:
+
+- a NaN smoothed loss stops the sweep too (with ``stop_div``); fastai's ``loss > 4 * best``
+  test is False for NaN, so its sweep runs on;
+- ``num_it`` below 2 is an error; fastai raises any value below 6 to 6 without a word;
+- where fastai's ``valley`` index comes out as -1 (a longest stretch that starts at the first
+  point), which Python reads as the last point, the highest learning rate, cadence takes the
+  first point;
+- nothing is saved to disk: fastai saves the model to a temporary file and loads it back.
 
 The sweep runs in ``LRFinderPhase``, a sibling of ``TrainingPhase``: handlers registered for
 ``TrainingPhase`` (``Scheduler``, ``EarlyStopping``, ``Checkpointer``, ``GradientClipping``,
@@ -30,6 +41,7 @@ from typing import Any, ClassVar, cast
 
 import torch
 
+from cadence.batches import map_tensors
 from cadence.errors import CadenceError, CancelEpoch
 from cadence.events import Event
 from cadence.inference import Runner, rng_kept
@@ -172,7 +184,9 @@ def lr_find(
         )
     if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 2:
         raise ValueError(f"lr_find(num_it=...) expects an int >= 2 (fastai uses 100); got {num_it!r}.")
-    sweep = _Sweep(float(start_lr), float(end_lr), num_it, bool(stop_div))
+    if not isinstance(stop_div, bool):
+        raise TypeError(f"lr_find(stop_div=...) is True (stop once the loss diverges) or False; got {stop_div!r}.")
+    sweep = _Sweep(float(start_lr), float(end_lr), num_it, stop_div)
     with _restored(learner, data):
         learner.epoch(LRFinderPhase(sweep), _Cycled(data, num_it))
     if not sweep.lrs:
@@ -184,7 +198,8 @@ def valley(lrs: list[float], losses: list[float], num_it: int) -> float:
     """fastai's ``valley`` suggestion: find the longest run of points along which the loss keeps
     decreasing (a longest decreasing subsequence), and take the learning rate at about half of
     it (a third plus a sixth), after leaving out the first ``num_it // 10`` and the last five
-    points and anything from the first NaN on.
+    points and anything from the first NaN on. Where fastai's index would be -1 (its last
+    point), this takes the first.
 
     Example:
         >>> lrs = [10.0 ** (k / 4 - 6) for k in range(24)]
@@ -246,22 +261,34 @@ def _restored(learner: Runner, data: Iterable[Any]) -> Iterator[None]:
     the optimizer's state and hyperparameters, the callbacks' states, and the RNGs (the data's
     generators included)."""
     model, optimizer, callbacks = learner.model, learner.optimizer, learner.callbacks
-    weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
-    grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
+    # Copies on the CPU: the sweep itself needs the device memory. The weights stay in the
+    # state_dict's own OrderedDict (its _metadata says how modules load them).
+    weights = model.state_dict()
+    for key, value in weights.items():
+        weights[key] = _cpu_copy(value)
+    grads = [None if p.grad is None else _cpu_copy(p.grad) for p in model.parameters()]
     modes = [module.training for module in model.modules()]
-    optimizer_state = copy.deepcopy(optimizer.state_dict())
+    optimizer_state = map_tensors(_cpu_copy, optimizer.state_dict())
     callback_states = [copy.deepcopy(callback.state_dict()) for callback in callbacks]
     try:
         with rng_kept(data):
             yield
     finally:
+        # The sweep's gradients and optimizer state go first, so that the device holds one set.
+        for param in model.parameters():
+            param.grad = None
+        optimizer.state.clear()
         with torch.no_grad():
-            model.load_state_dict(weights)
+            model.load_state_dict(weights)  # copied into the parameters, on their device
         for param, grad in zip(model.parameters(), grads):
-            param.grad = grad
+            param.grad = None if grad is None else grad.to(param.device)
         for module, mode in zip(model.modules(), modes):
             module.training = mode
         optimizer.load_state_dict(optimizer_state)
         with uncounted():  # as they were, so not state loaded for the next fit (cadence.resets)
             for callback, state in zip(callbacks, callback_states):
                 callback.load_state_dict(state)
+
+
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
