@@ -243,14 +243,36 @@ def test_a_weight_penalty_combines_with_float16_in_either_order() -> None:
         assert torch.equal(learner.model.weight, reference.model.weight)
 
 
-def test_a_loss_rewrite_after_scaling_is_still_caught_with_the_fix() -> None:
-    # One resolve_conflict answer holds for both events; unscaling first at BackwardEnd wins.
+def test_a_loss_rewriter_that_also_writes_at_backward_end_is_refused_at_build() -> None:
+    # One resolve_conflict answer holds for both events, and this pair needs two orders.
     for penalty in (PenaltyAndClipping(), NarrowedPenaltyAndClipping()):
-        learner = make_test_learner(penalty, MixedPrecision(torch.float16))
-        assert run_order(learner, BackwardEnd, TrainingPhase) == ["MixedPrecision.unscale", f"{type(penalty).__name__}.clip"]
-        with pytest.raises(CadenceError, match=r"batch.loss was rewritten after MixedPrecision\(torch.float16\) scaled it.*Split it into two callbacks, one per event"):
-            learner.fit(1)
-    make_test_learner(PenaltyAndClipping(), MixedPrecision(torch.bfloat16)).fit(1)  # nothing to scale
+        name = type(penalty).__name__
+        for callbacks in ([penalty, MixedPrecision(torch.float16)], [MixedPrecision(torch.float16), penalty]):
+            with pytest.raises(
+                ConflictError,
+                match=rf"MixedPrecision\(torch\.float16\) and {name} cannot be ordered: {name} rewrites batch\.loss at "
+                rf"BackwardBegin.*Split {name} into two callbacks, one per event",
+            ):
+                make_test_learner(*callbacks)
+    learner = make_test_learner(PenaltyAndClipping(), MixedPrecision(torch.bfloat16))  # nothing to scale
+    assert run_order(learner, BackwardEnd, TrainingPhase) == ["MixedPrecision.unscale", "PenaltyAndClipping.clip"]
+    learner.fit(1)
+
+
+class LateRewrite(Callback):
+    """Rewrites the loss at BackwardBegin, ordered after MixedPrecision by run_after."""
+
+    run_after = (MixedPrecision,)
+
+    @on(BackwardBegin, phase=TrainingPhase, access={"batch.loss": WRITE})
+    def add(self, event: Event, phase: Phase, learner: Any) -> None:
+        learner.batch.loss = learner.batch.loss + 0.0
+
+
+def test_a_loss_rewritten_after_scaling_all_the_same_is_caught_with_the_fix() -> None:
+    learner = make_test_learner(LateRewrite(), MixedPrecision(torch.float16))
+    with pytest.raises(CadenceError, match=r"batch.loss was rewritten after MixedPrecision\(torch.float16\) scaled it.*do not order it after MixedPrecision with run_after"):
+        learner.fit(1)
 
 
 def test_scaler_state_round_trips_without_pickle() -> None:

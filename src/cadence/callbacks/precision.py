@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from cadence import READ, WRITE, CadenceError, Callback, RunFirst, Unresolvable, on
+from cadence import READ, WRITE, CadenceError, Callback, ConflictError, RunFirst, Unresolvable, on
+from cadence.access import overlaps
 from cadence.callback import access_at
 from cadence.callbacks.device import ToDevice
 from cadence.events import BackwardBegin, BackwardEnd, BatchBegin, BatchEnd, EpochEnd, Event, FitBegin, FitEnd
@@ -21,14 +22,22 @@ _THREADS = (
     "state is per thread, so its handlers must run on the thread that runs the model. Use "
     "SerialExecutor, or a ThreadedExecutor that runs light handlers inline (inline_below > 0)."
 )
+_LOSS = ("batch", "loss")
+_BOTH_ORDERS = (
+    "MixedPrecision(torch.float16) and {other} cannot be ordered: {other} rewrites batch.loss at "
+    "BackwardBegin, so it must run before the loss is scaled, and writes the model or the loss "
+    "at BackwardEnd, so it must run after the gradients are unscaled; resolve_conflict answers "
+    "once per pair, for both events. Split {other} into two callbacks, one per event (a penalty "
+    "at BackwardBegin, a clipping at BackwardEnd); or add the term inside loss_fn, or use "
+    "MixedPrecision(torch.bfloat16), which does not scale the loss."
+)
 _REWRITTEN = (
     "batch.loss was rewritten after MixedPrecision(torch.float16) scaled it, so part of the "
     "gradient is unscaled and unscaling would shrink it. A callback that rewrites batch.loss at "
-    "BackwardBegin and also writes the model or the loss at BackwardEnd (a penalty and a "
-    "clipping in one class) runs after MixedPrecision at both events: resolve_conflict answers "
-    "once per pair, and unscaling must come first at BackwardEnd. Split it into two callbacks, "
-    "one per event; or add the term inside loss_fn, or use MixedPrecision(torch.bfloat16), "
-    "which does not scale the loss."
+    "BackwardBegin must run before MixedPrecision there: declare the write (e.g. "
+    "@on(BackwardBegin, access={\"batch.loss\": WRITE})) and do not order it after "
+    "MixedPrecision with run_after; or add the term inside loss_fn, or use "
+    "MixedPrecision(torch.bfloat16), which does not scale the loss."
 )
 
 
@@ -40,10 +49,11 @@ class MixedPrecision(Callback):
     ``validate``, ``predict``, ``get_preds``, ``lr_find``, ``epoch`` or ``step``.
 
     With ``torch.float16`` a ``torch.amp.GradScaler`` scales the loss at ``BackwardBegin`` and
-    unscales the gradients at ``BackwardEnd`` (of every phase that fires them: training and
-    ``lr_find``'s sweep); when they hold inf or nan it sets them to
-    ``None``, so the optimizer step skips every parameter (what ``GradScaler.step`` does), and
-    the scale is updated. Reading that flag is one host-device synchronisation per step, as in
+    unscales the gradients at ``BackwardEnd`` of every phase that fires them (its handlers are
+    registered for every phase: ``TrainingPhase``, ``lr_find``'s sweep, and a phase of yours
+    that fires those events, which then backpropagates a scaled loss); when the gradients hold
+    inf or nan it sets them to ``None``, so the optimizer step skips every parameter (what
+    ``GradScaler.step`` does), and the scale is updated. Reading that flag is one host-device synchronisation per step, as in
     ``GradScaler.step``. ``batch.loss`` holds the unscaled loss from ``BackwardEnd`` on.
     ``torch.bfloat16`` needs no scaler (and works on the CPU).
 
@@ -53,11 +63,13 @@ class MixedPrecision(Callback):
     other callback that writes the model there (``GradientAccumulation``, ``GradientClipping``,
     yours) ``resolve_conflict`` answers ``RunFirst(self)``. At ``BackwardBegin`` a callback that
     rewrites ``batch.loss``, reading the model or not (a weight penalty), runs first
-    (``RunFirst(other)``), so the loss is scaled last, unless that callback also writes the
-    model or the loss at ``BackwardEnd``: one answer holds for both events, and unscaling first
-    wins; the loss rewritten after scaling is then caught at the first ``BackwardEnd`` with a
-    ``CadenceError`` naming the fix (split the callback). ``ToDevice`` runs first everywhere. Autocast state
-    is per thread: this callback's handlers must run on the thread that runs the model (a
+    (``RunFirst(other)``), so the loss is scaled last. A callback that does both (rewrites
+    ``batch.loss`` at ``BackwardBegin`` and writes the model or the loss at ``BackwardEnd``)
+    would need both orders from one answer: with ``torch.float16`` that is a ``ConflictError``
+    when the learner is built, naming the fix (split it into two callbacks). A loss rewritten
+    after scaling all the same (a ``run_after`` that puts the rewrite after this callback) is
+    caught at the first ``BackwardEnd``. ``ToDevice`` runs first everywhere. Autocast state is
+    per thread: this callback's handlers must run on the thread that runs the model (a
     ``CadenceError`` says so when they do not).
 
     Args:
@@ -176,12 +188,16 @@ class MixedPrecision(Callback):
             return RunFirst(other)
         # One answer per pair, for every event where both write: they can only meet where this
         # callback writes, at BackwardEnd (unscaling must come first) and BackwardBegin (the
-        # loss is scaled last); BackwardEnd wins when the other writes at both.
+        # loss is scaled last). A float16 pair that needs both orders cannot be built.
         unscaling = access_at(other, BackwardEnd, TrainingPhase)
-        if unscaling is not None and any(path[0] in ("model", "batch") for path in unscaling.writes):
-            return RunFirst(self)
+        after_unscaling = unscaling is not None and any(overlaps(p, ("model",)) or overlaps(p, _LOSS) for p in unscaling.writes)
         scaling = access_at(other, BackwardBegin, TrainingPhase)
-        if scaling is not None and any(path[0] == "batch" for path in scaling.writes):
+        before_scaling = scaling is not None and any(overlaps(p, _LOSS) for p in scaling.writes)
+        if after_unscaling and before_scaling and self.dtype is torch.float16:
+            raise ConflictError(_BOTH_ORDERS.format(other=type(other).__name__))
+        if after_unscaling:
+            return RunFirst(self)
+        if before_scaling:
             return RunFirst(other)
         return NotImplemented
 
