@@ -19,7 +19,9 @@ and show the epoch. A callback that should react to validation and not to evalua
 special code: it registers for ``ValidationPhase`` or monitors a ``valid/`` key.
 
 Every random number generator is put back afterwards (``rng_kept``), so that a ``fit`` after an
-evaluation runs as it would have without it.
+evaluation runs as it would have without it. The values reach ``cbstate.metrics``, the return
+value and the printers (``MetricsPrinter`` labels the row ``eval 1``, ``eval 2``, ...), not the
+loggers, which log during ``fit`` only.
 
 ``learner.epoch(ValidationPhase(), data)`` called directly is a validation epoch *of training*:
 every validation callback reacts to it. Evaluate held-out data with ``learner.validate(data)``

@@ -124,6 +124,9 @@ def test_an_evaluation_prints_its_row_when_it_ends() -> None:
     learner.fit(1)
     loss = learner.validate()["loss"]
     learner.fit(1)  # the evaluation's value is not shown again
+    second = learner.validate()["loss"]
     lines = [line.split() for line in out.getvalue().splitlines()]
-    assert lines[2:] == [["epoch", "train/loss", "valid/loss", "eval/loss"], ["1", f"{loss:.4f}"], lines[4]]
+    # Labelled as evaluations, not as a first epoch under the training columns.
+    assert lines[2:4] == [["epoch", "train/loss", "valid/loss", "eval/loss"], ["eval", "1", f"{loss:.4f}"]]
     assert len(lines[4]) == 3 and lines[4][0] == "2"
+    assert lines[-1] == ["eval", "2", f"{second:.4f}"]

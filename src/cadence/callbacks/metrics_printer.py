@@ -26,7 +26,8 @@ class MetricsPrinter(Callback):
     follows the training epoch, when the next training epoch begins or ``fit`` ends. A key with
     no new value since the last row is left blank. ``epoch`` is the number of values the row's
     keys have (in a fit, the training epoch, counting those restored from a checkpoint). An
-    evaluation (``learner.validate``) prints its row when it ends, ``epoch`` counting evaluations.
+    evaluation (``learner.validate``) prints its row when it ends, labelled ``eval 1``,
+    ``eval 2``, ... (it counts evaluations, not epochs), its values under the ``eval/`` columns.
 
     On a terminal it prints the rows of a rich table, elsewhere (CI logs, pipes) plain aligned
     text; either way the header comes once per ``fit``, and again only when the columns change.
@@ -72,9 +73,12 @@ class MetricsPrinter(Callback):
         self._pending = True
 
     @on(EpochEnd, phase=ValidationPhase)
-    @on(EpochEnd, phase=EvaluationPhase)
     def validation_end(self, event: Event, phase: Phase, learner: Any) -> None:
         self._print_row(learner.cbstate.metrics.epochs)
+
+    @on(EpochEnd, phase=EvaluationPhase)
+    def evaluation_end(self, event: Event, phase: Phase, learner: Any) -> None:
+        self._print_row(learner.cbstate.metrics.epochs, label=f"{phase.name} ")
 
     @on(EpochBegin, phase=TrainingPhase)
     def training_begin(self, event: Event, phase: Phase, learner: Any) -> None:
@@ -87,14 +91,14 @@ class MetricsPrinter(Callback):
             self._print_row(learner.cbstate.metrics.epochs)
         self._header = []  # the next fit starts with a header
 
-    def _print_row(self, epochs: dict[str, list[float]]) -> None:
+    def _print_row(self, epochs: dict[str, list[float]], label: str = "") -> None:
         self._pending = False
         new = {k: v for k, v in epochs.items() if v and len(v) > self._printed.get(k, 0)}
         if not new:
             return
         self._printed.update({k: len(v) for k, v in new.items()})
         columns = _columns(list(epochs))
-        cells = [f"{max(len(v) for v in new.values())}"]
+        cells = [f"{label}{max(len(v) for v in new.values())}"]
         cells += [self._format(new[k][-1]) if k in new else "" for k in columns]
         header = columns != self._header
         if header:
