@@ -174,10 +174,14 @@ def test_a_model_that_computes_its_own_loss() -> None:
     assert same_weights(learner.model, expected)  # the model's loss, not loss_fn's
     with torch.no_grad():
         logits = torch.cat([expected(d["image"], d["extra"]).logits for d in dicts()])
-        losses = [float(expected(**d).loss) for d in dicts()]  # type: ignore[arg-type]
     predictions, targets = learner.get_preds()
     assert torch.equal(predictions, logits) and torch.equal(targets, torch.cat([d["labels"] for d in dicts()]))
-    assert learner.validate()["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+    # Batches of 8, 3 and 5: the model's losses weighted by batch size, as a hand-written loop would.
+    sizes = (8, 3, 5)
+    uneven = [{k: torch.cat([d[k] for d in dicts()[:2]]).split(sizes)[i] for k in dicts()[0]} for i in range(3)]
+    with torch.no_grad():
+        losses = [float(expected(**d).loss) for d in uneven]  # type: ignore[arg-type]
+    assert learner.validate(uneven)["loss"] == pytest.approx(sum(l * n for l, n in zip(losses, sizes)) / 16, rel=1e-6)
     # Without labels the model returns no loss and loss_fn computes it.
     plain = DictBatches("labels", prediction="logits")
     assert plain.loss(nn.functional.mse_loss, torch.zeros(2), torch.ones(2)) == 1.0

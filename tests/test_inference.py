@@ -58,10 +58,14 @@ def test_validate_returns_what_fit_computes_on_the_same_data() -> None:
     values = learner.validate()  # the validation data, with the weights the last epoch validated
     epochs = learner.cbstate.metrics.epochs
     assert values == {"loss": epochs["valid/loss"][-1], "mean_error": epochs["valid/mean_error"][-1]}
-    held_out = learner.validate(HELD_OUT)
+    (x, y), sizes = regression_batches(1, 16, seed=7)[0], (8, 3, 5)
+    uneven = list(zip(x.split(sizes), y.split(sizes)))  # the epoch value weighs batches by size
+    held_out = learner.validate(uneven)
     with torch.no_grad():
-        losses = [float(torch.nn.functional.mse_loss(learner.model(x), y)) for x, y in HELD_OUT]
-    assert held_out["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+        losses = [float(torch.nn.functional.mse_loss(learner.model(a), b)) for a, b in uneven]
+        whole = float(torch.nn.functional.mse_loss(learner.model(x), y))
+    assert held_out["loss"] == pytest.approx(sum(l * n for l, n in zip(losses, sizes)) / 16, rel=1e-6)
+    assert held_out["loss"] == pytest.approx(whole, rel=1e-5) != pytest.approx(sum(losses) / 3, rel=1e-3)
     assert epochs["eval/loss"] == [values["loss"], held_out["loss"]]
 
 
