@@ -23,6 +23,12 @@ Where it differs from fastai's ``LRFinder``:
   first point;
 - nothing is saved to disk: fastai saves the model to a temporary file and loads it back.
 
+In a process group of several ranks (torchrun, ``cadence.distributed.launch``) call it on every
+rank: the ranks sweep together (a ``DataParallel`` learner through DDP), each batch's loss is
+averaged over them, and every rank stops at the same batch with the same suggestion.
+``validate``, ``predict`` and ``get_preds``, by contrast, run on each rank alone, with no
+collective, so one rank may call them by itself.
+
 The sweep runs in ``LRFinderPhase``, a sibling of ``TrainingPhase``: handlers registered for
 ``TrainingPhase`` (``Scheduler``, ``EarlyStopping``, ``Checkpointer``, ``GradientClipping``,
 ``GradientAccumulation``, your training callbacks) do not run during it, and handlers for every
@@ -40,8 +46,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import torch
+import torch.distributed as dist
 
 from cadence.batches import map_tensors
+from cadence.distributed.group import all_reduce_sum
 from cadence.errors import CadenceError, CancelEpoch
 from cadence.events import Event
 from cadence.inference import Runner, rng_kept
@@ -106,6 +114,7 @@ class _Sweep:
     end_lr: float
     num_it: int
     stop_div: bool
+    ranks: int = 1  # the processes sweeping together (a distributed learner's world size)
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     diverged: bool = False
@@ -116,7 +125,10 @@ class _Sweep:
         return float(self.start_lr * (self.end_lr / self.start_lr) ** (len(self.lrs) / self.num_it))
 
     def record(self, lr: float, loss: Any) -> None:
-        self._average = BETA * self._average + (1 - BETA) * float(loss)
+        value = float(loss)
+        if self.ranks > 1:  # every rank records the mean, so all stop at the same batch
+            value = all_reduce_sum([value])[0] / self.ranks
+        self._average = BETA * self._average + (1 - BETA) * value
         smoothed = self._average / (1 - BETA ** (len(self.lrs) + 1))
         self.lrs.append(lr)
         self.losses.append(smoothed)
@@ -186,7 +198,8 @@ def lr_find(
         raise ValueError(f"lr_find(num_it=...) expects an int >= 2 (fastai uses 100); got {num_it!r}.")
     if not isinstance(stop_div, bool):
         raise TypeError(f"lr_find(stop_div=...) is True (stop once the loss diverges) or False; got {stop_div!r}.")
-    sweep = _Sweep(float(start_lr), float(end_lr), num_it, stop_div)
+    ranks = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    sweep = _Sweep(float(start_lr), float(end_lr), num_it, stop_div, ranks)
     with _restored(learner, data):
         learner.epoch(LRFinderPhase(sweep), _Cycled(data, num_it))
     if not sweep.lrs:

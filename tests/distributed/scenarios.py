@@ -292,6 +292,30 @@ def run_folder(batch_size: int, folder: str) -> dict[str, Any]:
     return {"name": run.name, "printed": out.getvalue(), "folders": sorted(p.name for p in Path(folder).iterdir())}
 
 
+def outside_fit(batch_size: int) -> dict[str, Any]:
+    """After a fit: an evaluation and predictions on rank 0 alone (they must need no other rank;
+    the default callbacks include rank-local deciders), then a learning-rate sweep on every rank
+    over rank-local data (rank 1's diverges sooner: every rank must still stop at the same
+    batch), then a fit again."""
+    learner = make_learner(loaders(32, 16, batch_size))
+    found: dict[str, Any] = {}
+    with printed():
+        learner.fit(1)
+        if rank() == 0:
+            held_out = loaders(32, 24, batch_size)[1]
+            found["validate"] = learner.validate(held_out)["loss"]
+            with torch.no_grad():
+                x, y = held_out.dataset.tensors  # type: ignore[attr-defined]
+                found["expected"] = float(torch.nn.functional.mse_loss(learner.model(x), y))
+            found["predict"] = list(learner.predict(held_out).shape)
+        train = [(x, y if rank() == 0 else 100 * y) for x, y in loaders(64, 16, batch_size)[0]]
+        sweep = learner.lr_find(train, start_lr=1e-3, end_lr=1e5, num_it=40)
+        found["sweep"] = {"lrs": sweep.lrs, "losses": sweep.losses, "suggestion": sweep.suggestion}
+        learner.fit(2)
+    found["weights"] = weights(learner.model)
+    return found
+
+
 def run_all(folder: str) -> dict[str, Any]:
     """Every run above with a per-rank batch of 8, in the ranks of one ``launch`` group."""
     root = Path(folder)
@@ -306,6 +330,7 @@ def run_all(folder: str) -> dict[str, Any]:
         "run_folder": run_folder(8, str(root / "runs")),
         "checkpoints": checkpoints(8, str(root / "checkpoints")),
         "second_fit": second_fit(8, str(root / "second-fit")),
+        "outside_fit": outside_fit(8),
     }
 
 

@@ -192,3 +192,14 @@ def test_every_rank_uses_the_run_folder_rank_zero_chose_and_logs_once(two_ranks:
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == len(set(rows))  # LogMetrics: rank 0 only, no line twice
     assert first["run_folder"]["printed"].count("Run folder:") == 1 and "Run folder:" not in second["run_folder"]["printed"]
+
+
+def test_evaluation_runs_on_one_rank_alone_and_the_sweep_stops_on_every_rank_together(two_ranks: Ranks) -> None:
+    _, ranks = two_ranks
+    first, second = (r["outside_fit"] for r in ranks)
+    # Rank 0 evaluated and predicted while rank 1 went on to the sweep: no collective waited.
+    assert first["validate"] == pytest.approx(first["expected"], rel=1e-6) and first["predict"] == [24, 1]
+    assert "validate" not in second
+    # The losses (rank 1's targets are 100 times larger) are averaged over the ranks: one sweep.
+    assert first["sweep"] == second["sweep"] and len(first["sweep"]["lrs"]) < 40
+    assert_close(first["weights"], second["weights"], 0.0)  # and a fit after it still agrees

@@ -21,6 +21,9 @@ of agreement:
 
 A ``CancelBatch`` from rank-local state in a training phase is refused with an error: that
 rank would skip the backward pass the others wait for.
+
+``validate``, ``predict`` and ``get_preds`` run alone on each rank (``runs_alone``): the plain
+model, no agreement, signals raised as in one process.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from cadence.errors import CancelBatch, CancelEpoch, CancelFit, DistributedError
 from cadence.events import Event
 from cadence.graph import HandlerCall
 from cadence.graph.placement import placement_of
+from cadence.inference import EvaluationPhase, PredictionPhase
 from cadence.phases import Phase, ValidationPhase
 
-__all__ = ["REPLICATED", "Agreement", "Replica", "decides_locally"]
+__all__ = ["REPLICATED", "Agreement", "Replica", "decides_locally", "runs_alone"]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +71,19 @@ def decides_locally(callback: Callback, access: AccessSet) -> bool:
     return not paths or not all(any(p[: len(r)] == r for r in REPLICATED) for p in paths)
 
 
+def runs_alone(phase: Phase | type[Phase]) -> bool:
+    """Whether each rank runs ``phase`` (an instance or a class) by itself, with no collective
+    at all: the evaluation and the predictions of ``validate``, ``predict`` and ``get_preds``,
+    so that one rank may call them without the others (``if rank() == 0:
+    learner.predict(data)``)."""
+    kind = phase if isinstance(phase, type) else type(phase)
+    return issubclass(kind, (EvaluationPhase, PredictionPhase))
+
+
 def _has_collectives(phase: Phase) -> bool:
-    """Whether a batch of ``phase`` runs DDP's all-reduce (every phase but validation; the
-    plain ``Phase`` of ``FitBegin``/``FitEnd`` has no batches)."""
-    return type(phase) is not Phase and not isinstance(phase, ValidationPhase)
+    """Whether a batch of ``phase`` runs DDP's all-reduce (every phase but validation and those
+    that run alone; the plain ``Phase`` of ``FitBegin``/``FitEnd`` has no batches)."""
+    return type(phase) is not Phase and not isinstance(phase, ValidationPhase) and not runs_alone(phase)
 
 
 class _Carry(torch.autograd.Function):
@@ -161,6 +174,8 @@ class Agreement:
             try:
                 return call(event, phase, learner)
             except CancelFit as signal:
+                if runs_alone(phase):
+                    raise  # no other rank to agree with: it ends this rank's evaluation
                 self.request(FIT, label, signal.reason)
             except CancelEpoch as signal:
                 if not _has_collectives(phase):

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cadence.callback import Callback
-from cadence.distributed.agreement import Agreement, Replica
+from cadence.distributed.agreement import Agreement, Replica, runs_alone
 from cadence.distributed.group import (
     Context,
     activate,
@@ -257,15 +257,16 @@ class DataParallel:
 
     def epoch_loop(self, learner: Any, phase: Phase) -> Any:
         """The loop a phase's epoch runs on: the learner itself on one process; with several,
-        DDP's forward (training) or the plain model (validation), and the agreement before
-        each optimizer step. A training epoch also sets the sampler's epoch (the shuffle)."""
+        DDP's forward (training, ``lr_find``'s sweep) or the plain model (validation, and the
+        evaluations and predictions each rank runs alone), and the agreement before each
+        optimizer step. A training epoch also sets the sampler's epoch (the shuffle)."""
         if isinstance(phase, TrainingPhase) and self._run is not None:
             sampler = getattr(self._train, "sampler", None)
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(self._run.epoch)
         if self.world_size == 1:
             return learner
-        if isinstance(phase, ValidationPhase):
+        if isinstance(phase, ValidationPhase) or runs_alone(phase):
             return DistributedLoop(learner.model, learner, learner.optimizer)
         if self._ddp is None:  # an epoch outside fit
             self._ddp = DistributedDataParallel(learner.model, find_unused_parameters=self.find_unused_parameters)
@@ -276,7 +277,10 @@ class DataParallel:
         return DistributedLoop(self._ddp, learner, optimizer)
 
     def epoch_ended(self, phase: Phase) -> None:
-        """After an epoch: agree on the stops requested since the last agreement."""
+        """After an epoch: agree on the stops requested since the last agreement (not after
+        an evaluation or predictions, which each rank runs alone)."""
+        if runs_alone(phase):
+            return
         if self._agreement is not None and (self._deciders or self._agreement.flag is not None):
             self._agreement.at_epoch_end()
 
