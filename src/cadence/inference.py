@@ -49,6 +49,7 @@ from cadence.state import CallbackState
 
 __all__ = ["EvaluationPhase", "PredictionPhase", "Runner", "concatenate", "gather", "rng_kept", "validate"]
 
+
 class Runner(Loop, Protocol):
     """What ``validate``, ``gather`` and ``lr_finder.lr_find`` need from the learner besides
     the ``Loop`` (``Learner`` implements it)."""

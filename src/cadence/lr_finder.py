@@ -18,9 +18,9 @@ Where it differs from fastai's ``LRFinder``:
 - a NaN smoothed loss stops the sweep too (with ``stop_div``); fastai's ``loss > 4 * best``
   test is False for NaN, so its sweep runs on;
 - ``num_it`` below 2 is an error; fastai raises any value below 6 to 6 without a word;
-- where fastai's ``valley`` index comes out as -1 (a longest stretch that starts at the first
-  point), which Python reads as the last point, the highest learning rate, cadence takes the
-  first point;
+- where fastai's ``valley`` index comes out as -1 (the longest falling stretch is the first
+  two points), which Python reads as the last point, the highest learning rate, cadence takes
+  the first point;
 - nothing is saved to disk: fastai saves the model to a temporary file and loads it back.
 
 In a process group of several ranks (torchrun, ``cadence.distributed.launch``) call it on every
