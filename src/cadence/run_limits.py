@@ -27,6 +27,7 @@ without the callbacks that read a ``cbstate`` entry only those write (a callback
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -47,8 +48,9 @@ from torch.utils.data import (
 from cadence.access import overlaps
 from cadence.callback import Callback, declared_access
 from cadence.checkpointing.replay import loader_options
+from cadence.graph.installed import InstalledCallbacks
 
-__all__ = ["LimitedBatches", "RunLimits", "limited"]
+__all__ = ["LimitedBatches", "RunLimits", "limited", "running"]
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,21 @@ def _in_order(data: Iterable[Any], which: str) -> Iterable[Any]:
         "order, without shuffling, as Lightning does.", which,
     )
     return DataLoader(data.dataset, batch_size=data.batch_size, sampler=sampler, drop_last=data.drop_last, **loader_options(data))
+
+
+@contextlib.contextmanager
+def running(installed: InstalledCallbacks, callbacks: Sequence[Callback]) -> Iterator[None]:
+    """Run with only ``callbacks`` of those installed (a fast dev run leaves some out), and
+    put the plans back afterwards, without building (nor checking) them again."""
+    if len(callbacks) == len(installed.callbacks):
+        yield
+        return
+    saved = installed.saved()
+    installed.install(callbacks, joining=[])
+    try:
+        yield
+    finally:
+        installed.restore(saved)
 
 
 class LimitedBatches:

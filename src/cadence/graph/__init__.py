@@ -3,6 +3,8 @@
 - ``builder``: open this first. ``CallbackGraph`` validates the callbacks (paths, missing
   state, handlers that never fire) and builds each ``Plan``: its handlers in run order, with
   the reason for every edge.
+- ``installed``: a learner's callbacks as installed (``InstalledCallbacks``): the graph, the
+  views, the plans of every phase, and every change to them, committed whole or not at all.
 - ``conflicts``: asks two writers of the same state how to order themselves
   (``resolve_conflict``), once per pair.
 - ``ordering``: the graph algorithms (stable topological order, reachability, cycles).
