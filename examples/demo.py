@@ -116,9 +116,9 @@ def main() -> int:
     learner = make_learner()
     print("How cadence ordered the callbacks at the end of a validation epoch:\n")
     print(learner.explain(EpochEnd, ValidationPhase), "\n")
-    stopped = learner.fit(12)
-    if stopped is not None:
-        print(f"Stopped early: {stopped.reason}")
+    result = learner.fit(12)
+    if result.reason is not None:
+        print(f"Stopped early: {result.reason}")
     accuracy = learner.cbstate.metrics.last("valid/accuracy")
     print(f"\nFinal validation accuracy: {accuracy:.2%}")
     show_outputs(learner, learner.cbstate.run.path)
