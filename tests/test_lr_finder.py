@@ -214,7 +214,7 @@ def test_a_fit_after_the_sweep_runs_as_without_it() -> None:
 
 def test_a_sweep_between_two_fits_leaves_the_second_fit_its_reset() -> None:
     # The sweep puts every callback's state back with load_state_dict; that is no state loaded
-    # for the next fit, which resets the Scheduler as after any fit (cadence.resets).
+    # for the next fit, which resets the Scheduler as after any fit (cadence.lifecycle.resets).
     scheduler = Scheduler(lr=cosine(0.1, 0.0))
     learner = make_learner(scheduler)
     learner.fit(1)

@@ -11,9 +11,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 from cadence.access import AccessSet, merge_accesses, parse_state_access
 from cadence.errors import DeclarationError
 from cadence.events import Event
-from cadence.loads import counting_loads
+from cadence.lifecycle.loads import counting_loads
 from cadence.phases import Phase
-from cadence.signatures import check_handler, constructor_repr
+from cadence.introspection.signatures import check_handler, constructor_repr
 
 __all__ = [
     "PLACEMENTS",

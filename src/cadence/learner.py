@@ -16,8 +16,8 @@ from cadence.checkpointing.files import Checkpoint
 from cadence.checkpointing.resume import FitRun
 from cadence.checkpointing.saver import check_savers
 from cadence.checkpointing.weights import load_weights
-from cadence.data import Data, check_pair, own_data
-from cadence.diagnostics import check_data
+from cadence.inputs.data import Data, check_pair, own_data
+from cadence.inputs.diagnostics import check_data
 from cadence.distributed.strategy import Strategy, resolve_strategy
 from cadence.errors import CancelBatch, CancelEpoch, CancelFit, CancelSignal
 from cadence.events import Event, FitBegin, FitEnd
@@ -28,7 +28,7 @@ from cadence.graph.installed import InstalledCallbacks, check_callbacks, missing
 from cadence.inference import gather, validate
 from cadence.lr_finder import LRFinderResult, lr_find
 from cadence.phases import Phase, TrainingPhase, ValidationPhase, scope_error
-from cadence.resets import fit_ended, joined_during_fit, reset_for_fit
+from cadence.lifecycle.resets import fit_ended, joined_during_fit, reset_for_fit
 from cadence.run_limits import RunLimits, running
 from cadence.state import Batch, CallbackState, clear_batch
 

@@ -53,7 +53,7 @@ from cadence.distributed.group import all_reduce_sum
 from cadence.errors import CadenceError, CancelEpoch
 from cadence.events import Event
 from cadence.inference import Runner, rng_kept
-from cadence.loads import uncounted
+from cadence.lifecycle.loads import uncounted
 from cadence.phases import Loop, Phase, TrainingPhase
 
 __all__ = ["LRFinderPhase", "LRFinderResult", "lr_find", "valley"]
@@ -298,7 +298,7 @@ def _restored(learner: Runner, data: Iterable[Any]) -> Iterator[None]:
         for module, mode in zip(model.modules(), modes):
             module.training = mode
         optimizer.load_state_dict(optimizer_state)
-        with uncounted():  # as they were, so not state loaded for the next fit (cadence.resets)
+        with uncounted():  # as they were: not state loaded for the next fit (cadence.lifecycle.resets)
             for callback, state in zip(callbacks, callback_states):
                 callback.load_state_dict(state)
 

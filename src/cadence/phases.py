@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from cadence.batches import BatchAdapter
-from cadence.diagnostics import check_backward, check_loss, note_step_error, warn_no_batches
+from cadence.inputs.diagnostics import check_backward, check_loss, note_step_error, warn_no_batches
 from cadence.events import (
     BackwardBegin,
     BackwardEnd,

@@ -25,7 +25,7 @@ from cadence.checkpointing.saver import FitProgress
 from cadence.distributed.checkpoints import checkpoint_meta, write_once
 from cadence.events import BatchEnd, EpochEnd, Event
 from cadence.phases import Phase, TrainingPhase
-from cadence.signatures import constructor_repr
+from cadence.introspection.signatures import constructor_repr
 
 __all__ = ["Checkpointer"]
 

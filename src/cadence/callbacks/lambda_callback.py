@@ -11,7 +11,7 @@ from cadence.callback import Handler
 from cadence.events import Event
 from cadence.graph import HandlerCall
 from cadence.phases import Phase
-from cadence.signatures import check_handler_function
+from cadence.introspection.signatures import check_handler_function
 
 __all__ = ["LambdaCallback"]
 

@@ -46,7 +46,7 @@ from cadence.checkpointing.interrupts import Interrupts
 from cadence.checkpointing.locate import Resume, find_checkpoint
 from cadence.errors import CancelFit
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
-from cadence.resets import last_fit_in
+from cadence.lifecycle.resets import last_fit_in
 from cadence.checkpointing.replay import data_generators, length, sampler_epochs, set_sampler_epochs, skip_batches
 from cadence.checkpointing.rng import capture_rng, restore_rng
 from cadence.checkpointing.saver import CheckpointSaver, find_saver

@@ -23,7 +23,7 @@ from cadence.events import EpochEnd, Event, FitBegin, FitEnd
 from cadence.loggers.backend import Backend
 from cadence.loggers.values import Loggable
 from cadence.phases import Phase, TrainingPhase
-from cadence.signatures import constructor_repr
+from cadence.introspection.signatures import constructor_repr
 
 __all__ = ["LoggerCallback", "check_every", "position"]
 

@@ -268,7 +268,8 @@ def warn_no_batches(phase: object, data: object) -> None:
 def _outside_cadence() -> int:
     """The ``stacklevel`` at which ``warn_no_batches``'s warning names the first frame outside
     cadence: the user's ``fit()`` or ``epoch()`` call, not cadence's own loop."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    # The whole package, not only this wing: phases.py and learner.py are cadence's frames too.
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     frame, level = sys._getframe(2), 2  # 1: warn_no_batches itself
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1

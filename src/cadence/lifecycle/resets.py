@@ -10,7 +10,7 @@ fit in another learner than their last. A resumed fit restores the checkpoint's 
 State loaded explicitly between fits (``callback.load_state_dict(...)`` after a fit ended, or
 before the first) is what the user asked the next fit to start from: that fit does not reset
 the callback. State a fit restored itself (a resume) is reset by the next fit as usual
-(``cadence.loads`` counts the loads, ``fit_ended`` marks where each fit ended).
+(``cadence.lifecycle.loads`` counts the loads, ``fit_ended`` marks where each fit ended).
 
 A callback that keeps state (it implements ``state_dict``) but says nothing about a new fit
 (no ``reset``) goes on with that state, and the learner says so with a warning, once per
@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cadence.callback import Callback, callback_labels
-from cadence.loads import last_load, loads_so_far
+from cadence.lifecycle.loads import last_load, loads_so_far
 
 __all__ = ["fit_ended", "joined_during_fit", "last_fit_in", "reset_for_fit"]
 
-log = logging.getLogger(__name__)
+#: Named for what it reports, not for where this module lives: ``cadence.resets`` is the name
+#: the docs give users (docs/how-to/fits.md), kept when the module moved into its wing.
+log = logging.getLogger("cadence.resets")
 
 
 @dataclass(slots=True)

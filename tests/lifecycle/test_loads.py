@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cadence import Callback
-from cadence.loads import last_load, loads_so_far, uncounted
+from cadence.lifecycle.loads import last_load, loads_so_far, uncounted
 
 
 class Saved(Callback):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from cadence.diagnostics import check_data
+from cadence.inputs.diagnostics import check_data
 
 __all__ = ["Data", "check_pair", "own_data"]
 

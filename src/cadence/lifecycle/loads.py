@@ -1,7 +1,7 @@
 """When each callback's state was last loaded: every ``load_state_dict`` of a ``Callback``
 subclass is counted (``Callback`` wraps the method when the class is created), so that
-``cadence.resets`` can tell state loaded between two fits, which the next fit keeps, from state
-a fit restored itself (a resume), which the next fit resets.
+``cadence.lifecycle.resets`` can tell state loaded between two fits, which the next fit keeps,
+from state a fit restored itself (a resume), which the next fit resets.
 
 It imports nothing from cadence: ``callback`` and ``resets`` both use it.
 """
