@@ -52,6 +52,7 @@ from cadence.batches import map_tensors
 from cadence.distributed.group import all_reduce_sum
 from cadence.errors import CadenceError, CancelEpoch
 from cadence.events import Event
+from cadence.graph.placement import runs_here
 from cadence.inference import Runner, rng_kept
 from cadence.lifecycle.loads import uncounted
 from cadence.phases import Loop, Phase, TrainingPhase
@@ -282,6 +283,7 @@ def _restored(learner: Runner, data: Iterable[Any]) -> Iterator[None]:
     grads = [None if p.grad is None else _cpu_copy(p.grad) for p in model.parameters()]
     modes = [module.training for module in model.modules()]
     optimizer_state = map_tensors(_cpu_copy, optimizer.state_dict())
+    callbacks = tuple(cb for cb in callbacks if runs_here(learner, cb))  # rank-zero ones: on rank 0
     callback_states = [copy.deepcopy(callback.state_dict()) for callback in callbacks]
     try:
         with rng_kept(data):

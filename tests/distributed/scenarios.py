@@ -24,8 +24,8 @@ from torchmetrics.regression import MeanAbsoluteError
 from cadence import READ, Callback, CancelEpoch, CancelFit, Checkpointer, Learner, Metrics, MetricSpec, Recorder, on
 from cadence.checkpoint import list_checkpoints, load_checkpoint
 from cadence.distributed import DataParallel, rank
-from cadence.errors import DistributedError
-from cadence.events import BatchBegin, BatchEnd, EpochEnd, Event
+from cadence.errors import CheckpointError, DistributedError
+from cadence.events import BatchBegin, BatchEnd, EpochEnd, Event, FitBegin, FitEnd
 from cadence.phases import Phase, TrainingPhase, ValidationPhase
 
 TIMEOUT = 60.0  # seconds a collective waits: a hang fails the test instead of stalling it
@@ -316,6 +316,186 @@ def outside_fit(batch_size: int) -> dict[str, Any]:
     return found
 
 
+class Tally(Callback):
+    """A rank-zero callback that keeps state (the training epochs it saw) and records which of
+    its methods ran in this process."""
+
+    placement = "rank_zero"
+
+    def __init__(self) -> None:
+        self.epochs = 0
+        self.calls: list[str] = []
+
+    def init(self, learner: Any) -> None:
+        self.calls.append("init")
+
+    @on(EpochEnd, phase=TrainingPhase)
+    def count(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.epochs += 1
+
+    def reset(self) -> None:
+        self.calls.append("reset")
+        self.epochs = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        self.calls.append("state_dict")
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.calls.append("load_state_dict")
+        self.epochs = state["epochs"]
+
+
+def rank_zero_state(batch_size: int, folder: str) -> dict[str, Any]:
+    """A rank-zero Tally through two fits of one learner (checkpoints every epoch), then a fresh
+    learner resumed from the checkpoint of the first fit's end."""
+    tally = Tally()
+    learner = make_learner(loaders(32, 16, batch_size), tally, Checkpointer(folder, keep_last=20), defaults=False)
+    learner.fit(2)
+    saved = list_checkpoints(folder)[-1]
+    learner.fit(1)  # a second fit: reset, then one epoch
+    resumed_tally = Tally()
+    resumed = make_learner(loaders(32, 16, batch_size), resumed_tally, Checkpointer(folder + "-resumed"), defaults=False)
+    resumed.fit(3, resume=str(saved))
+    return {
+        "calls": tally.calls,
+        "epochs": tally.epochs,
+        "saved": load_checkpoint(saved).state["callbacks"]["Tally"],
+        "resumed": {"calls": resumed_tally.calls, "epochs": resumed_tally.epochs},
+    }
+
+
+class AskThenFail(Callback):
+    """In the first fit: rank 1 alone asks to stop at the end of step ``step`` (a request, agreed
+    at the next backward pass), and every rank fails before that pass, at the next BatchBegin."""
+
+    state_access = {"batch.loss": READ}
+
+    def __init__(self, step: int) -> None:
+        self.step, self.fits, self.seen = step, 0, 0
+
+    @on(FitBegin)
+    def begin(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.fits, self.seen = self.fits + 1, 0
+
+    @on(BatchBegin, phase=TrainingPhase)
+    def fail(self, event: Event, phase: Phase, learner: Any) -> None:
+        if self.fits == 1 and self.seen == self.step:
+            raise RuntimeError("every rank fails before the request is agreed")
+
+    @on(BatchEnd, phase=TrainingPhase)
+    def ask(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.seen += 1
+        if self.fits == 1 and self.seen == self.step and rank() == 1 and float(learner.batch.loss) >= 0:
+            raise CancelFit("asked on rank 1 just before the failure")
+
+
+class StopAtFitEnd(Callback):
+    """Raises CancelFit at FitEnd on rank 1 alone, in the fit ``when``."""
+
+    def __init__(self, when: int) -> None:
+        self.when, self.fits = when, 0
+
+    @on(FitEnd)
+    def end(self, event: Event, phase: Phase, learner: Any) -> None:
+        self.fits += 1
+        if self.fits == self.when and rank() == 1:
+            raise CancelFit("too late to cancel")
+
+
+def leftover_requests(batch_size: int) -> dict[str, Any]:
+    """A fit that fails with rank 1's stop request pending, a fit whose FitEnd raises CancelFit
+    on rank 1, then a last fit: neither leftover may stop the fits after them."""
+    learner = make_learner(loaders(64, 16, batch_size), AskThenFail(step=2), StopAtFitEnd(when=2))
+    found: dict[str, Any] = {}
+    history = learner.cbstate.history
+    with printed():
+        try:
+            learner.fit(1)
+        except RuntimeError as error:
+            found["first"] = str(error).splitlines()[0]
+        result = None
+        try:
+            result = learner.fit(1)
+        except Exception as error:
+            found["second"] = f"{type(error).__name__}: {error}"
+        found["second_stopped"] = None if result is None else result.stopped
+        found["second_steps"] = history[TrainingPhase()].steps
+        found["third_stopped"] = learner.fit(2).stopped
+        found["third_steps"] = history[TrainingPhase()].steps
+    return found
+
+
+def latest_agreed(batch_size: int, folder: str) -> dict[str, Any]:
+    """resume="latest" where rank 1's listing of the folder lags behind (it sees only the first
+    checkpoint): every rank must resume from the one rank 0 found. Then the errors when rank 0
+    finds nothing, and when rank 1 cannot read what rank 0 chose."""
+    from cadence.checkpointing import locate
+
+    with printed():
+        make_learner(loaders(32, 16, batch_size), Checkpointer(folder, keep_last=5)).fit(2)
+    original_latest, original_load = locate.latest_checkpoint, locate.load_checkpoint
+    if rank() == 1:
+        locate.latest_checkpoint = lambda where, check: load_checkpoint(list_checkpoints(where)[0])  # type: ignore[assignment]
+    records, logger = _Records(), logging.getLogger("cadence")
+    logger.addHandler(records)
+    found: dict[str, Any] = {}
+    try:
+        resumed = make_learner(loaders(32, 16, batch_size), Checkpointer(folder, keep_last=5))
+        with printed():
+            resumed.fit(3, resume="latest")
+        found["resumed"] = [m.split(",")[0] for m in records.messages if m.startswith("Resumed from")]
+        found["steps"] = resumed.cbstate.history[TrainingPhase()].steps
+        found["weights"] = weights(resumed.model)
+        for name, resume in (("missing", folder + "/no-such-checkpoint.pt"), ("unreadable", "latest")):
+            if name == "unreadable" and rank() == 1:
+                def unreadable(path: Any) -> Any:
+                    raise CheckpointError(f"{Path(path).name} is not readable on this machine")
+
+                locate.load_checkpoint = unreadable  # type: ignore[assignment]
+            try:
+                with printed():
+                    make_learner(loaders(32, 16, batch_size), Checkpointer(folder, keep_last=5)).fit(3, resume=resume)
+                found[name] = "no error"
+            except CheckpointError as error:
+                found[name] = str(error)
+    finally:
+        logger.removeHandler(records)
+        locate.latest_checkpoint, locate.load_checkpoint = original_latest, original_load  # type: ignore[assignment]
+    return found
+
+
+def group_errors(folder: str) -> dict[str, Any]:
+    """cadence's own collectives on two ranks: gathers of JSON of different sizes on each rank,
+    a checkpoint due at different steps, and one that rank 0 fails to write."""
+    from cadence.distributed.group import INLINE_BYTES, Context, activate, deactivate, gather_json
+    from cadence.distributed.checkpoints import write_once
+
+    found: dict[str, Any] = {}
+    small, large = {"rank": rank()}, {"rank": rank(), "text": "x" * (2 * INLINE_BYTES)}
+    found["gathered"] = [gather_json(small), gather_json(large if rank() == 1 else small)]
+    context = Context(rank(), 2, torch.device("cpu"))
+    activate(context)
+    try:
+        try:
+            write_once(3 + rank(), lambda: Path(folder) / "never.pt")
+            found["steps"] = "no error"
+        except DistributedError as error:
+            found["steps"] = str(error)
+
+        def failing_write() -> Path:
+            raise OSError("disk full")
+
+        try:
+            write_once(5, failing_write)
+            found["write"] = "no error"
+        except (OSError, CheckpointError) as error:
+            found["write"] = f"{type(error).__name__}: {error}"
+    finally:
+        deactivate(context)
+    return found
+
+
 def run_all(folder: str) -> dict[str, Any]:
     """Every run above with a per-rank batch of 8, in the ranks of one ``launch`` group."""
     root = Path(folder)
@@ -331,6 +511,10 @@ def run_all(folder: str) -> dict[str, Any]:
         "checkpoints": checkpoints(8, str(root / "checkpoints")),
         "second_fit": second_fit(8, str(root / "second-fit")),
         "outside_fit": outside_fit(8),
+        "rank_zero_state": rank_zero_state(8, str(root / "rank-zero-state")),
+        "leftover_requests": leftover_requests(8),
+        "latest_agreed": latest_agreed(8, str(root / "latest")),
+        "group_errors": group_errors(str(root)),
     }
 
 
@@ -397,3 +581,18 @@ def gpu_parity(folder: str, alone: bool = False) -> dict[str, Any]:
     result = parity(16 if alone else 8, folder)
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
     return {"weights": [w.cpu() for w in result["weights"]], "backend": backend}
+
+
+def dies_on_rank_1() -> None:
+    """Rank 1 exits at once with code 3, sending nothing (as a crash would); rank 0 waits."""
+    import time
+
+    if rank() == 1:
+        os._exit(3)
+    time.sleep(20)
+
+
+def sleeps(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)

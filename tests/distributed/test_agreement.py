@@ -150,3 +150,33 @@ def test_requests_are_kept_once_with_the_first_reason() -> None:
     waiting.request(FIT, "B.check", "second")
     waiting.request(EPOCH, "C.check", "epoch")
     assert waiting._reasons == {FIT: ("A.check", "first"), EPOCH: ("C.check", "epoch")}
+
+
+def test_a_pending_request_never_stops_the_next_fit_and_a_cancel_fit_at_fit_end_is_a_scope_error(two_ranks: Ranks) -> None:
+    _, (first, second) = two_ranks
+    for result in (first, second):
+        got = result["leftover_requests"]
+        assert got["first"] == "every rank fails before the request is agreed"
+        # 2 steps in the failed fit, then 4 per epoch: rank 1's request died with its fit.
+        assert (got["second_stopped"], got["second_steps"]) == (None, 2 + 4)
+        assert (got["third_stopped"], got["third_steps"]) == (None, 2 + 4 + 8)
+    assert "second" not in first["leftover_requests"]
+    assert second["leftover_requests"]["second"] == (
+        "SignalScopeError: CancelFit raised by StopAtFitEnd.end at FitEnd, where it has nothing to cancel. "
+        "CancelBatch works from BatchBegin to BackwardEnd (LossBegin in validation), CancelEpoch from "
+        "EpochBegin to EpochEnd, and CancelFit anywhere but FitEnd."
+    )
+
+
+def test_requests_are_cleared_and_a_cancel_fit_at_fit_end_is_raised_as_it_is() -> None:
+    from cadence.events import FitEnd
+
+    waiting = agreement()
+    waiting.request(FIT, "A.check", "first")
+    waiting._seen = torch.ones(3)
+    waiting.clear()
+    assert waiting.requests.tolist() == [0.0, 0.0, 0.0] and waiting._reasons == {} and waiting._seen is None
+    wrapped = waiting.wrap(raising(CancelFit("too late")), "Late.end")
+    with pytest.raises(CancelFit, match="too late"):
+        wrapped(FitEnd(), Phase(), None)
+    assert waiting.requests.tolist() == [0.0, 0.0, 0.0]

@@ -106,11 +106,64 @@ def test_whole_batch_shards_resume_mid_epoch_on_the_same_world_size_only() -> No
     with pytest.raises(
         CheckpointError,
         match=r"c.pt was taken in the middle of an epoch by 2 rank\(s\) sharding batches; this fit has 1 "
-        r"sharding batches. Data sharded by whole batches resumes in the middle of an epoch on the same "
-        r"number of ranks only: resume with 2 processes, or resume from a checkpoint taken at the end",
+        r"sharding batches. Data sharded by whole batches \(or by your own DistributedSampler\) resumes in the "
+        r"middle of an epoch on the same number of ranks only: resume with 2 processes, or resume from a checkpoint taken at the end",
     ):
         check_resume(Path("c.pt"), meta(3, saved), {**saved, "world_size": 1})
 
 
 def test_a_write_outside_a_distributed_fit_just_writes(tmp_path: Path) -> None:
     assert write_once(7, lambda: tmp_path / "written.pt") == tmp_path / "written.pt"
+
+
+def test_every_rank_resumes_from_the_checkpoint_rank_zero_found(two_ranks: Ranks) -> None:
+    folder, (first, second) = two_ranks
+    newest = sorted((folder / "latest").glob("*.pt"))[1].name  # of the two, the second epoch's
+    for result in (first, second):
+        got = result["latest_agreed"]
+        assert got["steps"] == 2 * 2 + 2  # two epochs in the checkpoint, one more
+    assert first["latest_agreed"]["resumed"] == [f"Resumed from {folder / 'latest' / newest}"]
+    assert close(first["latest_agreed"]["weights"], second["latest_agreed"]["weights"], 0.0)
+
+
+def test_a_checkpoint_that_rank_zero_cannot_find_or_another_rank_cannot_read_stops_every_rank(two_ranks: Ranks) -> None:
+    folder, (first, second) = two_ranks
+    missing = str(folder / "latest" / "no-such-checkpoint.pt")
+    assert first["latest_agreed"]["missing"].startswith(f"fit(resume={missing!r})") or missing in first["latest_agreed"]["missing"]
+    assert second["latest_agreed"]["missing"].startswith(
+        f"Rank 0 could not find the checkpoint to resume from (fit(resume={missing!r})): CheckpointError: "
+    )
+    assert second["latest_agreed"]["missing"].endswith(" Every rank stops; rank 0's traceback names the cause.")
+    newest = sorted((folder / "latest").glob("*.pt"))[-1]
+    assert second["latest_agreed"]["unreadable"] == f"{newest.name} is not readable on this machine"
+    assert first["latest_agreed"]["unreadable"] == (
+        f"Every rank resumes from the checkpoint rank 0 chose, {newest}, but not every rank could read it "
+        f"(rank 1: CheckpointError: {newest.name} is not readable on this machine). Keep the checkpoints where "
+        f"every rank reads the same files (one folder on a filesystem all machines share)."
+    )
+
+
+def test_a_checkpoint_due_at_different_steps_or_not_written_by_rank_zero_stops_every_rank(two_ranks: Ranks) -> None:
+    _, (first, second) = two_ranks
+    expected = (
+        "A checkpoint was due, but the ranks are at different training steps (rank 0: step 3, rank 1: step 4), "
+        "so none is written. Every rank must run the same number of batches: shard the data with DataParallel "
+        "(the default), or give every rank as many batches."
+    )
+    assert first["group_errors"]["steps"] == second["group_errors"]["steps"] == expected
+    assert first["group_errors"]["write"] == "OSError: disk full"
+    assert second["group_errors"]["write"] == (
+        "CheckpointError: Rank 0 could not write the checkpoint of step 5 (OSError: disk full); every rank "
+        "stops. Its traceback names the cause."
+    )
+
+
+def test_a_mid_epoch_checkpoint_of_one_plain_process_resumed_with_dataparallel_is_refused_with_the_fix() -> None:
+    with pytest.raises(
+        CheckpointError,
+        match=r"c.pt was taken in the middle of an epoch without DataParallel, and this learner uses DataParallel: "
+        r"the two draw the data in different orders, so the rest of the epoch would train on other samples. "
+        r"Resume with Learner\(..., strategy=None\) \(the same on one process\), or resume from a checkpoint "
+        r"taken at the end of an epoch \(Checkpointer\(every_epochs=1\)\).",
+    ):
+        check_resume(Path("c.pt"), meta(3, None), {"world_size": 2, "batch_size": 8, "sharding": "samples"})

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
 
 from cadence.distributed.group import (
+    INLINE_BYTES,
     Context,
     activate,
     all_gather_ints,
@@ -79,3 +81,25 @@ def test_the_collectives_cadence_runs(group_of_one: None) -> None:
     assert all_gather_ints([7, -8]) == [[7, -8]]
     assert gather_json({"reason": "stop\tnow ✓", "n": [1]}) == [{"reason": "stop\tnow ✓", "n": [1]}]
     assert join("gloo", 10) is False  # already in a group: joined, not created
+
+
+def test_json_of_any_size_is_gathered_in_one_all_gather_when_it_is_small(two_ranks: tuple[Any, list[dict[str, Any]]]) -> None:
+    _, ranks = two_ranks
+    large = {"rank": 1, "text": "x" * (2 * INLINE_BYTES)}
+    for result in ranks:
+        assert result["group_errors"]["gathered"] == [[{"rank": 0}, {"rank": 1}], [{"rank": 0}, large]]
+
+
+def test_a_small_gather_is_one_collective(group_of_one: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    original = dist.all_gather
+
+    def counted(tensors: Any, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        calls.append(tensor.numel())
+        return original(tensors, tensor, *args, **kwargs)
+
+    monkeypatch.setattr(dist, "all_gather", counted)
+    assert gather_json(["a" * (INLINE_BYTES - 4)]) == [["a" * (INLINE_BYTES - 4)]]
+    assert calls == [8 + INLINE_BYTES]
+    assert gather_json("b" * 1000) == ["b" * 1000]
+    assert calls == [8 + INLINE_BYTES, 8 + INLINE_BYTES, 1002]  # the length, then the whole text

@@ -50,3 +50,24 @@ def test_a_function_the_processes_cannot_import_is_refused_with_the_fix() -> Non
         r"in a file that the processes can import, or pass start_method=\"fork\".",
     ):
         launch(local, nprocs=1, start_method="spawn")
+
+
+def test_a_rank_that_dies_without_an_error_is_named_with_its_exit_code() -> None:
+    started = time.monotonic()
+    with pytest.raises(DistributedError) as raised:
+        launch(scenarios.dies_on_rank_1, nprocs=2, timeout=60, start_method="fork")
+    message = str(raised.value)
+    assert message.startswith(
+        "launch: rank 1 of 2 died with exit code 3 before returning (killed, out of memory, or a crash in "
+        "native code); the other ranks were stopped. After it, rank 0 "
+    )
+    assert time.monotonic() - started < 30
+
+
+def test_ranks_past_the_timeout_are_stopped_with_the_likely_cause() -> None:
+    with pytest.raises(
+        DistributedError,
+        match=r"launch: rank\(s\) 0, 1 still running after 2 s; stopped them. A rank that waits forever usually "
+        r"means the ranks ran different collectives \(or one is stuck\); raise the timeout if the work is just long.",
+    ):
+        launch(scenarios.sleeps, 30.0, nprocs=2, timeout=2, start_method="fork")

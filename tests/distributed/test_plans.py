@@ -22,7 +22,7 @@ def test_a_callback_on_one_rank_only_is_an_error_on_every_rank(two_ranks: Ranks)
     _, ranks = two_ranks
     expected = (
         "The ranks built different callback plans, so their collectives would not match and training "
-        "would hang; it stops here, on every rank.\n"
+        "would hang; it stops here, on every rank. Rank 1 differs from rank 0:\n"
         "  rank 0: EpochCounter\n"
         "  rank 1: no callbacks\n"
         "  EpochCounter only on rank 0\n"
@@ -36,7 +36,25 @@ def test_plans_that_differ_in_order_are_named_by_their_first_difference() -> Non
     first = {"callbacks": ["A", "B"], "named": ["A (m.A, every_rank)", "B (m.B, every_rank)"], "plans": "BatchEnd in TrainingPhase:\n  1. A.end\n  2. B.end"}
     second = {**first, "plans": "BatchEnd in TrainingPhase:\n  1. B.end\n  2. A.end"}
     message = _difference([first, second])
-    assert "  rank 0 and rank 1 have the same callbacks but differ at:\n  rank 0: 1. A.end\n  rank 1: 1. B.end\n" in message
+    assert "  rank 0 and rank 1 have the same callbacks but differ at (in BatchEnd in TrainingPhase):\n  rank 0: 1. A.end\n  rank 1: 1. B.end\n" in message
+
+
+def test_every_rank_that_differs_is_named_with_how_it_differs() -> None:
+    first = {"callbacks": ["A", "B"], "named": ["A (m.A, every_rank)", "B (m.B, every_rank)"], "plans": "FitEnd in Phase:\n  1. A.end\n  2. B.end"}
+    swapped = {"callbacks": ["B", "A"], "named": first["named"][::-1], "plans": first["plans"]}
+    retyped = {**first, "named": ["A (m.A, every_rank)", "B (other.B, every_rank)"]}
+    assert _difference([first, first, swapped, retyped]) == (
+        "The ranks built different callback plans, so their collectives would not match and training would "
+        "hang; it stops here, on every rank. Ranks 2, 3 differ from rank 0:\n"
+        "  rank 0: A, B\n"
+        "  rank 2: B, A\n"
+        "  the same callbacks in another order on rank 2\n"
+        "  rank 0 and rank 3 have the same callbacks but differ at:\n"
+        "  rank 0: B (m.B, every_rank)\n"
+        "  rank 3: B (other.B, every_rank)\n"
+        "Build the same callbacks, in the same order, on every rank. A callback meant for one rank is "
+        'declared in its class: placement = "rank_zero" runs it on rank 0 and skips it elsewhere.'
+    )
 
 
 def test_each_rank_runs_the_same_plan_with_rank_zero_handlers_skipped_elsewhere() -> None:

@@ -100,3 +100,58 @@ def test_leading_cuts_every_per_sample_part() -> None:
     assert leading(records, 2, 4) == [{"box": 0}, {"box": 1}]
     assert leading({"y": torch.arange(4), "scale": torch.tensor(2.0)}, 1, 4)["scale"] == torch.tensor(2.0)
     assert leading("label", 1, 4) == "label"
+
+
+class Loader(DataLoader):  # type: ignore[type-arg]
+    """A DataLoader subclass: its constructor is its own, so it cannot be rebuilt."""
+
+
+def test_a_dataloader_subclass_with_a_distributed_sampler_for_this_rank_is_its_shard() -> None:
+    data = list(range(9))
+    loaders = [Loader(data, batch_size=2, sampler=DistributedSampler(data, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    shards = [shard(loader, r, 2, training=True, seed=0) for r, loader in enumerate(loaders)]
+    assert shards == loaders  # used as they are
+    assert [indices(s) for s in shards] == [[[0, 2], [4, 6], [8]], [[1, 3], [5, 7], [0]]]
+    assert [padded_batch(s) for s in shards] == [None, (3, 0)]  # Metrics leaves out rank 1's repeat
+    unpadded = Loader(data, batch_size=4, sampler=DistributedSampler(data, num_replicas=2, rank=1, drop_last=True))
+    assert padded_batch(unpadded) is None
+
+
+def test_a_dataloader_subclass_with_a_distributed_sampler_for_another_rank_is_refused_with_the_fix() -> None:
+    data = list(range(8))
+    loader = Loader(data, batch_size=2, sampler=DistributedSampler(data, num_replicas=4, rank=0))
+    with pytest.raises(
+        DistributedError,
+        match=r"The training or validation Loader has a DistributedSampler\(num_replicas=4, rank=0\), but this "
+        r"process is rank 1 of 2. Build it with DistributedSampler\(dataset, num_replicas=cadence.distributed."
+        r"world_size\(\), rank=cadence.distributed.rank\(\)\), or leave the sampler out and pass a plain DataLoader.",
+    ):
+        shard(loader, 1, 2, training=True, seed=0)
+
+
+def test_an_unshuffled_dataloader_subclass_is_sharded_by_whole_batches() -> None:
+    loader = Loader(list(range(10)), batch_size=2)
+    shards = [shard(loader, r, 2, training=True, seed=0) for r in (0, 1)]
+    assert all(isinstance(s, ShardedBatches) for s in shards)
+    assert [indices(s) for s in shards] == [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]  # [8, 9]: an incomplete round
+    everything = sorted(i for s in shards for batch in indices(s) for i in batch)
+    assert len(everything) == len(set(everything))  # no sample on two ranks
+
+
+def test_a_shuffling_dataloader_subclass_is_refused_with_the_fix() -> None:
+    with pytest.raises(
+        DistributedError,
+        match=r"DataParallel cannot shard the shuffling Loader: a DataLoader subclass is not rebuilt with a "
+        r"sampler per rank, and sharding it by whole batches needs one order on every rank, while each rank "
+        r"would shuffle with its own random state \(some samples twice, others never\). Give it "
+        r"sampler=DistributedSampler\(dataset, shuffle=True\) \(DataParallel picks each rank's part and sets "
+        r"the epoch\), pass a plain DataLoader\(dataset, batch_size=..., shuffle=True\), or shard the data "
+        r"yourself and pass DataParallel\(shard=False\).",
+    ):
+        shard(Loader(list(range(8)), batch_size=2, shuffle=True), 0, 2, training=True, seed=0)
+
+
+def test_a_dataloader_subclass_with_a_custom_sampler_is_refused_with_the_fix() -> None:
+    weighted = Loader(list(range(4)), sampler=WeightedRandomSampler([1.0] * 4, 4))
+    with pytest.raises(DistributedError, match=r"DataParallel cannot shard a Loader with the sampler WeightedRandomSampler: .* and pass DataParallel\(shard=False\)."):
+        shard(weighted, 0, 2, training=False, seed=0)

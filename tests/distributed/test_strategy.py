@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cadence import READ, Callback, Learner, on
 from cadence.distributed import DataParallel
 from cadence.distributed.strategy import resolve_strategy
+from cadence.errors import DistributedError
 from cadence.events import BatchEnd
 from cadence.phases import TrainingPhase
 from cadence.testing import make_test_learner
@@ -203,3 +204,52 @@ def test_evaluation_runs_on_one_rank_alone_and_the_sweep_stops_on_every_rank_tog
     # The losses (rank 1's targets are 100 times larger) are averaged over the ranks: one sweep.
     assert first["sweep"] == second["sweep"] and len(first["sweep"]["lrs"]) < 40
     assert_close(first["weights"], second["weights"], 0.0)  # and a fit after it still agrees
+
+
+def test_a_rank_zero_callbacks_state_lives_on_rank_zero_alone(two_ranks: Ranks) -> None:
+    _, (first, second) = two_ranks
+    got = first["rank_zero_state"]
+    # Rank 0: init, a state per checkpoint (2 epochs, then 1 after the second fit's reset);
+    # the resumed learner loads the checkpoint's state and saves once more.
+    assert got["calls"] == ["init", "state_dict", "state_dict", "reset", "state_dict"]
+    assert got["saved"] == {"epochs": 2} and got["epochs"] == 1
+    assert got["resumed"] == {"calls": ["init", "load_state_dict", "state_dict"], "epochs": 3}
+    # Rank 1: none of its methods ran, not even a reset or a load, and it counted nothing.
+    assert second["rank_zero_state"]["calls"] == [] and second["rank_zero_state"]["epochs"] == 0
+    assert second["rank_zero_state"]["resumed"] == {"calls": [], "epochs": 0}
+    assert second["rank_zero_state"]["saved"] == {"epochs": 2}  # the file rank 0 wrote
+
+
+def test_a_model_without_a_tensor_to_carry_the_stops_is_refused_with_the_fix() -> None:
+    from cadence.distributed.agreement import Agreement, Replica
+    from cadence.distributed.group import Context
+
+    class Detached(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, Any]:
+            return {"scores": x.detach() * 2}
+
+    agreement = Agreement(Context(0, 2, torch.device("cpu")), check_every=1)
+    with pytest.raises(
+        DistributedError,
+        match=r"Detached returned no tensor that requires a gradient \(dict\); DataParallel needs one to agree on "
+        r"stops across ranks during the backward pass. Return the prediction as a tensor \(or a tuple, list or "
+        r"dict whose first tensor is the one the loss uses\).",
+    ):
+        Replica(Detached(), agreement, torch.device("cpu"))(torch.ones(2, 3))
+    carried = Replica(torch.nn.Linear(3, 1), agreement, torch.device("cpu"))(torch.ones(2, 3))
+    assert carried.requires_grad and carried.shape == (2, 1)
+
+
+def test_a_failed_collective_is_explained_by_a_note() -> None:
+    strategy = DataParallel()
+    make_test_learner(strategy=strategy)
+    error = RuntimeError("[gloo] Connection closed by peer")
+    strategy.end_fit(error)
+    assert error.__notes__ == [
+        "A collective failed on rank 0 of 1: another rank most likely stopped first, with its own error "
+        "(cadence.distributed.launch re-raises the first rank's error; under torchrun, look for it in that "
+        "rank's output)."
+    ]
+    unrelated = ValueError("bad input")
+    strategy.end_fit(unrelated)
+    assert not hasattr(unrelated, "__notes__")

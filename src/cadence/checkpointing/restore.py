@@ -30,6 +30,7 @@ from typing import Any
 from cadence.callback import Callback
 from cadence.checkpointing.files import Checkpoint, CheckpointError
 from cadence.checkpointing.snapshot import matching
+from cadence.graph.placement import runs_here
 
 __all__ = ["refusal", "rehearse_restore", "restore_fix", "restore_state"]
 
@@ -68,7 +69,7 @@ def _parts(checkpoint: Checkpoint, learner: Any, extra: Mapping[str, Any]) -> li
     state = checkpoint.state
     found = [(f"cbstate.{name}", getattr(learner.cbstate, name), saved) for name, saved in state["cbstate"]["objects"].items()]
     for label, callback in matching(checkpoint, list(learner.callbacks)).items():
-        if label in state["callbacks"]:
+        if label in state["callbacks"] and runs_here(learner, callback):  # rank-zero ones: on rank 0
             found.append((label, callback, state["callbacks"][label]))
     found += [(f"Checkpointer(extra={{{name!r}: ...}})", obj, state["extra"][name]) for name, obj in extra.items()]
     return found

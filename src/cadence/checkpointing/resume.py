@@ -52,7 +52,7 @@ from cadence.checkpointing.rng import capture_rng, restore_rng
 from cadence.checkpointing.saver import CheckpointSaver, find_saver
 from cadence.checkpointing.restore import rehearse_restore, restore_state
 from cadence.checkpointing.snapshot import capture_state, check_fits
-from cadence.distributed.checkpoints import agree_run, check_resume
+from cadence.distributed.checkpoints import agree_checkpoint, agree_run, check_resume
 
 __all__ = ["FitRun"]
 
@@ -95,7 +95,11 @@ class FitRun:
         # The id of a new run, the same on every rank: a collective, so before anything that
         # reads files (and could fail on one rank only); a fit without a saver has no run.
         fresh = agree_run(new_run_id(), self._layout()) if self.checkpointer is not None else ""
-        self._resuming = None if resume is None else find_checkpoint(resume, folder)
+        # On several ranks, rank 0 chooses the checkpoint and every rank loads that file.
+        def find(where: Resume) -> Checkpoint | None:
+            return find_checkpoint(where, folder)
+
+        self._resuming = None if resume is None else agree_checkpoint(find, resume, self._layout())
         if self._resuming is not None:
             self._check(self._resuming)
         self.run_id: str | None = None

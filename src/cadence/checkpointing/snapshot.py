@@ -22,6 +22,7 @@ from cadence.access import parse_state_access
 from cadence.callback import Callback, callback_labels
 from cadence.checkpointing.files import Checkpoint, CheckpointError
 from cadence.checkpointing.plain import check_plain
+from cadence.graph.placement import runs_here
 
 __all__ = ["capture_state", "check_fits", "check_model", "check_optimizer", "matching"]
 
@@ -45,7 +46,8 @@ def capture_state(learner: Any, extra: Mapping[str, Any]) -> tuple[dict[str, Any
     labels = callback_labels(callbacks)
     states = {}
     for label, callback in zip(labels, callbacks):
-        states[label] = callback.state_dict()
+        # A rank-zero callback's state is rank 0's (the only rank that writes checkpoints).
+        states[label] = callback.state_dict() if runs_here(learner, callback) else {}
         if not isinstance(states[label], dict):
             kind = type(states[label]).__name__
             raise CheckpointError(

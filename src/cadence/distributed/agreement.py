@@ -13,14 +13,22 @@ handlers run, training goes on, and all ranks act on the requests together at th
 of agreement:
 
 - after the next training backward pass: the requests ride in DDP's own gradient all-reduce,
-  as the gradient of a three-element parameter (``Replica``), so agreeing costs no collective
-  (on an accelerator the agreed value is read every ``check_every`` steps, to avoid a
-  host-device sync per step); the stop then happens before that step's optimizer step, so
-  every rank ends with the weights of the batch the request was made in;
+  as the gradient of a three-element parameter (``Replica``), so agreeing costs no collective.
+  On the CPU the agreed value is read after every backward pass, and the stop happens before
+  that step's optimizer step, so every rank ends with the weights of the batch the request
+  was made in. On an accelerator it is read every ``check_every`` steps (of the fit), to avoid
+  a host-device sync per step: the stop happens before the optimizer step of the next such
+  step, up to ``check_every - 1`` steps later;
 - at the end of each epoch: one all-reduce of three numbers.
 
 A ``CancelBatch`` from rank-local state in a training phase is refused with an error: that
-rank would skip the backward pass the others wait for.
+rank would skip the backward pass the others wait for. A ``CancelFit`` at ``FitBegin`` becomes a
+request like any other (on the CPU the first training step's backward pass agrees on it, and
+every rank stops before that step's optimizer step: the weights stay as they were); one at ``FitEnd``,
+where nothing is left to cancel, is raised as it is, and the fit turns it into the same
+``SignalScopeError`` as on one process. Requests still pending when a fit ends (it failed, or
+a request came too late to be agreed) are dropped, at its end and at the next one's start, so
+that they never stop the next fit.
 
 ``validate``, ``predict`` and ``get_preds`` run alone on each rank (``runs_alone``): the plain
 model, no agreement, signals raised as in one process.
@@ -38,7 +46,7 @@ from cadence.access import AccessSet, Path
 from cadence.callback import Callback
 from cadence.distributed.group import Context, all_reduce_sum, gather_json
 from cadence.errors import CancelBatch, CancelEpoch, CancelFit, DistributedError
-from cadence.events import Event
+from cadence.events import Event, FitEnd
 from cadence.graph import HandlerCall
 from cadence.graph.placement import placement_of
 from cadence.inference import EvaluationPhase, PredictionPhase
@@ -174,8 +182,8 @@ class Agreement:
             try:
                 return call(event, phase, learner)
             except CancelFit as signal:
-                if runs_alone(phase):
-                    raise  # no other rank to agree with: it ends this rank's evaluation
+                if runs_alone(phase) or isinstance(event, FitEnd):
+                    raise  # nothing to agree on: it ends this rank's evaluation, or is a scope error
                 self.request(FIT, label, signal.reason)
             except CancelEpoch as signal:
                 if not _has_collectives(phase):
@@ -201,6 +209,13 @@ class Agreement:
         point of agreement."""
         self._reasons.setdefault(kind, (origin, reason))
         self.requests[kind] = 1.0
+
+    def clear(self) -> None:
+        """Drop every pending request and every agreed value not read yet: a fit starts or ends."""
+        self.requests.zero_()
+        self._reasons.clear()
+        self._seen = None
+        self._steps = 0
 
     def before_step(self) -> None:
         """After a training backward pass, before the optimizer step: act on the requests that

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cadence.distributed.group import all_gather_ints, current, gather_json
+from cadence.distributed.group import all_gather_ints, current, gather_json, rank
 from cadence.errors import CheckpointError, DistributedError
 
-__all__ = ["agree_run", "check_resume", "checkpoint_meta", "write_once"]
+if TYPE_CHECKING:
+    from cadence.checkpointing.files import Checkpoint
+
+__all__ = ["agree_checkpoint", "agree_run", "check_resume", "checkpoint_meta", "write_once"]
 
 
 def write_once(step: int, write: Callable[[], Path]) -> Path:
@@ -80,6 +83,59 @@ def agree_run(run_id: str, layout: Mapping[str, Any] | None) -> str:
     return str(gather_json(run_id)[0])
 
 
+def agree_checkpoint(
+    find: Callable[[Any], Checkpoint | None], resume: Any, layout: Mapping[str, Any] | None
+) -> Checkpoint | None:
+    """The checkpoint a fit resumes from, the same on every rank: ``find(resume)`` (which
+    looks for it: ``"latest"``, a folder or a path) runs on rank zero, and the others load the
+    file it chose, even where their listing of the folder differs (a shared filesystem that
+    shows a new checkpoint to some machines first). Two gathers on several ranks (``layout``
+    as in ``agree_run``); ``find(resume)`` itself otherwise.
+
+    Raises:
+        CheckpointError: on every rank, when rank zero found no checkpoint to resume, or a rank
+            could not read the one it chose (that rank raises its own error).
+    """
+    if layout is None or layout.get("world_size", 1) == 1:
+        return find(resume)
+    here = rank()
+    found: Checkpoint | None = None
+    error: BaseException | None = None
+    choice: dict[str, str] = {}
+    if here == 0:
+        try:
+            found = find(resume)
+            choice = {"path": str(found.path)} if found is not None else {}
+        except Exception as exc:  # the others wait for the choice: tell them, then raise
+            error = exc
+            choice = {"error": f"{type(exc).__name__}: {exc}"}
+    chosen = gather_json(choice)[0]
+    if error is not None:  # rank 0, and every other rank with the error below: no more collectives
+        raise error
+    if "error" in chosen:
+        raise CheckpointError(
+            f"Rank 0 could not find the checkpoint to resume from (fit(resume={str(resume)!r})): "
+            f"{chosen['error']} Every rank stops; rank 0's traceback names the cause."
+        )
+    if here != 0 and "path" in chosen:
+        try:
+            found = find(Path(chosen["path"]))
+        except Exception as exc:
+            error = exc
+    failures = gather_json(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(r, why) for r, why in enumerate(failures) if why is not None]
+    if failed:
+        shown = "; ".join(f"rank {r}: {why}" for r, why in failed)
+        raise CheckpointError(
+            f"Every rank resumes from the checkpoint rank 0 chose, {chosen.get('path', 'none')}, but "
+            f"not every rank could read it ({shown}). Keep the checkpoints where every rank reads the "
+            f"same files (one folder on a filesystem all machines share)."
+        )
+    return found
+
+
 def checkpoint_meta() -> dict[str, Any]:
     """What a checkpoint records of the distributed fit that takes it, for ``check_resume``:
     ``{"distributed": {"world_size", "batch_size", "sharding"}}``, or ``{}`` outside one."""
@@ -128,6 +184,7 @@ def check_resume(path: Path, meta: Mapping[str, Any], layout: Mapping[str, Any] 
     raise CheckpointError(
         f"{path} was taken in the middle of an epoch by {saved['world_size']} rank(s) sharding "
         f"{saved['sharding']}; this fit has {layout['world_size']} sharding {layout['sharding']}. Data "
-        f"sharded by whole batches resumes in the middle of an epoch on the same number of ranks only: "
+        f"sharded by whole batches (or by your own DistributedSampler) resumes in the middle of an epoch "
+        f"on the same number of ranks only: "
         f"resume with {saved['world_size']} processes, {advice}"
     )

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from cadence.errors import DistributedError
 
 __all__ = [
+    "INLINE_BYTES",
     "Context",
     "activate",
     "all_gather_ints",
@@ -115,8 +116,9 @@ class Context:
             under nccl).
         batch_size: The training DataLoader's batch size on each rank (None where the data is
             sharded by whole batches).
-        sharding: ``"samples"`` (a sampler per rank), ``"batches"`` (every world-size-th
-            batch) or ``"none"`` (the data is used as given).
+        sharding: ``"samples"`` (a ``ShardSampler`` per rank), ``"sampler"`` (the DataLoader's
+            own ``DistributedSampler``), ``"batches"`` (every world-size-th batch) or
+            ``"none"`` (the data is used as given).
     """
 
     rank: int
@@ -172,15 +174,27 @@ def all_gather_ints(values: Sequence[int]) -> list[list[int]]:
     return [[int(v) for v in g.tolist()] for g in gathered]
 
 
+#: JSON of up to this many bytes rides in ``gather_json``'s first (and then only) all-gather.
+INLINE_BYTES = 248
+
+
 def gather_json(value: Any) -> list[Any]:
-    """Every rank's ``value`` (JSON data), by rank: two all-gathers (sizes, then the UTF-8
-    bytes). JSON, not pickle: reading what another process sent never runs code."""
+    """Every rank's ``value`` (JSON data), by rank: one all-gather of a fixed-size buffer (the
+    length and the first ``INLINE_BYTES`` of the UTF-8 text), and a second one only when some
+    rank's text is longer. JSON, not pickle: reading what another process sent never runs code."""
     device = _device()
-    data = torch.tensor(list(json.dumps(value).encode()), dtype=torch.uint8)
-    sizes = [row[0] for row in all_gather_ints([data.numel()])]
-    padded = torch.zeros(max(sizes), dtype=torch.uint8)
-    padded[: data.numel()] = data
-    local = padded.to(device)
-    gathered = [torch.empty_like(local) for _ in sizes]
+    data = json.dumps(value).encode()
+    head = bytearray(len(data).to_bytes(8, "little") + data[:INLINE_BYTES])
+    head += bytes(8 + INLINE_BYTES - len(head))
+    local = torch.frombuffer(head, dtype=torch.uint8).to(device)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)
-    return [json.loads(bytes(g[:n].tolist()).decode()) for g, n in zip(gathered, sizes)]
+    rows = [bytes(g.tolist()) for g in gathered]
+    sizes = [int.from_bytes(row[:8], "little") for row in rows]
+    if max(sizes) <= INLINE_BYTES:
+        return [json.loads(row[8 : 8 + n].decode()) for row, n in zip(rows, sizes)]
+    padded = bytearray(data) + bytes(max(sizes) - len(data))
+    whole = torch.frombuffer(padded, dtype=torch.uint8).to(device)
+    texts = [torch.empty_like(whole) for _ in sizes]
+    dist.all_gather(texts, whole)
+    return [json.loads(bytes(t[:n].tolist()).decode()) for t, n in zip(texts, sizes)]

@@ -53,38 +53,46 @@ def check_same_plans(learner: Any) -> None:
 
 
 def _difference(everyone: list[dict[str, Any]]) -> str:
+    """The error when the ranks' plans differ: every rank that differs from rank 0, and how."""
+    first = everyone[0]
+    found = [(rank, _how(first, other, rank)) for rank, other in enumerate(everyone[1:], start=1) if other != first]
+    ranks = ", ".join(str(rank) for rank, _ in found)
     head = (
         "The ranks built different callback plans, so their collectives would not match and training "
-        "would hang; it stops here, on every rank.\n"
+        f"would hang; it stops here, on every rank. {'Rank' if len(found) == 1 else 'Ranks'} {ranks or '?'} "
+        f"{'differs' if len(found) == 1 else 'differ'} from rank 0:\n"
     )
     fix = (
         "Build the same callbacks, in the same order, on every rank. A callback meant for one rank "
         "is declared in its class: placement = \"rank_zero\" runs it on rank 0 and skips it elsewhere."
     )
-    first = everyone[0]
-    for rank, other in enumerate(everyone[1:], start=1):
-        if other["callbacks"] != first["callbacks"]:
-            only_first = [c for c in first["callbacks"] if c not in other["callbacks"]]
-            only_other = [c for c in other["callbacks"] if c not in first["callbacks"]]
-            lines = [f"  rank 0: {', '.join(first['callbacks']) or 'no callbacks'}",
-                     f"  rank {rank}: {', '.join(other['callbacks']) or 'no callbacks'}"]
-            if only_first or only_other:
-                lines.append(
-                    "  " + "; ".join(
-                        [f"{', '.join(only_first)} only on rank 0"] * bool(only_first)
-                        + [f"{', '.join(only_other)} only on rank {rank}"] * bool(only_other)
-                    )
+    return head + "".join(how + "\n" for _, how in found) + fix
+
+
+def _how(first: dict[str, Any], other: dict[str, Any], rank: int) -> str:
+    """How rank ``rank``'s description differs from rank 0's: the callback lists, or the first
+    line of their types and plans that differs."""
+    if other["callbacks"] != first["callbacks"]:
+        only_first = [c for c in first["callbacks"] if c not in other["callbacks"]]
+        only_other = [c for c in other["callbacks"] if c not in first["callbacks"]]
+        lines = [f"  rank 0: {', '.join(first['callbacks']) or 'no callbacks'}",
+                 f"  rank {rank}: {', '.join(other['callbacks']) or 'no callbacks'}"]
+        if only_first or only_other:
+            lines.append(
+                "  " + "; ".join(
+                    [f"{', '.join(only_first)} only on rank 0"] * bool(only_first)
+                    + [f"{', '.join(only_other)} only on rank {rank}"] * bool(only_other)
                 )
-            return head + "\n".join(lines) + "\n" + fix
-        if other["named"] != first["named"] or other["plans"] != first["plans"]:
-            ours, theirs = (first["named"] + first["plans"].splitlines(), other["named"] + other["plans"].splitlines())
-            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-            shown = [line[at] if at < len(line) else "(nothing)" for line in (ours, theirs)]
-            return (
-                head + f"  rank 0 and rank {rank} have the same callbacks but differ at:\n"
-                f"  rank 0: {shown[0].strip()}\n  rank {rank}: {shown[1].strip()}\n" + fix
             )
-    return head + fix  # the digests differed, the texts did not: not reachable in practice
+        else:
+            lines.append(f"  the same callbacks in another order on rank {rank}")
+        return "\n".join(lines)
+    ours, theirs = first["named"] + first["plans"].splitlines(), other["named"] + other["plans"].splitlines()
+    at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    shown = [lines[at].strip() if at < len(lines) else "(nothing)" for lines in (ours, theirs)]
+    where = next((line for line in reversed(ours[:at]) if line.endswith(":")), None)  # the plan's heading
+    within = f" (in {where[:-1]})" if where is not None and at >= len(first["named"]) else ""
+    return f"  rank 0 and rank {rank} have the same callbacks but differ at{within}:\n  rank 0: {shown[0]}\n  rank {rank}: {shown[1]}"
 
 
 def _skipped(event: Event, phase: Phase, learner: Any) -> None:

@@ -8,6 +8,13 @@
   pads, so that every rank runs the same number of steps (DDP's gradient all-reduce needs
   that); at most one sample per rank repeats, in the epoch's last batch, and ``Metrics`` leaves
   it out (``padded_batch``). Validation shards are not padded.
+- A subclass of ``DataLoader`` cannot be rebuilt (its constructor is its own). With a
+  ``DistributedSampler`` for this rank (``num_replicas=W, rank=r``) it is this rank's shard
+  already, used as it is (``Metrics`` leaves out that sampler's padding too); with
+  ``shuffle=False`` it is sharded by whole batches, as below (one order on every rank). A
+  subclass that shuffles is refused with the fix: each rank would shuffle with its own random
+  state, and whole-batch shards of different orders hold some samples twice, others never.
+- A custom sampler or batch sampler is refused with the fix, for the same reason.
 - Any other iterable (a list of batches, a generator, an iterable dataset) is sharded by whole
   batches: rank ``r`` takes batches ``r, r + W, ...``. Every rank must iterate the same
   batches. In training an incomplete last round of fewer than ``W`` batches is dropped, so that
@@ -116,31 +123,57 @@ def shard(data: Iterable[Any], rank: int, world_size: int, *, training: bool, se
 
     Raises:
         DistributedError: a DataLoader whose sampler cannot be sharded (a custom sampler or
-            batch sampler), with the fix.
+            batch sampler, a shuffling DataLoader subclass, a DistributedSampler for another
+            rank), with the fix.
     """
-    if type(data) is DataLoader and not isinstance(data.dataset, IterableDataset):
-        shuffle = _shuffles(data)
+    if not isinstance(data, DataLoader) or isinstance(data.dataset, IterableDataset):
+        return ShardedBatches(data, rank, world_size, complete_rounds=training)
+    order = _order(data)
+    if type(data) is DataLoader:
+        shuffle = order == "shuffled" or (order == "distributed" and bool(data.sampler.shuffle))  # type: ignore[attr-defined]
         sampler = ShardSampler(data.dataset, world_size, rank, shuffle=shuffle, seed=seed, pad=training)
         return DataLoader(
             data.dataset, batch_size=data.batch_size, sampler=sampler, drop_last=data.drop_last, **loader_options(data)
         )
-    return ShardedBatches(data, rank, world_size, complete_rounds=training)
+    name = type(data).__name__
+    if order == "distributed":
+        given: DistributedSampler[Any] = data.sampler  # type: ignore[assignment]
+        if (given.num_replicas, given.rank) != (world_size, rank):
+            raise DistributedError(
+                f"The training or validation {name} has a DistributedSampler(num_replicas={given.num_replicas}, "
+                f"rank={given.rank}), but this process is rank {rank} of {world_size}. Build it with "
+                f"DistributedSampler(dataset, num_replicas=cadence.distributed.world_size(), "
+                f"rank=cadence.distributed.rank()), or leave the sampler out and pass a plain DataLoader."
+            )
+        return data  # this rank's shard already; DataParallel sets its epoch
+    if order == "sequential":
+        return ShardedBatches(data, rank, world_size, complete_rounds=training)
+    raise DistributedError(
+        f"DataParallel cannot shard the shuffling {name}: a DataLoader subclass is not rebuilt with a "
+        f"sampler per rank, and sharding it by whole batches needs one order on every rank, while each "
+        f"rank would shuffle with its own random state (some samples twice, others never). Give it "
+        f"sampler=DistributedSampler(dataset, shuffle=True) (DataParallel picks each rank's part and "
+        f"sets the epoch), pass a plain DataLoader(dataset, batch_size=..., shuffle=True), or shard "
+        f"the data yourself and pass DataParallel(shard=False)."
+    )
 
 
-def _shuffles(loader: DataLoader[Any]) -> bool:
+def _order(loader: DataLoader[Any]) -> str:
+    """How ``loader`` orders its samples: ``"shuffled"``, ``"sequential"`` or ``"distributed"``
+    (a ``DistributedSampler``); any other sampler or batch sampler is refused."""
     sampler, batches = loader.sampler, loader.batch_sampler
     own_batches = batches is not None and (loader.batch_size is None or type(batches) is not BatchSampler)
     if not own_batches:
         if isinstance(sampler, DistributedSampler):
-            return bool(sampler.shuffle)
+            return "distributed"
         if type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(loader.dataset):  # type: ignore[arg-type]
-            return True
+            return "shuffled"
         if type(sampler) is SequentialSampler:
-            return False
+            return "sequential"
     what = f"batch sampler {type(batches).__name__}" if own_batches else f"sampler {type(sampler).__name__}"
     raise DistributedError(
-        f"DataParallel cannot shard a DataLoader with the {what}: it shards DataLoaders built with "
-        f"shuffle=True or shuffle=False (or a DistributedSampler), giving each rank its part of "
+        f"DataParallel cannot shard a {type(loader).__name__} with the {what}: it shards DataLoaders built "
+        f"with shuffle=True or shuffle=False (or a DistributedSampler), giving each rank its part of "
         f"one order. Shard this data yourself, one part per rank (cadence.distributed.rank(), "
         f"world_size()), and pass DataParallel(shard=False)."
     )
@@ -154,7 +187,8 @@ def batch_size_of(data: object) -> int | None:
 
 
 def padded_batch(data: object) -> tuple[int, int] | None:
-    """Where this rank's padding is, for a training shard that has some: ``(position, kept)``,
+    """Where this rank's padding is, for a shard that has some (a training ``ShardSampler``, or
+    a ``DistributedSampler`` of the user's): ``(position, kept)``,
     the 1-based position of the batch that holds it (the epoch's last) and how many of its
     leading samples are real; None when this rank's batches hold no padding.
 
@@ -167,9 +201,12 @@ def padded_batch(data: object) -> tuple[int, int] | None:
         ([[1, 3], [5, 7], [0]], (3, 0))
     """
     sampler = getattr(data, "sampler", None)
-    if not isinstance(sampler, ShardSampler) or not sampler.pad:
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
         return None
-    padding = sampler.num_samples - sampler.real_samples
+    if isinstance(sampler, ShardSampler) and not sampler.pad:
+        return None
+    real = len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))  # type: ignore[arg-type]
+    padding = sampler.num_samples - real
     size = getattr(data, "batch_size", None)
     if not padding:
         return None

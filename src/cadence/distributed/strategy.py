@@ -34,7 +34,7 @@ from cadence.distributed.group import (
 from cadence.distributed.interrupts import AgreedInterrupts
 from cadence.distributed.loop import AgreedStep, DistributedLoop
 from cadence.distributed.plans import check_same_plans, localize
-from cadence.distributed.sharding import batch_size_of, shard
+from cadence.distributed.sharding import ShardSampler, batch_size_of, shard
 from cadence.errors import DistributedError
 from cadence.graph import Plan
 from cadence.graph.placement import placement_of
@@ -226,7 +226,8 @@ class DataParallel:
         if not self.shard_data:
             sharding = "none"
         else:
-            sharding = "samples" if isinstance(self._train, DataLoader) else "batches"
+            sampler = getattr(self._train, "sampler", None) if isinstance(self._train, DataLoader) else None
+            sharding = "samples" if isinstance(sampler, ShardSampler) else "sampler" if sampler is not None else "batches"
         return {"world_size": self.world_size, "batch_size": batch_size_of(self._train), "sharding": sharding}
 
     def begin_fit(self, learner: Any, run: Any) -> None:
@@ -247,6 +248,7 @@ class DataParallel:
             )
         agreement = self._agreement
         assert agreement is not None
+        agreement.clear()
         agreement.run = run
         needs_flag = self._deciders or run.checkpointer is not None
         module = Replica(learner.model, agreement, self.device) if needs_flag else learner.model
@@ -290,6 +292,7 @@ class DataParallel:
             deactivate(self._context)
         self._context = self._run = self._ddp = None
         if self._agreement is not None:
+            self._agreement.clear()
             self._agreement.run = None
             self._agreement.flag = None
         if self._interrupts is not None:

@@ -11,17 +11,26 @@ many.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from cadence.access import AccessSet, dotted, overlaps
 from cadence.callback import PLACEMENTS, Callback
 from cadence.errors import DeclarationError
 
-__all__ = ["check_placements", "placement_of"]
+__all__ = ["check_placements", "placement_of", "runs_here"]
 
 
 def placement_of(callback: Callback) -> str:
     """The callback's declared ``placement`` (read on the instance, so wrappers can forward it)."""
     return str(getattr(callback, "placement", "every_rank"))
+
+
+def runs_here(learner: Any, callback: Callback) -> bool:
+    """Whether ``callback`` takes part in this process: always, but for a rank-zero callback on
+    another rank of a distributed fit, whose ``init``, handlers, ``reset``, ``state_dict`` and
+    ``load_state_dict`` run on rank 0 alone (its state is rank 0's, in checkpoints too)."""
+    strategy = getattr(learner, "strategy", None)
+    return strategy is None or bool(strategy.runs_init(callback))
 
 
 def check_placements(labels: Sequence[str], callbacks: Sequence[Callback], accesses: Sequence[AccessSet]) -> None:

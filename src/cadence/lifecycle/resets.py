@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cadence.callback import Callback, callback_labels
+from cadence.graph.placement import runs_here
 from cadence.lifecycle.loads import last_load, loads_so_far
 
 __all__ = ["fit_ended", "joined_during_fit", "last_fit_in", "reset_for_fit"]
@@ -81,8 +82,8 @@ def _prepare(learner: Any, callbacks: Iterable[Callback]) -> None:
         if any(r is not None for r in records) and not loaded:
             _warn_without_reset(labels.get(id(callback), type(callback).__name__), chain, records)
             elsewhere = any(r is not None and _learner_of(r) is not learner for r in records)
-            if callback.reset_when != "learner" or elsewhere:
-                callback.reset()
+            if (callback.reset_when != "learner" or elsewhere) and runs_here(learner, callback):
+                callback.reset()  # a rank-zero callback: on rank 0 alone
         for cb, record in zip(chain, records):
             _start(cb, learner, record)
 
