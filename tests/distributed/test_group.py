@@ -101,5 +101,6 @@ def test_a_small_gather_is_one_collective(group_of_one: None, monkeypatch: pytes
     monkeypatch.setattr(dist, "all_gather", counted)
     assert gather_json(["a" * (INLINE_BYTES - 4)]) == [["a" * (INLINE_BYTES - 4)]]
     assert calls == [8 + INLINE_BYTES]
-    assert gather_json("b" * 1000) == ["b" * 1000]
-    assert calls == [8 + INLINE_BYTES, 8 + INLINE_BYTES, 1002]  # the length, then the whole text
+    long = "b" * (INLINE_BYTES + 100)
+    assert gather_json(long) == [long]
+    assert calls == [8 + INLINE_BYTES, 8 + INLINE_BYTES, INLINE_BYTES + 102]  # the length, then the whole text

@@ -71,3 +71,20 @@ def test_ranks_past_the_timeout_are_stopped_with_the_likely_cause() -> None:
         r"means the ranks ran different collectives \(or one is stuck\); raise the timeout if the work is just long.",
     ):
         launch(scenarios.sleeps, 30.0, nprocs=2, timeout=2, start_method="fork")
+
+
+def test_a_rank_that_returns_leaves_the_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+    import pickle
+
+    import torch
+    import torch.distributed as dist
+
+    from cadence.distributed.launcher import _free_port, _run
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
+        monkeypatch.setenv(name, "")  # what _run sets is undone after the test
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    _run(scenarios.joins_a_group_of_one, (), 0, 1, _free_port(), torch.get_num_threads(), writer)
+    assert pickle.loads(reader.recv_bytes()) == ("ok", True)
+    assert not dist.is_initialized()  # destroyed at the clean exit

@@ -175,7 +175,7 @@ def all_gather_ints(values: Sequence[int]) -> list[list[int]]:
 
 
 #: JSON of up to this many bytes rides in ``gather_json``'s first (and then only) all-gather.
-INLINE_BYTES = 248
+INLINE_BYTES = 1016
 
 
 def gather_json(value: Any) -> list[Any]:
