@@ -35,7 +35,7 @@ def test_metrics_params_and_the_config_land_in_the_run_folders_sqlite_store(
     )
     with caplog.at_level(logging.WARNING):
         learner.fit(2)
-        learner.fit(1)  # a second fit re-sends the parameters: the long one is warned about once
+        learner.fit(1)  # the same MLflow run goes on; the long parameter was warned about once
     assert caplog.text.count("parameter 'notes' is 7000 characters long, over MLflow's limit") == 1
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}")
     run = client.get_run(logger.run_id)

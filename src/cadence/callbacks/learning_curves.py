@@ -23,7 +23,9 @@ _MAX_POINTS = 2000  # of the lr curve, after decimation (at most twice as many b
 class LearningCurves(Callback):
     """Saves a PNG per metric (its epoch values, one line per phase) as epochs end and when
     ``fit`` ends, and ``lr.png`` (the learning rate per training step, each param group a
-    line) when a ``Scheduler`` runs. Call ``save()`` for the plots on demand.
+    line) when a ``Scheduler`` runs. Call ``save()`` for the plots on demand. A second fit of
+    the same learner draws on from the first fit's curves; reused in another learner, it starts
+    afresh.
 
     Args:
         folder: Where the PNGs go; None for ``plots`` in the run folder (add ``RunFolder()``).
@@ -57,6 +59,7 @@ class LearningCurves(Callback):
     state_access = {"cbstate.metrics": READ, "cbstate": READ}
     writes_files = True  # fit(fast_dev_run=True) runs without it
     placement = "rank_zero"  # in a distributed fit, rank 0 alone draws (the epoch values are every rank's)
+    reset_when = "learner"  # the lr curve goes on along the learner's step axis, as its epoch values do
 
     def __init__(self, folder: str | os.PathLike[str] | None = None, *, every_epoch: bool = True) -> None:
         require("LearningCurves", "plots", "matplotlib")
@@ -136,6 +139,15 @@ class LearningCurves(Callback):
         self._drawn_at = _clock()
         self._cost = self._drawn_at - started
         return sorted(written)
+
+    def reset(self) -> None:
+        """Reused in another learner: no learning rates recorded, and the plots of the new run
+        (in its run folder, unless a folder was given). A second fit of the same learner draws
+        on: the ``lr`` curve goes on along the learner's steps, as the epoch values go on in
+        ``cbstate.metrics``."""
+        self._steps, self._lr, self._epochs = [], {}, {}
+        self._stride, self._count = 1, 0
+        self._place = self.folder
 
     def state_dict(self) -> dict[str, Any]:
         """The learning rates recorded so far, for the ``lr`` curve of a resumed run."""

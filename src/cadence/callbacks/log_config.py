@@ -17,7 +17,7 @@ _SCALARS = (bool, int, float, str)  # what hyperparameter views take
 
 
 class LogConfig(LoggerCallback):
-    """Writes the run's configuration once per ``fit``, for the whole run:
+    """Writes the run's configuration once, at ``FitBegin`` of its first fit, for the whole run:
 
     - ``config`` (text, Markdown): the model with its parameter counts, the optimizer and
       its param groups, and the callbacks in run order;
@@ -56,8 +56,17 @@ class LogConfig(LoggerCallback):
                 f'hparams={{"batch_size": 32, "dropout": 0.1}}.'
             )
         self.hparams = hparams
+        self._logged = False  # this run's configuration is written
+
+    def reset(self) -> None:
+        """Reused in another learner: fresh logs, and that run's configuration to write."""
+        super().reset()
+        self._logged = False
 
     def began(self, event: FitBegin, learner: Any) -> None:
+        if self._logged:
+            return
+        self._logged = True
         model, optimizer = learner.model, learner.optimizer
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

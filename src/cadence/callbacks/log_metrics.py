@@ -76,6 +76,12 @@ class LogMetrics(LoggerCallback):
             self._written[key] = len(history)
         self.log(values, learner, phase)
 
+    def reset(self) -> None:
+        """Reused in another learner: fresh logs (``LoggerCallback.reset``), nothing written.
+        A second fit of the same learner appends to the logs, on its step axis."""
+        super().reset()
+        self._written = {}
+
     def state_dict(self) -> dict[str, Any]:
         """The backends' positions and how many epoch values of each key are logged."""
         return {**super().state_dict(), "written": dict(self._written)}

@@ -16,6 +16,12 @@ A backend is not a callback: the logger callbacks (``LogMetrics``, ``LogHyperpar
    flush with nothing written since the last one costs nothing.
 4. ``detach(owner)`` at ``FitEnd``; the last owner's detach flushes and closes it.
 
+A second fit of the same learner appends to the log, on the step axis the learner continues.
+A callback reused in another learner ``reset()``s its backends: that fit is another run, whose
+fresh log is refused where an earlier run's values are, as a fresh fit's is. A log is written
+through one backend instance: two instances of one kind on one file, folder or MLflow run
+(``log_key``) are refused at ``FitBegin`` (``cadence.loggers.logger``).
+
 Resuming: ``state_dict()`` holds the last step and how far the log goes (the backend's
 ``_position()`` after its last good flush); after ``load_state_dict`` the backend reopens at
 that point and drops what a killed run wrote after its checkpoint, so every step is in the log
@@ -73,6 +79,8 @@ class Backend(abc.ABC):
     """
 
     default_name: ClassVar[str] = ""
+    #: What two instances on one log do to it, for the message that refuses them.
+    shared_harm: ClassVar[str] = "each would write it as a log of its own"
 
     def __init__(self, location: Any = None, *, strict: bool = False) -> None:
         if not isinstance(strict, bool):
@@ -123,6 +131,31 @@ class Backend(abc.ABC):
     def step(self) -> int:
         """The highest step written so far (restored by ``load_state_dict``)."""
         return self._step
+
+    def log_key(self, run: Run | None) -> tuple[str, ...] | None:
+        """What identifies the log this backend writes in ``run``: two backends with one key
+        write one log. None: no place yet (no location and no run folder)."""
+        if self.location is not None:
+            target = self.location
+        elif run is not None:
+            target = run.path / self.default_name
+        else:
+            return None
+        return (type(self).__name__, self._where(target))
+
+    def _where(self, target: Any) -> str:
+        """``target`` as a key: a path resolved (``log_key``)."""
+        return str(Path(target).resolve())
+
+    def reset(self) -> None:
+        """Forget the log this backend went on with: its next fit starts another run's log,
+        refused where an earlier run's values are (``LoggerCallback.reset``: the callback is
+        reused in another learner). Nothing happens while a fit writes to it."""
+        with self._lock:
+            if self._owners or self._is_open:
+                return
+            self._resume = self._kept = None
+            self._step = 0
 
     def attach(self, owner: object, run: Run | None, begin: FitBegin | None = None) -> None:
         """``owner`` (a callback) writes to this backend in the fit that ``begin`` begins.

@@ -49,6 +49,7 @@ class CSVLogger(Backend):
     """
 
     default_name = "metrics.csv"
+    shared_harm = "each would write a header of its own into the file, and cut away the other's rows on the next fit"
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, strict: bool = False) -> None:
         if path is not None and not isinstance(path, (str, os.PathLike)):

@@ -5,6 +5,11 @@ there, before any training), flush them at the end of every epoch (after its val
 when there is one; a backend that several callbacks share is flushed once, since a flush
 with nothing new costs nothing), and detach them at ``FitEnd`` (the last callback to detach a
 shared backend closes it), on every way a fit ends.
+Across fits they go on with their logs (``reset_when = "learner"``): a second fit of the same
+learner appends to them, on the step axis the learner continues; reused in another learner,
+they start another run's logs (``reset``). Two backend instances on one log (one CSV file, one
+TensorBoard folder, one MLflow run) are refused at ``FitBegin``: pass one instance to every
+callback that writes there.
 They declare only ``READ`` access, so the graph runs them after whatever writes what they log,
 in any list order, and they save their backends' positions in checkpoints. In a distributed fit
 they run on rank 0 alone (``placement = "rank_zero"``), which logs the values ``Metrics``
@@ -18,9 +23,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from cadence.access import READ
-from cadence.callback import Callback, on
+from cadence.callback import Callback, callback_labels, on
+from cadence.errors import LoggerError
 from cadence.events import EpochEnd, Event, FitBegin, FitEnd
 from cadence.loggers.backend import Backend
+from cadence.loggers.run import Run
 from cadence.loggers.values import Loggable
 from cadence.phases import Phase, TrainingPhase
 from cadence.introspection.signatures import constructor_repr
@@ -57,6 +64,7 @@ class LoggerCallback(Callback):
 
     writes_files = True  # fit(fast_dev_run=True) runs without loggers
     placement = "rank_zero"
+    reset_when = "learner"  # a second fit of the learner appends to its logs, on its step axis
 
     def __init__(self, backends: Sequence[Backend]) -> None:
         name = type(self).__name__
@@ -86,9 +94,17 @@ class LoggerCallback(Callback):
     def epoch_ended(self, phase: Phase, learner: Any) -> None:
         """At every epoch end, before the backends are flushed."""
 
+    def reset(self) -> None:
+        """Reused in another learner: that fit is another run, so every backend starts a fresh
+        log (refused where an earlier run's values are; ``Backend.reset``). Subclasses that
+        keep state of their own reset it too and call ``super().reset()``."""
+        for backend in self.backends:
+            backend.reset()
+
     @on(FitBegin)
     def fit_begin(self, event: FitBegin, phase: Phase, learner: Any) -> None:
         run = learner.cbstate.run if any(b.needs_run for b in self.backends) else None
+        _refuse_shared_logs(self, event, run)
         for backend in self.backends:
             backend.attach(self, run, event)
         self._active = True
@@ -152,6 +168,58 @@ class LoggerCallback(Callback):
         arguments = constructor_repr(self).partition("(")[2][:-1]  # *backends is not among them
         shown = [repr(b) for b in self.backends] + ([arguments] if arguments else [])
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _refuse_shared_logs(owner: LoggerCallback, begin: FitBegin, run: Run | None) -> None:
+    """Raise ``LoggerError`` when one of ``owner``'s backends writes the log that another
+    backend instance of the fit's logger callbacks writes too."""
+    callbacks = list(begin.callbacks)
+    writers: dict[tuple[str, ...], list[tuple[str, Backend]]] = {}
+    for label, callback in zip(callback_labels(callbacks), callbacks):
+        logger = _logger_in(callback)
+        for backend in () if logger is None else logger.backends:
+            key = backend.log_key(run)
+            if key is not None:
+                writers.setdefault(key, []).append((label, backend))
+    for backend in owner.backends:
+        key = backend.log_key(run)
+        if key is not None and len({id(b) for _, b in writers[key]}) > 1:
+            raise LoggerError(_shared_message(writers[key], run))
+
+
+def _shared_message(found: list[tuple[str, Backend]], run: Run | None) -> str:
+    labels = list(dict.fromkeys(label for label, _ in found))
+    first = found[0][1]
+    where = first.location if first.location is not None or run is None else run.path / first.default_name
+    kind, count = type(first).__name__, len({id(b) for _, b in found})
+    made = f"{kind}({str(first.location)!r})" if first.location is not None else f"{kind}()"
+    if len(labels) == 1:
+        who, fix = f"{labels[0]} writes", f"pass it once: {_class(labels[0])}({made})"
+    else:
+        who = f"{', '.join(labels[:-1])} and {labels[-1]} write"
+        fix = f"make one and pass that instance to each: logger = {made}; " + ", ".join(
+            f"{_class(label)}(logger, ...)" for label in labels
+        )
+    return (
+        f"{who} to one log, {str(where)!r}, through {'two' if count == 2 else count} {kind} instances: "
+        f"{first.shared_harm}. A log is written through one {kind}; {fix}."
+    )
+
+
+def _class(label: str) -> str:
+    return label.partition("#")[0]
+
+
+def _logger_in(callback: Callback) -> LoggerCallback | None:
+    """``callback`` if it is a logger callback, or the one it wraps (``throttle``)."""
+    seen: list[Callback] = []
+    while not isinstance(callback, LoggerCallback):
+        seen.append(callback)
+        inner = getattr(callback, "__dict__", {}).get("callback")
+        if not isinstance(inner, Callback) or any(inner is c for c in seen):
+            return None
+        callback = inner
+    return callback
 
 
 def position(learner: Any, *, in_batch: bool = False) -> tuple[int, int]:

@@ -33,6 +33,7 @@ from typing import Any
 
 from cadence.loggers.backend import Backend
 from cadence.loggers.extras import require
+from cadence.loggers.run import Run
 from cadence.loggers.values import Figure, Histogram, Hyperparameters, Image, Loggable, Scalar, Text
 from cadence.loggers.worker import Call, Send, Worker
 
@@ -71,6 +72,7 @@ class MLflowLogger(Backend):
     """
 
     default_name = "mlflow.db"
+    shared_harm = "each would make an MLflow run of its own, of one name, with part of the values"
 
     def __init__(
         self,
@@ -104,6 +106,18 @@ class MLflowLogger(Backend):
         self._params: dict[str, str] = {}
         self._warned: set[str] = set()  # parameters warned about (too long, or changed)
         self._dropped = 0  # writes dropped in this open: the queue was full
+
+    def log_key(self, run: Run | None) -> tuple[str, ...] | None:
+        """The store, the experiment and the run's name: two loggers with all three equal
+        would make two MLflow runs where one is meant."""
+        key = super().log_key(run)
+        if key is None:
+            return None
+        name = self.run_name or (run.name if run is not None else "")
+        return (*key, self.experiment, name)
+
+    def _where(self, target: Any) -> str:
+        return str(target.resolve()) if isinstance(target, Path) else str(target)
 
     # ---- the backend protocol ----------------------------------------------------------------
 

@@ -77,6 +77,7 @@ class TensorBoardLogger(Backend):
     """
 
     default_name = "tensorboard"
+    shared_harm = "each would remove the other's event files as an earlier run's"
 
     def __init__(
         self, folder: str | os.PathLike[str] | None = None, *, flush_secs: float = 30.0, strict: bool = False
