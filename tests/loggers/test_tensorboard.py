@@ -220,3 +220,20 @@ def test_direct_writes_into_an_earlier_log_replace_its_files_with_a_warning(tmp_
     assert f"TensorBoardLogger: {tmp_path} holds 1 event file(s) of an earlier run; this fresh log replaces them." in caplog.text
     assert [e.value for e in accumulate(tmp_path / "train").Scalars("loss")] == [0.25]
     assert (tmp_path / "train" / "events.out.tfevents.1.other.tool").exists()
+
+
+def test_every_loggable_kind_has_a_summary_and_another_kind_is_named() -> None:
+    # write() refuses anything but cadence's loggable values (check_loggables), and
+    # Hyperparameters go to the HPARAMS summaries: what reaches _summary_value is one of the
+    # others, and a kind added to cadence.loggers.values without a summary here is named.
+    from matplotlib.figure import Figure as MplFigure
+    from tensorboard.compat.proto import summary_pb2
+
+    from cadence.loggers.tensorboard import _summary_value
+    from cadence.loggers.values import Histogram, Hyperparameters, Text
+
+    drawn = Figure("curve", MplFigure(figsize=(1, 1)))
+    for value in (Scalar("loss", 0.5), Image("x", np.zeros((2, 2))), drawn, Histogram("w", np.arange(4.0)), Text("note", "hi")):
+        assert _summary_value(value, summary_pb2).tag == value.name
+    with pytest.raises(TypeError, match=r"^TensorBoardLogger cannot write a Hyperparameters\.$"):
+        _summary_value(Hyperparameters({"lr": 0.1}), summary_pb2)
